@@ -1,0 +1,133 @@
+"""Build script for spin_kernels.
+
+The pure-Python package always installs. The CUDA extension ``spin_kernels._C`` is built from ``csrc/``
+when all of these hold, and otherwise skipped with a one-line reason:
+
+* ``csrc/`` contains ``.cu`` / ``.cpp`` sources,
+* the installed torch is a CUDA build,
+* the CUDA toolkit is found (``CUDA_HOME`` / ``CUDA_PATH``, else located through ``nvcc`` on the PATH; a
+  wrapper script named ``nvcc`` is resolved by asking nvcc itself where it lives).
+
+Knobs: ``TORCH_CUDA_ARCH_LIST`` (default: the visible GPU's capability, else ``9.0a``), ``MAX_JOBS`` (ninja
+parallelism), ``SPIN_NO_CUDA=1`` (skip the extension).
+
+Build with ``pip install -e . --no-build-isolation`` so the already-installed torch is used.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+
+
+def _say(msg):
+    print(f"spin_kernels setup: {msg}", file=sys.stderr)
+
+
+def find_cuda_home():
+    """Return the CUDA toolkit root (the folder holding bin/nvcc, include/, lib64/), or None."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var) and (Path(os.environ[var]) / "bin" / "nvcc").exists():
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    # `nvcc -dryrun` prints the directory the real binary runs from (`_HERE_=`), which stays right when the
+    # nvcc on the PATH is a wrapper script or a symlink farm.
+    try:
+        out = subprocess.run([nvcc, "-dryrun", "-x", "cu", os.devnull], capture_output=True, text=True, timeout=60)
+        m = re.search(r"_HERE_=(\S+)", out.stdout + out.stderr)
+        if m:
+            root = Path(m.group(1)).resolve().parent
+            if (root / "include").is_dir():
+                return str(root)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    root = Path(os.path.realpath(nvcc)).parent.parent
+    return str(root) if (root / "include").is_dir() else None
+
+
+def default_arch_list():
+    """The visible GPU's compute capability, else Hopper (9.0a, which enables wgmma)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return f"{major}.{minor}" + ("a" if major == 9 else "")
+    except Exception:  # noqa: BLE001 - any failure just means "no visible GPU"
+        pass
+    return "9.0a"
+
+
+def cuda_extension():
+    """Return ([ext_modules], cmdclass) for spin_kernels._C, or ([], {}) with the reason printed."""
+    sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*") if p.suffix in (".cu", ".cpp"))
+    if os.environ.get("SPIN_NO_CUDA") == "1":
+        _say("SPIN_NO_CUDA=1: installing the pure-Python package without spin_kernels._C")
+        return [], {}
+    if not sources:
+        _say("csrc/ has no sources yet: installing the pure-Python package without spin_kernels._C")
+        return [], {}
+    try:
+        import torch
+    except ImportError:
+        _say("torch is not importable at build time (use --no-build-isolation): skipping spin_kernels._C")
+        return [], {}
+    if torch.version.cuda is None:
+        _say(f"torch {torch.__version__} is a CPU build: skipping spin_kernels._C")
+        return [], {}
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        _say("no CUDA toolkit found (set CUDA_HOME or put nvcc on the PATH): skipping spin_kernels._C")
+        return [], {}
+    # torch.utils.cpp_extension reads CUDA_HOME at import time, so set it before importing.
+    os.environ["CUDA_HOME"] = cuda_home
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", default_arch_list())
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    _say(f"building spin_kernels._C with CUDA_HOME={cuda_home}, "
+         f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}, MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')}")
+    ext = CUDAExtension(
+        name="spin_kernels._C",
+        sources=sources,
+        include_dirs=[str(CSRC)],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"],
+                            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "-Xptxas=-v"]},
+    )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = cuda_extension()
+
+setup(
+    name="spin_kernels",
+    version="0.1.0",
+    description="Fused GPU kernels and tools for weight-shared isotropic vision networks (SPIN)",
+    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["spin_kernels", "spin_kernels.*"]),
+    install_requires=[
+        "torch>=2.6",
+        "torchvision",
+        "triton",
+        "timm>=1.0",
+        "numpy",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scikit-learn"],
+        "build": ["ninja", "pybind11"],
+    },
+    entry_points={"console_scripts": ["spin=spin_kernels.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,177 @@
+"""Pieces every isotropic model here shares: sharing plans per component, layer views, the timm-style API.
+
+Storage layout (the same for every backend, so a state_dict moves between them): each weight family that may be
+shared (ConvMixer `depthwise`, `pointwise`; ViT `attn`, `mlp`; the per-layer norms) is a ``ModuleList`` of its
+*unique* modules, and a :class:`~spin_kernels.sharing.SharingPlan` per family says which unique module layer ``l``
+uses. A shared tensor is therefore stored — and saved — once, and ``sum(p.numel() for p in model.parameters())``
+is the true unique parameter count.
+
+``model.blocks[l]`` is a parameterless view of layer ``l`` that *refers to* (does not own) the unique modules it
+uses. It exists so forward hooks, ``model.train()`` propagation to per-position modules (drop-path) and timm-style
+``blocks`` indexing work exactly as users expect, while storage stays unique.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import warnings
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..sharing import SharingPlan
+
+BACKENDS = ("reference", "triton", "cuda", "auto")
+
+
+def make_plan(depth: int, share_rate: int, mapping) -> SharingPlan:
+    """The sharing plan for ``depth`` layers: an explicit list, a plan object, or (rate, mapping name)."""
+    if isinstance(mapping, SharingPlan):
+        if mapping.depth != depth:
+            raise ValueError(f"mapping: the plan covers {mapping.depth} layers but the model has depth {depth}")
+        return mapping
+    if isinstance(mapping, (list, tuple)):
+        plan = SharingPlan.from_list(mapping)
+        if plan.depth != depth:
+            raise ValueError(f"mapping: the list has {plan.depth} entries but the model has depth {depth}")
+        return plan
+    return SharingPlan(depth, rate=share_rate, mapping=mapping)
+
+
+def resolve_share(share, valid: Sequence[str], default: Sequence[str]) -> tuple[str, ...]:
+    """Validate the ``share`` argument (which weight families are shared) and return it as a tuple."""
+    if share is None:
+        return tuple(default)
+    if isinstance(share, str):
+        share = (share,)
+    share = tuple(share)
+    bad = [s for s in share if s not in valid]
+    if bad or not share:
+        raise ValueError(f"share: expected a non-empty subset of {list(valid)}, got {list(share)}")
+    return share
+
+
+def resolve_backend(backend: str) -> str:
+    """Validate a backend name. ``auto`` resolves to the best backend that works on the current machine."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown backend {backend!r}; valid backends are {', '.join(BACKENDS)}")
+    if backend == "auto":
+        # The fused backends need a GPU; on the CPU the reference path is the fast one (the Triton interpreter
+        # exists for testing, not speed).
+        return "triton" if torch.cuda.is_available() and _triton_importable() else "reference"
+    return backend
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(key: str, message: str):
+    """Emit ``message`` as a warning the first time ``key`` is seen in this process."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+def fused_forward(op_module: str, fn_name: str, backend: str):
+    """The fused trunk function ``spin_kernels.ops.<op_module>.<fn_name>``, or None when this build has none.
+
+    A missing fused path is an unsupported-but-valid case: the model runs the reference path and says so once.
+    """
+    try:
+        module = importlib.import_module(f"spin_kernels.ops.{op_module}")
+        return getattr(module, fn_name)
+    except (ImportError, AttributeError) as e:
+        warn_once(f"{op_module}:{backend}", f"backend={backend!r}: no fused {op_module} path is available "
+                  f"({e}); running the reference PyTorch path")
+        return None
+
+
+class LayerView(nn.Module):
+    """Base of a parameterless per-layer module holding references to the unique modules it uses."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.index = index
+
+    def _refer(self, **modules: nn.Module):
+        # object.__setattr__ bypasses nn.Module registration: the modules stay owned (and saved) by the model's
+        # unique ModuleLists only.
+        for name, module in modules.items():
+            object.__setattr__(self, name, module)
+
+    def extra_repr(self) -> str:
+        return f"layer={self.index}"
+
+
+class IsotropicModel(nn.Module):
+    """timm's model API shared by ConvMixer and ViT: classifier handling, grad checkpointing, collapse."""
+
+    default_cfg: dict
+    spin_config: dict
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute each layer in backward instead of storing its activations (timm API)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The classification head (timm API)."""
+        return self.head
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """Alias of ``default_cfg`` under timm's newer name."""
+        return self.default_cfg
+
+    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> logits."""
+        return self.forward_head(self.forward_features(x))
+
+    @property
+    def is_fusion_form(self) -> bool:
+        """True while shared weights are computed from per-layer sources (weight-fusion training)."""
+        return any(parametrize.is_parametrized(m) for m in self.modules())
+
+    def collapse(self) -> "IsotropicModel":
+        """Return the plain shared model: each fused weight frozen at its current value (a new model).
+
+        Built fresh from ``spin_config`` rather than by deep-copying: parametrize gives each parametrized module
+        a class of its own, which a deep copy would share with the original.
+        """
+        from .registry import create_model
+
+        state = {k: v for k, v in self.state_dict().items() if ".parametrizations." not in k}
+        with torch.no_grad():
+            for prefix, module in self.named_modules():
+                if parametrize.is_parametrized(module):
+                    for name in module.parametrizations.keys():
+                        state[f"{prefix}.{name}"] = getattr(module, name).detach().clone()
+        config = dict(self.spin_config, fusion=None)
+        model = create_model(**config)
+        model.load_state_dict(state)
+        ref = next(self.parameters())
+        model.train(self.training)
+        return model.to(device=ref.device, dtype=ref.dtype)
+
+    def unique_modules(self) -> Iterable[tuple[str, nn.ModuleList, SharingPlan]]:
+        """(family name, unique ModuleList, plan) for every weight family, norms included."""
+        raise NotImplementedError

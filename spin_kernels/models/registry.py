@@ -1,0 +1,334 @@
+"""Model names, ``create_model``, checkpoints, timm interop and the analytic profile."""
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import convmixer as _convmixer
+from . import vit as _vit
+from .common import make_plan
+from ..fusion import check_method, fuse_into
+
+# name -> (family, architecture arguments). ConvMixer entries follow timm's, plus SPIN's variant (DESIGN.md §1).
+MODELS: dict[str, tuple[str, dict]] = {
+    "convmixer_768_32": ("convmixer", dict(dim=768, depth=32, kernel_size=7, patch_size=7, act="relu")),
+    "convmixer_1536_20": ("convmixer", dict(dim=1536, depth=20, kernel_size=9, patch_size=7, act="gelu")),
+    "convmixer_1024_20_ks9_p14": ("convmixer", dict(dim=1024, depth=20, kernel_size=9, patch_size=14, act="gelu")),
+    "spin_convmixer_768_32": ("convmixer", dict(dim=768, depth=32, kernel_size=3, patch_size=14, act="relu",
+                                                spin_residual=True, drop_rate=0.5)),
+    "deit_tiny_patch16_224": ("vit", dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)),
+    "deit_small_patch16_224": ("vit", dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)),
+    "deit_base_patch16_224": ("vit", dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)),
+}
+FAMILY_CLASSES = {"convmixer": _convmixer.ConvMixer, "vit": _vit.VisionTransformer}
+MACS = {"convmixer": _convmixer.layer_macs, "vit": _vit.layer_macs}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def list_models(pattern: str = "") -> list[str]:
+    """Model names ``create_model`` accepts, optionally filtered by a substring or fnmatch pattern."""
+    import fnmatch
+
+    names = sorted(MODELS)
+    if not pattern:
+        return names
+    return [n for n in names if fnmatch.fnmatch(n, pattern) or pattern in n]
+
+
+def _family(name: str) -> str:
+    if name not in MODELS:
+        raise ValueError(f"name: unknown model {name!r}; known models are {', '.join(sorted(MODELS))}")
+    return MODELS[name][0]
+
+
+def _default_cfg(name: str, family: str, arch: dict) -> dict:
+    """timm-style pretrained cfg: the eval transform (input size, crop_pct, interpolation, mean/std)."""
+    size = arch.get("img_size", 224)
+    crop_pct = 0.96 if family == "convmixer" else 0.875
+    first_conv = "stem.0" if family == "convmixer" else "patch_embed.proj"
+    try:  # take timm's own numbers for the architectures timm has
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        if cfg is not None:
+            crop_pct = cfg.crop_pct
+    except Exception:  # noqa: BLE001 - timm cfg lookups are a nicety, the defaults above are right
+        pass
+    return dict(architecture=name, input_size=(arch.get("in_chans", 3), size, size), crop_pct=crop_pct,
+                crop_mode="center", interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                num_classes=arch.get("num_classes", 1000), first_conv=first_conv, classifier="head",
+                fixed_input_size=family == "vit")
+
+
+def create_model(name: str, *, share_rate: int = 1, mapping="sequential", share=None, share_norms: bool = False,
+                 fusion: str | None = None, backend: str = "reference", num_classes: int = 1000,
+                 pretrained: bool = False, checkpoint_path: str | Path | None = None,
+                 **arch_overrides) -> nn.Module:
+    """Build a ConvMixer or DeiT with cross-layer weight sharing.
+
+    Args:
+        name: one of ``list_models()``.
+        share_rate: layers per unique weight set (r); ``mapping`` says which layers share: ``sequential``,
+            ``strided``/``cycle``, ``cycle_rev``, ``random``, an explicit list, or a ``SharingPlan``.
+        share: weight families shared — ConvMixer ``("pointwise",)`` (default), ``("depthwise",)`` or both;
+            ViT ``("attn", "mlp")`` (default), ``("attn",)`` or ``("mlp",)``.
+        share_norms: share BatchNorm/LayerNorm too (an ablation; SPIN keeps norms per layer).
+        fusion: build the weight-fusion training form (``mean``, ``choose_first``, ``scalar_weighted_mean``,
+            ``channel_weighted_mean``): per-layer weights stay trainable, shared ones are computed from them.
+        backend: ``reference`` (PyTorch), ``triton``, ``cuda``, or ``auto`` (best on this machine).
+        num_classes: classifier outputs (0: no head).
+        pretrained: load timm's pretrained weights through timm's hub loader (needs the network).
+        checkpoint_path: load weights from one of our checkpoints or a timm-format checkpoint.
+        arch_overrides: timm's architecture arguments — ConvMixer ``dim, depth, kernel_size, patch_size,
+            in_chans`` (+ ``act``, ``spin_residual``, ``drop_rate``); ViT ``embed_dim, depth, num_heads,
+            patch_size, img_size, mlp_ratio, in_chans`` (+ ``drop_rate``, ``drop_path_rate``,
+            ``attn_drop_rate``, ``fix_init``).
+    """
+    family = _family(name)
+    arch = {**MODELS[name][1], **arch_overrides}
+    plan = make_plan(arch["depth"], share_rate, mapping)
+    if fusion is not None:
+        check_method(fusion)
+        if not plan.is_shared:
+            raise ValueError("fusion: weight fusion needs a plan that shares weights (share_rate > 1 or a "
+                             "mapping list with repeats)")
+    spin_config = dict(name=name, share_rate=share_rate,
+                       mapping=list(plan.layer_to_unique) if not isinstance(mapping, str) else mapping,
+                       share=share, share_norms=share_norms, fusion=fusion, backend=backend,
+                       num_classes=num_classes, **arch_overrides)
+    cls = FAMILY_CLASSES[family]
+    try:
+        model = cls(num_classes=num_classes, plan=plan, share=share, share_norms=share_norms, backend=backend,
+                    **arch)
+    except TypeError as e:  # an override the family does not take: name it
+        raise ValueError(f"arch_overrides: {e}; {name} takes {_arch_args(cls)}") from None
+
+    if pretrained and checkpoint_path is not None:
+        raise ValueError("pretrained / checkpoint_path: pass one of them, not both")
+    state = None
+    if pretrained:
+        state = convert_timm_state_dict(name, _timm_pretrained_state(name, arch))
+    elif checkpoint_path is not None:
+        state = convert_timm_state_dict(name, read_checkpoint(checkpoint_path))
+    if fusion is not None:
+        # The fusion form is built from an unshared model: the checkpoint's per-layer weights, or a fresh init.
+        # A checkpoint of the fusion form itself (keys with ".parametrizations.") is loaded after building it.
+        source = create_model(name, num_classes=num_classes, **arch_overrides)
+        fused_state = state if state is not None and any(".parametrizations." in k for k in state) else None
+        if state is not None and fused_state is None:
+            _load_state(source, state, name)
+        fuse_into(model, source, fusion)
+        if fused_state is not None:
+            _load_state(model, fused_state, name)
+    elif state is not None:
+        _load_state(model, state, name)
+    model.default_cfg = _default_cfg(name, family, {**arch, "num_classes": num_classes})
+    model.spin_config = spin_config
+    return model
+
+
+def _arch_args(cls) -> str:
+    import inspect
+
+    skip = {"self", "num_classes", "plan", "share", "share_norms", "backend"}
+    return ", ".join(p for p in inspect.signature(cls.__init__).parameters if p not in skip)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The model state_dict inside a checkpoint file (ours: key ``model``; also ``state_dict``,
+    ``model_ema`` / ``state_dict_ema`` are not used unless alone; a bare state_dict works)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint_path: no checkpoint file at {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint_path: {path} does not hold a dict (got {type(ckpt).__name__})")
+    for key in ("model", "state_dict", "model_ema", "state_dict_ema"):
+        if key in ckpt and isinstance(ckpt[key], dict):
+            state = ckpt[key]
+            break
+    else:
+        state = ckpt
+    # DDP / torch.compile wrappers prefix every key.
+    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in state.items()}
+
+
+def _load_state(model: nn.Module, state: dict, name: str):
+    """Load ``state`` strictly, except a classifier of another size (dropped with a warning, as timm does)."""
+    own = model.state_dict()
+    head = [k for k in state if k.startswith("head.") and k in own and state[k].shape != own[k].shape]
+    if head:
+        warnings.warn(f"checkpoint classifier has {state['head.weight'].shape[0]} classes, the model "
+                      f"{own['head.weight'].shape[0]}: the head is left at its initialisation", stacklevel=3)
+        state = {k: v for k, v in state.items() if k not in head}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in head]
+    if missing or unexpected:
+        hint = ""
+        if any(re.match(r"(pointwise|depthwise|attn|mlp)\.\d+", k) for k in unexpected):
+            hint = (" — the checkpoint has more per-layer weights than this shared model: build it with "
+                    "fusion='mean' (or another method), or use `spin compress`")
+        raise ValueError(f"checkpoint does not match {name}: missing {missing[:6]}{'...' if len(missing) > 6 else ''}"
+                         f", unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}{hint}")
+
+
+def load_model(path: str | Path, **overrides) -> nn.Module:
+    """Rebuild a model from one of our checkpoints (``{"model": state_dict, "spin_config": {...}}``).
+
+    ``overrides`` replace create_model arguments of the saved config (e.g. ``backend="triton"``).
+    """
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "spin_config" not in ckpt:
+        raise ValueError(f"path: {path} is not a spin_kernels checkpoint (no 'spin_config'); use "
+                         "create_model(name, checkpoint_path=...) for timm-format weights")
+    config = {**ckpt["spin_config"], **overrides}
+    fusion = config.pop("fusion", None)
+    name = config.pop("name")
+    model = create_model(name, fusion=fusion, **config)
+    _load_state(model, read_checkpoint(path), name)
+    return model
+
+
+def save_model(model: nn.Module, path: str | Path, **extra):
+    """Write ``{"model": state_dict, "spin_config": ..., **extra}`` atomically (temp file + rename)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save({"model": model.state_dict(), "spin_config": model.spin_config, **extra}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ----------------------------------------------------------------------------------------------- timm interop
+
+_TIMM_CONVMIXER = [(r"^blocks\.(\d+)\.0\.fn\.0\.", r"depthwise.\1."), (r"^blocks\.(\d+)\.0\.fn\.2\.", r"norm1.\1."),
+                   (r"^blocks\.(\d+)\.1\.", r"pointwise.\1."), (r"^blocks\.(\d+)\.3\.", r"norm2.\1.")]
+_TIMM_VIT = [(r"^blocks\.(\d+)\.norm1\.", r"norm1.\1."), (r"^blocks\.(\d+)\.attn\.", r"attn.\1."),
+             (r"^blocks\.(\d+)\.norm2\.", r"norm2.\1."), (r"^blocks\.(\d+)\.mlp\.", r"mlp.\1.")]
+
+
+def is_timm_state_dict(state: dict) -> bool:
+    """True when the keys follow timm's layout (``blocks.{l}....``) rather than ours."""
+    return any(k.startswith("blocks.") for k in state)
+
+
+def convert_timm_state_dict(name: str, state: dict) -> dict:
+    """Rename a timm ConvMixer / ViT state_dict to our (unshared) parameter names; ours pass through."""
+    if not is_timm_state_dict(state):
+        return dict(state)
+    rules = _TIMM_CONVMIXER if _family(name) == "convmixer" else _TIMM_VIT
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            key, n = re.subn(pattern, repl, key)
+            if n:
+                break
+        out[key] = value
+    if "dist_token" in out or "head_dist.weight" in out:
+        raise ValueError("state_dict: distilled DeiT checkpoints (dist_token) are not supported; use the "
+                         "non-distilled deit_*_patch16_224 weights")
+    return out
+
+
+def arch_from_timm(name: str, state: dict, model: nn.Module | None = None) -> dict:
+    """Architecture arguments implied by a timm state_dict (and the model object, when given)."""
+    state = convert_timm_state_dict(name, state)
+    if _family(name) == "convmixer":
+        w = state["stem.0.weight"]
+        arch = dict(dim=w.shape[0], in_chans=w.shape[1], patch_size=w.shape[2],
+                    kernel_size=state["depthwise.0.weight"].shape[-1],
+                    depth=len({k.split(".")[1] for k in state if k.startswith("pointwise.")}))
+        if model is not None and hasattr(model, "stem"):
+            arch["act"] = "relu" if isinstance(model.stem[1], nn.ReLU) else "gelu"
+    else:
+        w = state["patch_embed.proj.weight"]
+        n = state["pos_embed"].shape[1] - 1
+        arch = dict(embed_dim=w.shape[0], in_chans=w.shape[1], patch_size=w.shape[2],
+                    img_size=int(round(n ** 0.5)) * w.shape[2],
+                    depth=len({k.split(".")[1] for k in state if k.startswith("attn.")}),
+                    mlp_ratio=state["mlp.0.fc1.weight"].shape[0] / w.shape[0])
+        if model is not None and hasattr(model, "blocks"):
+            arch["num_heads"] = model.blocks[0].attn.num_heads
+    arch["num_classes"] = state["head.weight"].shape[0] if "head.weight" in state else 0
+    return arch
+
+
+def _timm_pretrained_state(name: str, arch: dict) -> dict:
+    """Download timm's pretrained weights for ``name`` through timm's hub loader, or fail clearly."""
+    import timm
+
+    if name not in timm.list_models():
+        raise ValueError(f"pretrained: timm has no pretrained weights for {name}; pass checkpoint_path=")
+    try:
+        return timm.create_model(name, pretrained=True).state_dict()
+    except Exception as e:  # noqa: BLE001 - any hub failure becomes one clear message
+        raise RuntimeError(f"pretrained: could not fetch {name}'s weights through timm's hub loader "
+                           f"({type(e).__name__}: {str(e)[:200]}). Without network access, download the "
+                           "checkpoint elsewhere and pass checkpoint_path=") from e
+
+
+def _register_with_timm():
+    """Register every model in timm's registry under a ``spin_`` prefix.
+
+    ``spin_convmixer_768_32`` is SPIN's variant under its own name, so timm's ``convmixer_768_32`` architecture
+    registers as ``spin_timm_convmixer_768_32`` to avoid the clash.
+    """
+    try:
+        from timm.models import register_model
+        from timm.models._registry import is_model
+    except ImportError:  # timm is a dependency, but the package must still import without it
+        return
+    this = sys.modules[__name__]
+    for name in MODELS:
+        timm_name = name if name.startswith("spin_") else "spin_" + name
+        if timm_name in MODELS and timm_name != name:
+            timm_name = "spin_timm_" + name
+        if is_model(timm_name) and getattr(this, timm_name, None) is not None:
+            continue
+
+        def entry(pretrained=False, _name=name, **kwargs):
+            return create_model(_name, pretrained=pretrained, **kwargs)
+
+        entry.__name__ = timm_name
+        entry.__qualname__ = timm_name
+        entry.__module__ = __name__
+        entry.__doc__ = f"spin_kernels {name} (see spin_kernels.create_model for the sharing arguments)."
+        setattr(this, timm_name, entry)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            register_model(entry)
+
+
+_register_with_timm()
+
+
+def profile(model: nn.Module, img_size: int | None = None) -> dict:
+    """Parameter and compute profile of one of our models.
+
+    Returns a dict: ``params`` (the true unique count), ``params_unshared`` (what the same architecture costs
+    without sharing), ``compression`` (their ratio), ``macs`` (analytic multiply-accumulates per image, all layers
+    and the head) and ``per_layer`` (name, macs, and part-wise MACs).
+    """
+    family = _family(model.spin_config["name"])
+    size = img_size or model.default_cfg["input_size"][-1]
+    rows = MACS[family](model, size)
+    params = sum(p.numel() for p in model.parameters())
+    # Without sharing every layer has its own copy of each family's unique module.
+    unshared = params
+    for _, mods, plan in model.unique_modules():
+        per_module = [sum(p.numel() for p in m.parameters()) for m in mods]
+        unshared += sum(per_module[u] for u in plan.layer_to_unique) - sum(per_module)
+    return dict(params=params, params_unshared=unshared, compression=unshared / params,
+                macs=sum(r["macs"] for r in rows), per_layer=rows, img_size=size)

@@ -1,0 +1,227 @@
+"""Vision Transformer (DeiT, pre-norm) with cross-layer weight sharing.
+
+Block:  ``y = x + DropPath(Proj(Attn(LN1(x))))`` ; ``x' = y + DropPath(FC2(GELU(FC1(LN2(y)))))``
+
+Parameter names (all backends): ``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``attn.{i}.qkv``,
+``attn.{i}.proj``, ``mlp.{i}.fc1``, ``mlp.{i}.fc2``, ``norm1.{i}``, ``norm2.{i}``, ``norm``, ``head``; ``i`` indexes
+the unique modules of that family (see common.py).
+
+Choices made for sharing:
+* drop-path rates belong to layer *positions* (linearly increasing with depth as in timm), so a shared block
+  used at layers 2 and 9 is dropped with the rates of positions 2 and 9;
+* timm's depth-scaled init (``fix_init``: proj / fc2 weights divided by sqrt(2·layer_id)) uses, for a shared
+  block, the id of the *first* layer that uses it, so the unshared case matches timm exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import IsotropicModel, LayerView, fused_forward, resolve_backend, resolve_share
+from ..sharing import SharingPlan
+
+SHARE_CHOICES = ("attn", "mlp")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: qkv projection, scaled dot-product attention, output projection."""
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2],
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Per-sample stochastic depth (scaled so the expectation is unchanged)."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.3f}"
+
+
+class VitBlock(LayerView):
+    """Block ``index`` of the trunk, referring to its (possibly shared) attention, MLP and norms."""
+
+    def __init__(self, index, norm1, attn, norm2, mlp, drop_path: float):
+        super().__init__(index)
+        self._refer(norm1=norm1, attn=attn, norm2=norm2, mlp=mlp)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(IsotropicModel):
+    """DeiT-style ViT (class token, pre-norm, LayerNorm eps 1e-6) with a SharingPlan over depth.
+
+    Args:
+        img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio: timm's architecture arguments.
+        num_classes: classifier size (0: no head). drop_rate: dropout before the head.
+        drop_path_rate: stochastic depth at the last layer (linear in layer position).
+        attn_drop_rate: attention dropout.
+        plan / share / share_norms: which unique weights each layer uses, for which families
+            (``"attn"``, ``"mlp"``), and whether the LayerNorms follow the plan too.
+        fix_init: timm's depth-scaled init of proj / fc2.
+        backend: ``reference`` (PyTorch), ``triton``, ``cuda`` or ``auto``.
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=384, depth=12,
+                 num_heads=6, mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0, attn_drop_rate=0.0,
+                 plan: SharingPlan | None = None, share=None, share_norms=False, fix_init=False,
+                 backend="reference", global_pool="token"):
+        super().__init__()
+        for name, value in (("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim),
+                            ("depth", depth), ("num_heads", num_heads), ("in_chans", in_chans)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"num_heads: {num_heads} does not divide embed_dim {embed_dim}")
+        if img_size % patch_size:
+            raise ValueError(f"patch_size: {patch_size} does not divide img_size {img_size}")
+        if global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool: expected 'token', 'avg' or '', got {global_pool!r}")
+        hidden = int(embed_dim * mlp_ratio)
+        self.arch = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                         depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, mlp_hidden=hidden)
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.global_pool = global_pool
+        self.grad_checkpointing = False
+        self.backend = resolve_backend(backend)
+        plan = plan or SharingPlan.unshared(depth)
+        self.share = resolve_share(share, SHARE_CHOICES, ("attn", "mlp"))
+        unshared = SharingPlan.unshared(depth)
+        self.attn_plan = plan if "attn" in self.share else unshared
+        self.mlp_plan = plan if "mlp" in self.share else unshared
+        self.norm_plan = plan if share_norms else unshared
+
+        num_patches = (img_size // patch_size) ** 2
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.attn = nn.ModuleList(Attention(embed_dim, num_heads, attn_drop_rate)
+                                  for _ in range(self.attn_plan.num_unique))
+        self.mlp = nn.ModuleList(Mlp(embed_dim, hidden) for _ in range(self.mlp_plan.num_unique))
+        self.norm1 = nn.ModuleList(nn.LayerNorm(embed_dim, eps=1e-6) for _ in range(self.norm_plan.num_unique))
+        self.norm2 = nn.ModuleList(nn.LayerNorm(embed_dim, eps=1e-6) for _ in range(self.norm_plan.num_unique))
+        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [drop_path_rate]
+        self.blocks = nn.ModuleList(
+            VitBlock(l, self.norm1[self.norm_plan.layer_to_unique[l]], self.attn[self.attn_plan.layer_to_unique[l]],
+                     self.norm2[self.norm_plan.layer_to_unique[l]], self.mlp[self.mlp_plan.layer_to_unique[l]],
+                     rates[l])
+            for l in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(fix_init)
+
+    def _init_weights(self, fix_init: bool):
+        # timm's ViT init: truncated normal (std .02) for Linear weights and pos_embed, zero biases, tiny cls token.
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        if fix_init:
+            for family, plan, names in ((self.attn, self.attn_plan, ("proj",)), (self.mlp, self.mlp_plan, ("fc2",))):
+                for u, group in enumerate(plan.groups):
+                    for name in names:
+                        getattr(family[u], name).weight.data.div_(math.sqrt(2.0 * (group[0] + 1)))
+
+    def unique_modules(self):
+        """(family, unique ModuleList, plan) for each weight family."""
+        return [("norm1", self.norm1, self.norm_plan), ("attn", self.attn, self.attn_plan),
+                ("norm2", self.norm2, self.norm_plan), ("mlp", self.mlp, self.mlp_plan)]
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters excluded from weight decay (timm API)."""
+        return {"pos_embed", "cls_token"}
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
+        """Replace the head with a new one of ``num_classes`` outputs (timm API)."""
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        ref = self.pos_embed
+        self.head = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
+                     if num_classes > 0 else nn.Identity())
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> tokens [B, 1 + N, C] with the class token and position embedding."""
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x + self.pos_embed)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> normalised tokens [B, 1 + N, C]."""
+        x = self.embed(x)
+        fused = fused_forward("vit", "vit_blocks", self.backend) if self.backend != "reference" else None
+        x = fused(self, x) if fused is not None else self._run_blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens -> logits (class token pooling, or mean over patch tokens with global_pool='avg')."""
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, 1:].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+
+def layer_macs(model: VisionTransformer, img_size: int | None = None) -> list[dict]:
+    """Analytic multiply-accumulates of each part of a ViT (per image), attention matmuls included."""
+    a = model.arch
+    if img_size is not None and img_size != a["img_size"]:
+        raise ValueError(f"img_size: this ViT was built for {a['img_size']} (position embedding), got {img_size}")
+    n = (a["img_size"] // a["patch_size"]) ** 2
+    tokens, c, hidden = n + 1, a["embed_dim"], a["mlp_hidden"]
+    rows = [dict(name="patch_embed", macs=n * c * a["in_chans"] * a["patch_size"] ** 2)]
+    for l in range(a["depth"]):
+        qkv, attn, proj = tokens * c * 3 * c, 2 * tokens * tokens * c, tokens * c * c
+        mlp = 2 * tokens * c * hidden
+        rows.append(dict(name=f"blocks.{l}", macs=qkv + attn + proj + mlp, qkv=qkv, attention=attn, proj=proj,
+                         mlp=mlp))
+    rows.append(dict(name="head", macs=c * model.num_classes))
+    return rows
