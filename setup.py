@@ -14,9 +14,6 @@ parallelism), ``SPIN_NO_CUDA=1`` (skip the extension).
 Build with ``pip install -e . --no-build-isolation`` so the already-installed torch is used.
 """
 import os
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,40 +27,18 @@ def _say(msg):
     print(f"spin_kernels setup: {msg}", file=sys.stderr)
 
 
-def find_cuda_home():
-    """Return the CUDA toolkit root (the folder holding bin/nvcc, include/, lib64/), or None."""
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var) and (Path(os.environ[var]) / "bin" / "nvcc").exists():
-            return os.environ[var]
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        return None
-    # `nvcc -dryrun` prints the directory the real binary runs from (`_HERE_=`), which stays right when the
-    # nvcc on the PATH is a wrapper script or a symlink farm.
-    try:
-        out = subprocess.run([nvcc, "-dryrun", "-x", "cu", os.devnull], capture_output=True, text=True, timeout=60)
-        m = re.search(r"_HERE_=(\S+)", out.stdout + out.stderr)
-        if m:
-            root = Path(m.group(1)).resolve().parent
-            if (root / "include").is_dir():
-                return str(root)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    root = Path(os.path.realpath(nvcc)).parent.parent
-    return str(root) if (root / "include").is_dir() else None
+def _load_build_helpers():
+    """spin_kernels/cuda_build.py, loaded by path: importing the package itself would need its dependencies."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("spin_cuda_build", ROOT / "spin_kernels" / "cuda_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def default_arch_list():
-    """The visible GPU's compute capability, else Hopper (9.0a, which enables wgmma)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability()
-            return f"{major}.{minor}" + ("a" if major == 9 else "")
-    except Exception:  # noqa: BLE001 - any failure just means "no visible GPU"
-        pass
-    return "9.0a"
+_build = _load_build_helpers()
+find_cuda_home, default_arch_list = _build.find_cuda_home, _build.default_arch_list
 
 
 def cuda_extension():

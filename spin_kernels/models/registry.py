@@ -269,7 +269,7 @@ def _timm_pretrained_state(name: str, arch: dict) -> dict:
     """Download timm's pretrained weights for ``name`` through timm's hub loader, or fail clearly."""
     import timm
 
-    if name not in timm.list_models():
+    if not timm.models.is_model_pretrained(name):
         raise ValueError(f"pretrained: timm has no pretrained weights for {name}; pass checkpoint_path=")
     try:
         return timm.create_model(name, pretrained=True).state_dict()
@@ -277,6 +277,9 @@ def _timm_pretrained_state(name: str, arch: dict) -> dict:
         raise RuntimeError(f"pretrained: could not fetch {name}'s weights through timm's hub loader "
                            f"({type(e).__name__}: {str(e)[:200]}). Without network access, download the "
                            "checkpoint elsewhere and pass checkpoint_path=") from e
+
+
+_TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only", "out_indices")
 
 
 def _register_with_timm():
@@ -299,6 +302,8 @@ def _register_with_timm():
             continue
 
         def entry(pretrained=False, _name=name, **kwargs):
+            for key in _TIMM_FACTORY_KWARGS:  # what timm.create_model adds for its own builders
+                kwargs.pop(key, None)
             return create_model(_name, pretrained=pretrained, **kwargs)
 
         entry.__name__ = timm_name
