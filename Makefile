@@ -12,7 +12,7 @@ export MAX_JOBS ?= 2
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py $(wildcard csrc/*)
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q $(TORCH_PIN) $(TORCHVISION_PIN)

@@ -30,3 +30,126 @@ def status() -> dict:
     if not torch.cuda.is_available():
         return dict(built=True, loadable=True, usable=False, reason="no CUDA GPU is visible")
     return dict(built=True, loadable=True, usable=True, reason="ok")
+
+
+ACT_CODES = {"none": 0, "relu": 1, "gelu": 2}
+
+
+def _require(h: "torch.Tensor", name: str = "h"):
+    """Raise a clear error unless the extension is usable for tensor ``h``."""
+    import torch
+
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(h).__name__}")
+    if h.device.type != "cuda":
+        raise ValueError(f"{name}: the CUDA kernels need CUDA tensors, got one on {h.device} "
+                         "(use backend='reference' or 'triton' on the CPU)")
+    ext = extension()
+    if ext is None:
+        raise RuntimeError(f"spin_kernels._C is unavailable: {status()['reason']}")
+    return ext
+
+
+def dwconv_forward(h, weight, bias=None, a=None, b=None, *, act: str = "gelu", post_scale=None,
+                   flip: bool = False, with_stats: bool = True):
+    """Fused depthwise conv on channels-last ``h`` [B, H, W, C] (CUDA): ``y = act(dw(a*h + b) + bias)``.
+
+    ``weight`` is [C, 1, k, k] (odd k from 3 to 9) in h's dtype; ``a``, ``b``, ``bias``, ``post_scale`` are
+    optional per-channel vectors. Returns ``(y, stats)`` where ``stats`` is [3, tiles, C] fp32 (count, mean, M2
+    of y per spatial tile) or None.
+    """
+    ext = _require(h)
+    if act not in ACT_CODES:
+        raise ValueError(f"act: expected one of {list(ACT_CODES)}, got {act!r}")
+    y, stats = ext.dwconv_forward(h, a, b, weight, bias, post_scale, ACT_CODES[act], flip, with_stats)
+    return y, (stats if with_stats else None)
+
+
+def dwconv_backward_input(dz, weight, a=None):
+    """Input gradient of ``z = dw(a*h + b)`` (CUDA): ``dh = a * dw_flipped(dz)``, in dz's dtype."""
+    ext = _require(dz, "dz")
+    return ext.dwconv_forward(dz, None, None, weight, None, a, 0, True, False)[0]
+
+
+def dwconv_backward_weight(dz, h, kernel_size: int, a=None, b=None, partial_ctas: int = 264):
+    """Weight [C, 1, k, k] and bias [C] gradients (fp32, deterministic) of ``z = dw(a*h + b) + bias`` (CUDA)."""
+    ext = _require(dz, "dz")
+    dweight, dbias = ext.dwconv_backward_weight(dz, h, a, b, kernel_size, partial_ctas)
+    return dweight, dbias
+
+
+def merge_stats(stats):
+    """Merge per-tile (count, mean, M2) [3, tiles, C] into per-channel (count, mean, biased variance)."""
+    import torch
+
+    count, mean, m2 = stats.double().unbind(0)
+    n = count.sum(0)
+    total_mean = (count * mean).sum(0) / n
+    # Chan's parallel formula: M2 = sum M2_i + sum n_i (mean_i - mean)^2.
+    total_m2 = m2.sum(0) + (count * (mean - total_mean) ** 2).sum(0)
+    return n, total_mean, total_m2 / n
+
+
+def cuobjdump_path() -> str | None:
+    """A cuobjdump binary: the CUDA toolkit's, else the one triton ships (backends/nvidia/bin)."""
+    import os
+    import shutil
+
+    from .cuda_build import find_cuda_home
+
+    candidates = [shutil.which("cuobjdump")]
+    home = find_cuda_home()
+    if home:
+        candidates.append(os.path.join(home, "bin", "cuobjdump"))
+    try:
+        import triton
+
+        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
+    except ImportError:
+        pass
+    return next((c for c in candidates if c and os.path.exists(c)), None)
+
+
+def _kernel_name(symbol: str) -> str:
+    """The ``..._kernel`` identifier inside an Itanium-mangled symbol (length-prefixed names), else the symbol."""
+    import re
+
+    for m in re.finditer(r"\d+", symbol):
+        n, start = int(m.group()), m.end()
+        name = symbol[start:start + n]
+        if name.endswith("_kernel") and len(name) == n:
+            return name
+    return symbol
+
+
+def resource_usage(library: str | None = None) -> list[dict]:
+    """Per-kernel resource use of the built extension from ``cuobjdump --dump-resource-usage``.
+
+    Returns dicts with ``kernel`` (the short name), ``symbol``, ``registers``, ``stack``, ``shared``, ``local``
+    (bytes; spills show up as stack / local memory). Empty when the extension or cuobjdump is missing.
+    """
+    import re
+    import subprocess
+
+    if library is None:
+        ext = extension()
+        library = getattr(ext, "__file__", None)
+    tool = cuobjdump_path()
+    if not library or not tool:
+        return []
+    out = subprocess.run([tool, "--dump-resource-usage", library], capture_output=True, text=True).stdout
+    rows, symbol = [], None
+    for line in out.splitlines():
+        m = re.match(r"\s*Function (\S+):", line)
+        if m:
+            symbol = m.group(1)
+            continue
+        if symbol and "REG:" in line:
+            fields = dict(re.findall(r"(\w+):(\d+)", line))
+            name = _kernel_name(symbol)
+            dtype = next((t for t in ("bfloat16", "half", "If") if t in symbol), "")
+            rows.append(dict(kernel=name + {"bfloat16": "<bf16>", "half": "<fp16>", "If": "<fp32>"}.get(dtype, ""),
+                             symbol=symbol, registers=int(fields.get("REG", 0)), stack=int(fields.get("STACK", 0)),
+                             shared=int(fields.get("SHARED", 0)), local=int(fields.get("LOCAL", 0))))
+            symbol = None
+    return rows

@@ -1,0 +1,120 @@
+// Python bindings of spin_kernels._C: argument checks and tensor plumbing around the raw-pointer launchers.
+// Every check names the argument and what was expected; kernels never see a tensor they cannot handle.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <optional>
+
+#include "depthwise_conv.h"
+
+namespace {
+
+int dtype_code(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return spin::kFloat32;
+    case at::kHalf: return spin::kFloat16;
+    case at::kBFloat16: return spin::kBFloat16;
+    default: TORCH_CHECK_TYPE(false, name, ": expected float32, float16 or bfloat16, got ", t.scalar_type());
+  }
+  return -1;
+}
+
+void check_activation(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", t.device());
+  TORCH_CHECK(t.dim() == 4, name, ": expected a channels-last activation [B, H, W, C], got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), name, ": expected a contiguous [B, H, W, C] tensor");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, ": data must be 16-byte aligned");
+  const int64_t vec = 16 / t.element_size();
+  TORCH_CHECK(t.size(3) % vec == 0, name, ": C = ", t.size(3), " must be a multiple of ", vec,
+              " for 16-byte vector access in ", t.scalar_type());
+}
+
+// Optional per-channel vector -> contiguous fp32 on the activation's device (or undefined).
+at::Tensor channel_vector(const std::optional<at::Tensor>& v, const at::Tensor& like, const char* name) {
+  if (!v.has_value() || !v->defined()) return at::Tensor();
+  TORCH_CHECK(v->device() == like.device(), name, ": expected a tensor on ", like.device(), ", got ", v->device());
+  TORCH_CHECK(v->numel() == like.size(3), name, ": expected ", like.size(3), " values (one per channel), got ",
+              v->numel());
+  return v->reshape({-1}).to(at::kFloat).contiguous();
+}
+
+const float* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+spin::DwShape shape_of(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(weight.device() == x.device(), "weight: expected a tensor on ", x.device());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "weight: expected dtype ", x.scalar_type(), ", got ",
+              weight.scalar_type());
+  const int64_t k = weight.size(-1);
+  TORCH_CHECK(weight.numel() == x.size(3) * k * k && weight.size(-2) == k,
+              "weight: expected [C, 1, k, k] or [C, k, k] with C = ", x.size(3), ", got ", weight.sizes());
+  TORCH_CHECK(k % 2 == 1 && k >= 3 && k <= 9, "weight: kernel size must be odd, 3 to 9, got ", k);
+  return {static_cast<int>(x.size(0)), static_cast<int>(x.size(1)), static_cast<int>(x.size(2)),
+          static_cast<int>(x.size(3)), static_cast<int>(k)};
+}
+
+void check_cuda(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
+}
+
+// y = act(dwconv(a*h + b) + bias) (* post_scale); returns (y, partial stats [3, tiles, C] or empty).
+std::vector<at::Tensor> dwconv_forward(const at::Tensor& h, const std::optional<at::Tensor>& a,
+                                       const std::optional<at::Tensor>& b, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias,
+                                       const std::optional<at::Tensor>& post_scale, int64_t act, bool flip,
+                                       bool with_stats) {
+  check_activation(h, "h");
+  const int dtype = dtype_code(h, "h");
+  TORCH_CHECK(act >= 0 && act <= 2, "act: expected 0 (none), 1 (relu) or 2 (gelu), got ", act);
+  const spin::DwShape s = shape_of(h, weight);
+  const c10::cuda::CUDAGuard guard(h.device());
+  const at::Tensor av = channel_vector(a, h, "a"), bv = channel_vector(b, h, "b");
+  const at::Tensor biasv = channel_vector(bias, h, "bias"), postv = channel_vector(post_scale, h, "post_scale");
+  at::Tensor y = at::empty_like(h);
+  at::Tensor stats = with_stats ? at::empty({3, spin::dw_num_tiles(s), s.C}, h.options().dtype(at::kFloat))
+                                : at::Tensor();
+  check_cuda(spin::dw_forward(dtype, h.data_ptr(), ptr(av), ptr(bv), weight.contiguous().data_ptr(), ptr(biasv),
+                              ptr(postv), y.data_ptr(), with_stats ? stats.data_ptr<float>() : nullptr, s,
+                              static_cast<int>(act), flip, c10::cuda::getCurrentCUDAStream()),
+             "dwconv_forward");
+  return {y, stats};
+}
+
+// (dweight [C, 1, k, k] fp32, dbias [C] fp32) of dwconv(a*h + b) + bias, given dz = dL/d(conv + bias).
+std::vector<at::Tensor> dwconv_backward_weight(const at::Tensor& dz, const at::Tensor& h,
+                                               const std::optional<at::Tensor>& a,
+                                               const std::optional<at::Tensor>& b, int64_t kernel_size,
+                                               int64_t partial_ctas) {
+  check_activation(dz, "dz");
+  check_activation(h, "h");
+  TORCH_CHECK(dz.sizes() == h.sizes(), "dz: expected the shape of h ", h.sizes(), ", got ", dz.sizes());
+  TORCH_CHECK(dz.scalar_type() == h.scalar_type(), "dz: expected dtype ", h.scalar_type());
+  TORCH_CHECK(kernel_size % 2 == 1 && kernel_size >= 3 && kernel_size <= 9,
+              "kernel_size: must be odd, 3 to 9, got ", kernel_size);
+  const int dtype = dtype_code(h, "h");
+  const c10::cuda::CUDAGuard guard(h.device());
+  const spin::DwShape s{static_cast<int>(h.size(0)), static_cast<int>(h.size(1)), static_cast<int>(h.size(2)),
+                        static_cast<int>(h.size(3)), static_cast<int>(kernel_size)};
+  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(partial_ctas, spin::dw_num_tiles(s))));
+  const at::Tensor av = channel_vector(a, h, "a"), bv = channel_vector(b, h, "b");
+  auto f32 = h.options().dtype(at::kFloat);
+  at::Tensor dweight = at::empty({s.C, 1, s.k, s.k}, f32), dbias = at::empty({s.C}, f32);
+  at::Tensor ws = at::empty({static_cast<int64_t>(spin::dw_wgrad_workspace_bytes(s, ctas) / sizeof(float))}, f32);
+  check_cuda(spin::dw_backward_weight(dtype, dz.data_ptr(), h.data_ptr(), ptr(av), ptr(bv),
+                                      dweight.data_ptr<float>(), dbias.data_ptr<float>(), ws.data_ptr<float>(), ctas,
+                                      s, c10::cuda::getCurrentCUDAStream()),
+             "dwconv_backward_weight");
+  return {dweight, dbias};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "spin_kernels CUDA C++ kernels";
+  m.def("dwconv_forward", &dwconv_forward, "fused depthwise conv forward (affine prologue, bias, act, stats)",
+        py::arg("h"), py::arg("a"), py::arg("b"), py::arg("weight"), py::arg("bias"), py::arg("post_scale"),
+        py::arg("act"), py::arg("flip"), py::arg("with_stats"));
+  m.def("dwconv_backward_weight", &dwconv_backward_weight, "depthwise conv weight and bias gradient (fp32)",
+        py::arg("dz"), py::arg("h"), py::arg("a"), py::arg("b"), py::arg("kernel_size"),
+        py::arg("partial_ctas") = 264);
+}
