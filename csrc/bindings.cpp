@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "depthwise_conv.h"
+#include "shared_run.h"
 
 namespace {
 
@@ -107,6 +108,49 @@ std::vector<at::Tensor> dwconv_backward_weight(const at::Tensor& dz, const at::T
   return {dweight, dbias};
 }
 
+at::Tensor per_layer(const at::Tensor& t, int64_t L, int64_t C, const char* name, const at::Tensor& like) {
+  TORCH_CHECK(t.device() == like.device(), name, ": expected a tensor on ", like.device());
+  TORCH_CHECK(t.numel() == L * C, name, ": expected [L, C] = [", L, ", ", C, "] values, got shape ", t.sizes());
+  return t.reshape({L, C}).to(at::kFloat).contiguous();
+}
+
+// Eval-mode ConvMixer run sharing the pointwise weight: returns the run's output [B, H, W, C] (x is not modified).
+at::Tensor shared_run_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_bias,
+                              const at::Tensor& dw_weight, const at::Tensor& dw_bias, const at::Tensor& s1,
+                              const at::Tensor& t1, const at::Tensor& s2, const at::Tensor& t2, int64_t act,
+                              bool spin_residual) {
+  check_activation(x, "x");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+                   "x: the shared-run kernel computes in float16 or bfloat16, got ", x.scalar_type());
+  const int64_t C = x.size(3);
+  TORCH_CHECK(C % spin::kSliceN == 0, "x: C = ", C, " must be a multiple of ", spin::kSliceN);
+  TORCH_CHECK(w.device() == x.device() && w.scalar_type() == x.scalar_type(), "w: expected ", x.scalar_type(),
+              " on ", x.device());
+  TORCH_CHECK(w.numel() == C * C, "w: expected the [C, C] pointwise weight with C = ", C, ", got ", w.sizes());
+  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(1) == C && dw_weight.size(2) == dw_weight.size(3),
+              "dw_weight: expected [L, C, k, k], got ", dw_weight.sizes());
+  const int64_t L = dw_weight.size(0), k = dw_weight.size(3);
+  TORCH_CHECK(k % 2 == 1 && k <= 9, "dw_weight: kernel size must be odd and at most 9, got ", k);
+  TORCH_CHECK(act == 1 || act == 2, "act: expected 1 (relu) or 2 (gelu), got ", act);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = x.clone(), u = at::empty_like(x);
+  const at::Tensor wc = w.reshape({C, C}).contiguous(), wb = channel_vector(w_bias, x, "w_bias");
+  const at::Tensor filt = dw_weight.to(at::kFloat).contiguous();
+  const at::Tensor db = per_layer(dw_bias, L, C, "dw_bias", x), a1 = per_layer(s1, L, C, "s1", x),
+                   b1 = per_layer(t1, L, C, "t1", x), a2 = per_layer(s2, L, C, "s2", x),
+                   b2 = per_layer(t2, L, C, "t2", x);
+  spin::SharedRunArgs args{out.data_ptr(), u.data_ptr(), wc.data_ptr(), wb.data_ptr<float>(),
+                           filt.data_ptr<float>(), db.data_ptr<float>(), a1.data_ptr<float>(),
+                           b1.data_ptr<float>(), a2.data_ptr<float>(), b2.data_ptr<float>(),
+                           static_cast<int>(L), static_cast<int>(x.size(0)), static_cast<int>(x.size(1)),
+                           static_cast<int>(x.size(2)), static_cast<int>(C), static_cast<int>(k),
+                           static_cast<int>(act), spin_residual};
+  check_cuda(spin::shared_run_forward(x.scalar_type() == at::kHalf ? 1 : 2, args,
+                                      c10::cuda::getCurrentCUDAStream(), nullptr),
+             "shared_run_forward");
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -117,4 +161,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dwconv_backward_weight", &dwconv_backward_weight, "depthwise conv weight and bias gradient (fp32)",
         py::arg("dz"), py::arg("h"), py::arg("a"), py::arg("b"), py::arg("kernel_size"),
         py::arg("partial_ctas") = 264);
+  m.def("shared_run_forward", &shared_run_forward,
+        "eval-mode ConvMixer run with the shared pointwise weight resident in shared memory (cooperative launch)",
+        py::arg("x"), py::arg("w"), py::arg("w_bias"), py::arg("dw_weight"), py::arg("dw_bias"), py::arg("s1"),
+        py::arg("t1"), py::arg("s2"), py::arg("t2"), py::arg("act"), py::arg("spin_residual"));
 }

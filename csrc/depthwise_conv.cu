@@ -16,22 +16,12 @@
 // k*k*chunk weights, 64 pixels x chunk output, 3 x chunk floats of statistics.
 #include "depthwise_conv.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "device_utils.cuh"
 
 #include <cstdint>
 
 namespace spin {
 namespace {
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // 16 bytes of channels: 4 fp32 or 8 half / bf16 values.
 template <typename T> struct Vec {
@@ -53,12 +43,6 @@ __device__ __forceinline__ void store_vec(T* p, const float (&in)[Vec<T>::N]) {
 #pragma unroll
   for (int j = 0; j < Vec<T>::N; ++j) e[j] = from_f32<T>(in[j]);
   *reinterpret_cast<uint4*>(p) = raw;
-}
-
-__device__ __forceinline__ float activate(float z, int act) {
-  if (act == kActReLU) return fmaxf(z, 0.f);
-  if (act == kActGELU) return 0.5f * z * (1.f + erff(z * 0.70710678118654752f));
-  return z;
 }
 
 struct TileCoord {

@@ -115,10 +115,12 @@ def _kernel_name(symbol: str) -> str:
     import re
 
     for m in re.finditer(r"\d+", symbol):
-        n, start = int(m.group()), m.end()
-        name = symbol[start:start + n]
-        if name.endswith("_kernel") and len(name) == n:
-            return name
+        digits, start = m.group(), m.end()
+        for i in range(len(digits)):  # a hash may run into the length prefix: try each suffix of the digits
+            n = int(digits[i:])
+            name = symbol[start:start + n]
+            if name.endswith("_kernel") and len(name) == n:
+                return name
     return symbol
 
 
@@ -153,3 +155,16 @@ def resource_usage(library: str | None = None) -> list[dict]:
                              shared=int(fields.get("SHARED", 0)), local=int(fields.get("LOCAL", 0))))
             symbol = None
     return rows
+
+
+def shared_run_forward(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, *, act: str, spin_residual: bool):
+    """Eval-mode ConvMixer layers sharing the pointwise ``w`` in one cooperative launch (CUDA, fp16/bf16).
+
+    ``x`` [B, H, W, C] channels-last; ``w`` [C, C(, 1, 1)]; per-layer ``dw_weight`` [L, C, k, k], ``dw_bias``
+    and folded BatchNorms ``s1, t1, s2, t2`` [L, C] (BN(v) = s * v + t). Returns the output of the L layers.
+    """
+    ext = _require(x, "x")
+    if act not in ("relu", "gelu"):
+        raise ValueError(f"act: expected 'relu' or 'gelu', got {act!r}")
+    return ext.shared_run_forward(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, ACT_CODES[act],
+                                  bool(spin_residual))

@@ -71,6 +71,7 @@ class ConvMixer(IsotropicModel):
         self.num_features = self.head_hidden_size = dim
         self.global_pool = global_pool
         self.grad_checkpointing = False
+        self.requested_backend = backend
         self.backend = resolve_backend(backend)
         plan = plan or SharingPlan.unshared(depth)
         self.share = resolve_share(share, SHARE_CHOICES, ("pointwise",))
@@ -111,7 +112,12 @@ class ConvMixer(IsotropicModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, in_chans, H, W] -> trunk output [B, dim, H/p, W/p]."""
-        if self.backend != "reference":
+        if not self.training and self.requested_backend in ("cuda", "auto") and x.is_cuda:
+            persistent = fused_forward("convmixer_cuda", "eval_features", self.requested_backend)
+            out = persistent(self, x) if persistent is not None else None
+            if out is not None:
+                return out
+        if self.backend not in ("reference", "cuda"):
             fused = fused_forward("convmixer", "convmixer_features", self.backend)
             if fused is not None:
                 return fused(self, x)

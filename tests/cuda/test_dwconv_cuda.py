@@ -81,6 +81,7 @@ def test_hot_kernels_do_not_spill():
         pytest.skip("spin_kernels._C is not built or no cuobjdump")
     rows = cuda.resource_usage()
     names = {r["kernel"] for r in rows}
-    assert {"dw_forward_kernel<fp32>", "dw_forward_kernel<bf16>", "dw_wgrad_partial_kernel<fp16>"} <= names, names
+    assert {"dw_forward_kernel<fp32>", "dw_forward_kernel<bf16>", "dw_wgrad_partial_kernel<fp16>",
+            "shared_run_kernel<bf16>"} <= names, names
     for row in rows:
         assert row["stack"] == 0 and row["local"] == 0, row  # no spills, no local-memory arrays

@@ -1,0 +1,198 @@
+// Weights-resident persistent shared run (eval-mode ConvMixer; DESIGN.md §2, lever 3).
+//
+// Computes, for each of the run's L layers (all sharing the pointwise W, b):
+//   depthwise half:  u = x + s1 * act(dwconv_l(x) + dwb_l) + t1        (per-layer filters, folded BN1)
+//   pointwise half:  x = s2 * act(u W^T + b) + t2   (+ u for SPIN's layer)      (folded BN2)
+// in ONE cooperative launch: grid.sync() separates the halves, x and u ping-pong through L2.
+//
+// Work split. CTA i owns the output-channel slice n0 = (i % slices) * 64 of W and keeps W[n0:n0+64, :] in
+// shared memory (64 x C bf16/fp16 = 96 KiB for C = 768) for every layer of the run — W is read from HBM once per
+// launch instead of once per layer. CTAs with the same slice split the M = B*H*W rows: each warp computes 16
+// rows x 64 channels with mma.sync m16n8k16 (fp32 accumulate), A fragments loaded from u (L2-resident at small
+// batch), B fragments from the resident slice. The depthwise half is a grid-stride loop over (row, channel
+// pairs) of all CTAs, fp32 arithmetic, reading x's k x k neighbourhood from L2.
+//
+// Bytes per layer: x read ~once (+halo hits in L2), u written once and read twice (pointwise A operand, SPIN
+// residual), x written once; W only at launch; per-layer vectors 6 x C x 4 B and filters C x k^2 x 4 B.
+#include "shared_run.h"
+
+#include <cooperative_groups.h>
+
+#include <cstdint>
+
+#include "device_utils.cuh"
+
+namespace cg = cooperative_groups;
+
+namespace spin {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRowPad = 8;  // elements of padding per resident row: staggers banks across rows
+
+template <typename T> struct Mma;
+template <> struct Mma<__nv_bfloat16> {
+  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <> struct Mma<__half> {
+  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// Two consecutive elements of a row as one 32-bit register (0 when the row is out of range).
+template <typename T>
+__device__ __forceinline__ uint32_t load_pair(const T* row, int col, bool valid) {
+  return valid ? *reinterpret_cast<const uint32_t*>(row + col) : 0u;
+}
+
+// u = x + s1 * act(dwconv(x) + dwb) + t1 over all (row, channel) of the activation, grid-stride.
+template <typename T>
+__device__ void depthwise_half(const SharedRunArgs& p, int layer) {
+  const T* x = static_cast<const T*>(p.x);
+  T* u = static_cast<T*>(p.u);
+  const int C = p.C, k = p.k, r = k / 2, kk = k * k;
+  const float* filt = p.dw_weight + static_cast<size_t>(layer) * C * kk;
+  const float* dwb = p.dw_bias + static_cast<size_t>(layer) * C;
+  const float* s1 = p.s1 + static_cast<size_t>(layer) * C;
+  const float* t1 = p.t1 + static_cast<size_t>(layer) * C;
+  const size_t total = static_cast<size_t>(p.B) * p.H * p.W * C;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(i % C);
+    const size_t pix = i / C;
+    const int ox = static_cast<int>(pix % p.W), oy = static_cast<int>((pix / p.W) % p.H);
+    const size_t n = pix / (static_cast<size_t>(p.W) * p.H);
+    float acc = dwb[c];
+    for (int ky = 0; ky < k; ++ky) {
+      const int iy = oy + ky - r;
+      if (iy < 0 || iy >= p.H) continue;
+      for (int kx = 0; kx < k; ++kx) {
+        const int ix = ox + kx - r;
+        if (ix < 0 || ix >= p.W) continue;
+        acc = fmaf(to_f32(x[((n * p.H + iy) * p.W + ix) * C + c]), filt[c * kk + ky * k + kx], acc);
+      }
+    }
+    u[i] = from_f32<T>(to_f32(x[i]) + s1[c] * activate(acc, p.act) + t1[c]);
+  }
+}
+
+// x = s2 * act(u W^T + b) + t2 (+ u): each warp owns 16-row tiles of its CTA's row group, 64 resident channels.
+template <typename T>
+__device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, int slice, int group,
+                               int groups) {
+  const T* u = static_cast<const T*>(p.u);
+  T* x = static_cast<T*>(p.x);
+  const int C = p.C, M = p.B * p.H * p.W, ldw = C + kRowPad;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int n0 = slice * kSliceN;
+  const float* s2 = p.s2 + static_cast<size_t>(layer) * C;
+  const float* t2 = p.t2 + static_cast<size_t>(layer) * C;
+  const int row_tiles = (M + 15) / 16;
+  for (int tile = group * kWarps + warp; tile < row_tiles; tile += groups * kWarps) {
+    const int m_lo = tile * 16 + g, m_hi = m_lo + 8;
+    const bool ok_lo = m_lo < M, ok_hi = m_hi < M;
+    const T* row_lo = u + static_cast<size_t>(ok_lo ? m_lo : 0) * C;
+    const T* row_hi = u + static_cast<size_t>(ok_hi ? m_hi : 0) * C;
+    float acc[kSliceN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kSliceN / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    for (int k0 = 0; k0 < C; k0 += 16) {
+      const uint32_t a[4] = {load_pair(row_lo, k0 + 2 * t, ok_lo), load_pair(row_hi, k0 + 2 * t, ok_hi),
+                             load_pair(row_lo, k0 + 2 * t + 8, ok_lo), load_pair(row_hi, k0 + 2 * t + 8, ok_hi)};
+#pragma unroll
+      for (int nt = 0; nt < kSliceN / 8; ++nt) {
+        const T* wrow = ws + (nt * 8 + g) * ldw + k0 + 2 * t;
+        Mma<T>::run(acc[nt], a, *reinterpret_cast<const uint32_t*>(wrow),
+                    *reinterpret_cast<const uint32_t*>(wrow + 8));
+      }
+    }
+    // Epilogue: element (row g / g+8, column 2t / 2t+1) of each 16x8 accumulator tile.
+#pragma unroll
+    for (int nt = 0; nt < kSliceN / 8; ++nt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int m = half ? m_hi : m_lo;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int n = n0 + nt * 8 + 2 * t + j;
+          float v = s2[n] * activate(acc[nt][2 * half + j] + p.w_bias[n], p.act) + t2[n];
+          if (p.spin_residual) v += to_f32(u[static_cast<size_t>(m) * C + n]);
+          x[static_cast<size_t>(m) * C + n] = from_f32<T>(v);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) shared_run_kernel(SharedRunArgs p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* ws = reinterpret_cast<T*>(smem_raw);  // [kSliceN][C + kRowPad], resident for the whole run
+  const int slices = p.C / kSliceN;
+  const int slice = blockIdx.x % slices, group = blockIdx.x / slices, groups = gridDim.x / slices;
+  const T* w = static_cast<const T*>(p.w);
+  const int ldw = p.C + kRowPad;
+  for (int i = threadIdx.x; i < kSliceN * p.C; i += blockDim.x) {
+    const int n = i / p.C, kx = i % p.C;
+    ws[n * ldw + kx] = w[static_cast<size_t>(slice * kSliceN + n) * p.C + kx];
+  }
+  __syncthreads();
+  cg::grid_group grid = cg::this_grid();
+  for (int layer = 0; layer < p.num_layers; ++layer) {
+    depthwise_half<T>(p, layer);
+    grid.sync();  // u complete everywhere before any row's GEMM reads it
+    pointwise_half<T>(p, layer, ws, slice, group, groups);
+    grid.sync();  // x complete before the next layer's depthwise half reads neighbours
+  }
+}
+
+template <typename T>
+cudaError_t launch(const SharedRunArgs& args, cudaStream_t stream, int* grid_ctas) {
+  const size_t smem = shared_run_smem_bytes(args.C);
+  auto kernel = shared_run_kernel<T>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (err != cudaSuccess) return err;
+  int device = 0, sms = 0, per_sm = 0;
+  if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
+  if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
+  if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)) != cudaSuccess) {
+    return err;
+  }
+  const int slices = args.C / kSliceN, resident = sms * per_sm;
+  if (resident < slices) return cudaErrorCooperativeLaunchTooLarge;
+  // Every CTA must be co-resident for grid.sync(): the largest multiple of the slice count that fits.
+  const int ctas = (resident / slices) * slices;
+  if (grid_ctas) *grid_ctas = ctas;
+  SharedRunArgs copy = args;
+  void* params[] = {&copy};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(ctas), dim3(kThreads), params,
+                                     smem, stream);
+}
+
+}  // namespace
+
+size_t shared_run_smem_bytes(int C) { return static_cast<size_t>(kSliceN) * (C + kRowPad) * 2; }
+
+cudaError_t shared_run_forward(int dtype, const SharedRunArgs& args, cudaStream_t stream, int* grid_ctas) {
+  if (args.C % kSliceN != 0 || args.k % 2 == 0 || args.num_layers < 1) return cudaErrorInvalidValue;
+  switch (dtype) {
+    case 1: return launch<__half>(args, stream, grid_ctas);
+    case 2: return launch<__nv_bfloat16>(args, stream, grid_ctas);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace spin

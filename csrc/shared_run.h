@@ -1,0 +1,35 @@
+// The weights-resident shared run (inference): one cooperative launch runs every layer of a ConvMixer run whose
+// layers share the pointwise weight W, keeping each CTA's slice of W in shared memory for the whole run.
+#pragma once
+#include <cuda_runtime.h>
+
+namespace spin {
+
+struct SharedRunArgs {
+  void* x;                // [M, C] layer input, overwritten by each layer's output (M = B*H*W, channels-last)
+  void* u;                // [M, C] scratch: the residual stream after the depthwise half of each layer
+  const void* w;          // [C, C] shared pointwise weight (out x in), same dtype as x
+  const float* w_bias;    // [C] shared pointwise bias
+  const float* dw_weight; // [L, C, k*k] per-layer depthwise filters (fp32)
+  const float* dw_bias;   // [L, C]
+  const float* s1;        // [L, C] folded eval-mode BN1:  BN1(v) = s1 * v + t1
+  const float* t1;        // [L, C]
+  const float* s2;        // [L, C] folded eval-mode BN2
+  const float* t2;        // [L, C]
+  int num_layers, B, H, W, C, k;
+  int act;                // 1 = ReLU, 2 = GELU
+  bool spin_residual;     // SPIN's layer: x' = u + BN2(act(PW u))
+};
+
+// Channels of W's output dimension each CTA keeps resident (C must be a multiple of this).
+constexpr int kSliceN = 64;
+
+// Shared memory per CTA for channel count C (the resident slice, padded rows).
+size_t shared_run_smem_bytes(int C);
+
+// Launches cooperatively with as many CTAs as can be co-resident (occupancy API); returns
+// cudaErrorCooperativeLaunchTooLarge / cudaErrorInvalidValue for shapes it does not support.
+// dtype: 1 = float16, 2 = bfloat16. grid_ctas (out, optional): the grid size used.
+cudaError_t shared_run_forward(int dtype, const SharedRunArgs& args, cudaStream_t stream, int* grid_ctas);
+
+}  // namespace spin

@@ -1,0 +1,75 @@
+"""Eval-mode ConvMixer trunk on the weights-resident CUDA kernel (DESIGN.md §2, lever 3).
+
+``eval_features(model, images)`` runs the stem with PyTorch, then one cooperative launch per run of layers that
+share the pointwise weight (``model.pw_plan.runs``), with eval-mode BatchNorms folded into per-channel affines.
+It returns None — and the caller takes another path — whenever the case is outside what the kernel supports;
+each reason is reported once.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import cuda
+from ..models.common import warn_once
+
+MAX_BATCH = 16  # the persistent kernel targets latency-bound batches; larger ones go to the tiled per-layer path
+SLICE = 64      # output channels per CTA (csrc/shared_run.h kSliceN)
+
+
+def fold_bn(bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as ``s * v + t`` (fp32)."""
+    scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+    return scale, bn.bias.float() - bn.running_mean.float() * scale
+
+
+def _unsupported(model, images: torch.Tensor) -> str | None:
+    """Why the persistent kernel cannot run this call, or None when it can."""
+    if model.training:
+        return "training mode (the persistent kernel is inference-only)"
+    if not images.is_cuda:
+        return "the input is not on a CUDA device"
+    status = cuda.status()
+    if not status["usable"]:
+        return status["reason"]
+    if images.shape[0] > MAX_BATCH:
+        return f"batch {images.shape[0]} > {MAX_BATCH}"
+    if model.arch["dim"] % SLICE:
+        return f"dim {model.arch['dim']} is not a multiple of {SLICE}"
+    if model.arch["kernel_size"] > 9:
+        return f"kernel_size {model.arch['kernel_size']} > 9"
+    if any(bn.running_var is None for bn in list(model.norm1) + list(model.norm2)):
+        return "BatchNorm without running statistics"
+    return None
+
+
+def _run_dtype(model, images: torch.Tensor) -> torch.dtype | None:
+    if torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    dtype = model.stem[0].weight.dtype
+    return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
+
+@torch.no_grad()
+def eval_features(model, images: torch.Tensor) -> torch.Tensor | None:
+    """Trunk output [B, C, H', W'] (channels-last memory) of an eval-mode ConvMixer, or None if unsupported."""
+    reason = _unsupported(model, images)
+    dtype = _run_dtype(model, images) if reason is None else None
+    if reason is None and dtype is None:
+        reason = "float32 weights without autocast (the kernel computes in float16 / bfloat16)"
+    if reason is not None:
+        warn_once(f"convmixer_cuda:{reason}", f"weights-resident CUDA kernel not used: {reason}")
+        return None
+    x = model.stem(images).to(dtype).permute(0, 2, 3, 1).contiguous()
+    act, spin = model.arch["act"], model.arch["spin_residual"]
+    for start, stop in model.pw_plan.runs:
+        layers = [model.blocks[l] for l in range(start, stop)]
+        pw = layers[0].pointwise
+        folded1 = [fold_bn(b.norm1) for b in layers]
+        folded2 = [fold_bn(b.norm2) for b in layers]
+        x = cuda.shared_run_forward(
+            x, pw.weight.to(dtype), pw.bias.float(),
+            torch.stack([b.depthwise.weight.float().squeeze(1) for b in layers]),
+            torch.stack([b.depthwise.bias.float() for b in layers]),
+            torch.stack([s for s, _ in folded1]), torch.stack([t for _, t in folded1]),
+            torch.stack([s for s, _ in folded2]), torch.stack([t for _, t in folded2]), act=act, spin_residual=spin)
+    return x.permute(0, 3, 1, 2)

@@ -1,0 +1,57 @@
+"""Weights-resident shared-run kernel (eval-mode ConvMixer) against the float64 reference model (GPU only)."""
+import pytest
+import torch
+
+import spin_kernels as sk
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def randomise(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+    return model
+
+
+def compare(name, dtype, batch, img, share_rate, **arch):
+    torch.manual_seed(0)
+    model = randomise(sk.create_model(name, share_rate=share_rate, backend="cuda", num_classes=10, **arch)).eval()
+    ref = sk.create_model(name, share_rate=share_rate, num_classes=10, **arch).eval()
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(batch, 3, img, img, device="cuda")
+    expected = ref.cuda().double()(x.double())
+    torch_low = ref.to(dtype)(x.to(dtype))  # PyTorch's own error in this dtype
+    model = model.cuda().to(dtype)
+    feats = model.forward_features(x.to(dtype))
+    assert feats.is_contiguous(memory_format=torch.channels_last)  # produced by the persistent kernel
+    got = model.forward_head(feats)
+    assert torch.isfinite(got).all()
+    assert rel(got, expected) <= max(2e-2, 2 * rel(torch_low, expected))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("share_rate", [1, 2, 4])
+@pytest.mark.parametrize("name", ["spin_convmixer_768_32", "convmixer_1536_20"])
+def test_small_models(dtype, share_rate, name):
+    compare(name, dtype, batch=3, img=72, share_rate=share_rate, dim=128, depth=4, kernel_size=5, patch_size=8)
+
+
+@pytest.mark.gpu
+def test_spin_convmixer_768_32_r2():
+    compare("spin_convmixer_768_32", torch.bfloat16, batch=2, img=224, share_rate=2)
+
+
+@pytest.mark.gpu
+def test_training_mode_and_large_batch_fall_back():
+    model = sk.create_model("spin_convmixer_768_32", dim=64, depth=2, patch_size=8, backend="cuda").cuda()
+    x = torch.randn(17, 3, 32, 32, device="cuda")
+    with pytest.warns(UserWarning, match="not used"):
+        model.eval().to(torch.bfloat16)(x.to(torch.bfloat16))  # batch 17 > 16: per-layer path
