@@ -55,3 +55,25 @@ def test_training_mode_and_large_batch_fall_back():
     x = torch.randn(17, 3, 32, 32, device="cuda")
     with pytest.warns(UserWarning, match="not used"):
         model.eval().to(torch.bfloat16)(x.to(torch.bfloat16))  # batch 17 > 16: per-layer path
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B, H, W, C, k, layers", [(1, 13, 11, 64, 3, 1), (3, 9, 14, 192, 7, 2), (2, 16, 16, 128, 9, 4)])
+@pytest.mark.parametrize("act, spin", [("relu", True), ("gelu", False)])
+def test_kernel_against_reference(dtype, B, H, W, C, k, layers, act, spin):
+    from spin_kernels import cuda
+    from spin_kernels.reference.shared_run import shared_run
+
+    torch.manual_seed(1)
+    dev = "cuda"
+    x = torch.randn(B, H, W, C, device=dev).to(dtype)
+    w = (torch.randn(C, C, device=dev) / C ** 0.5).to(dtype)
+    args = (w, torch.randn(C, device=dev) * 0.1, torch.randn(layers, C, k, k, device=dev) / k,
+            torch.randn(layers, C, device=dev) * 0.1, torch.rand(layers, C, device=dev) + 0.5,
+            torch.randn(layers, C, device=dev) * 0.1, torch.rand(layers, C, device=dev) * 0.5 + 0.25,
+            torch.randn(layers, C, device=dev) * 0.1)
+    got = cuda.shared_run_forward(x, *args, act=act, spin_residual=spin)
+    expected = shared_run(x, *args, act=act, spin_residual=spin)
+    low = shared_run(x, *args, act=act, spin_residual=spin, dtype=dtype)  # PyTorch's own error in this dtype
+    assert rel(got, expected) <= max({torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype], 2 * rel(low, expected))
