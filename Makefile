@@ -8,7 +8,7 @@ TORCHVISION_PIN ?= torchvision==0.29.1
 PYTEST_ARGS     ?=
 export MAX_JOBS ?= 2
 
-.PHONY: install test test-fast demo bench bench-analytic kernels-report gpu lint clean
+.PHONY: install test demo fashion-mnist bench bench-analytic kernels-report gpu gpu-build gpu-test gpu-sanitize gpu-bench lint clean
 
 install: $(STAMP)
 
@@ -43,11 +43,30 @@ bench-analytic: install
 kernels-report: install
 	$(VENV)/bin/spin kernels-report --json kernels_report.json
 
-# On a GPU machine: build against that machine's torch, GPU tests, sanitizer, benchmark suite.
-gpu:
-	python -m pip install -q -e . --no-build-isolation --no-deps
-	python -m pytest -q -m gpu tests
-	python -m bench.gpu_suite
+# On a GPU machine (an H100/H200 lent through the device tool): the machine's own python3 already has torch,
+# triton, timm and pytest, so nothing is installed from the network. Each stage fits in one 10-minute command:
+#   make gpu-build   compile spin_kernels._C against that machine's torch (--no-build-isolation --no-deps)
+#   make gpu-test    the GPU tests (bf16/fp16/fp32 at real sizes)
+#   make gpu-sanitize compute-sanitizer memcheck + racecheck on the small CUDA cases
+#   make gpu-bench   the benchmark suite -> bench/results/<gpu>-<date>/
+GPU_PY ?= python3
+GPU_SANITIZE_CASES ?= tests/cuda -k "small_models and bfloat16 and 2 or test_kernel_against_reference and 64"
+
+gpu: gpu-build gpu-test gpu-sanitize gpu-bench
+
+gpu-build:
+	MAX_JOBS=16 $(GPU_PY) -m pip install -q -e . --no-build-isolation --no-deps
+	$(GPU_PY) -c "import spin_kernels.cuda as c; print(c.status())"
+
+gpu-test:
+	$(GPU_PY) -m pytest -q -m gpu -p no:cacheprovider tests
+
+gpu-sanitize:
+	compute-sanitizer --tool memcheck --error-exitcode 1 $(GPU_PY) -m pytest -q -p no:cacheprovider $(GPU_SANITIZE_CASES)
+	compute-sanitizer --tool racecheck --error-exitcode 1 $(GPU_PY) -m pytest -q -p no:cacheprovider $(GPU_SANITIZE_CASES)
+
+gpu-bench:
+	$(GPU_PY) -m bench.gpu_suite
 
 lint: install
 	$(PY) -m pip install -q ruff
