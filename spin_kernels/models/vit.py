@@ -143,7 +143,8 @@ class VisionTransformer(IsotropicModel):
         self.mlp = nn.ModuleList(Mlp(embed_dim, hidden) for _ in range(self.mlp_plan.num_unique))
         self.norm1 = nn.ModuleList(nn.LayerNorm(embed_dim, eps=1e-6) for _ in range(self.norm_plan.num_unique))
         self.norm2 = nn.ModuleList(nn.LayerNorm(embed_dim, eps=1e-6) for _ in range(self.norm_plan.num_unique))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth > 1 else [drop_path_rate]
+        # Plain Python (not torch.linspace) so the model also builds under a meta-device context.
+        rates = [drop_path_rate * l / (depth - 1) for l in range(depth)] if depth > 1 else [drop_path_rate]
         self.blocks = nn.ModuleList(
             VitBlock(l, self.norm1[self.norm_plan.layer_to_unique[l]], self.attn[self.attn_plan.layer_to_unique[l]],
                      self.norm2[self.norm_plan.layer_to_unique[l]], self.mlp[self.mlp_plan.layer_to_unique[l]],
