@@ -1,0 +1,2 @@
+"""Benchmarks: pytest-benchmark micro-benchmarks (``pytest bench``) and the GPU suite
+(``python -m bench.gpu_suite``)."""
