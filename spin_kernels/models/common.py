@@ -82,18 +82,23 @@ def warn_once(key: str, message: str):
         warnings.warn(message, stacklevel=3)
 
 
-def fused_forward(op_module: str, fn_name: str, backend: str):
-    """The fused trunk function ``spin_kernels.ops.<op_module>.<fn_name>``, or None when this build has none.
+def fused_forward(op_module: str, fn_name: str):
+    """The fused function ``spin_kernels.ops.<op_module>.<fn_name>``, or None when this build has none.
 
-    A missing fused path is an unsupported-but-valid case: the model runs the reference path and says so once.
+    Looked up once when a model is built (not in ``forward``) so ``torch.compile(fullgraph=True)`` traces the
+    model without meeting an import.
     """
     try:
         module = importlib.import_module(f"spin_kernels.ops.{op_module}")
         return getattr(module, fn_name)
-    except (ImportError, AttributeError) as e:
-        warn_once(f"{op_module}:{backend}", f"backend={backend!r}: no fused {op_module} path is available "
-                  f"({e}); running the reference PyTorch path")
+    except (ImportError, AttributeError):
         return None
+
+
+def warn_reference_fallback(family: str, backend: str):
+    """Say once that a requested fused backend has no implementation here and the reference path runs."""
+    warn_once(f"{family}:{backend}", f"backend={backend!r}: no fused {family} path is available in this build; "
+              "running the reference PyTorch path")
 
 
 class LayerView(nn.Module):
@@ -118,6 +123,21 @@ class IsotropicModel(nn.Module):
 
     default_cfg: dict
     spin_config: dict
+
+    @property
+    def backend(self) -> str:
+        """The backend in use (``auto`` resolved); assigning a new name rebinds the fused entry points."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str):
+        self.requested_backend = value
+        self._backend = resolve_backend(value)
+        self._bind_backend()
+
+    def _bind_backend(self):
+        """Look up the fused functions of the current backend (once, outside ``forward``)."""
+        raise NotImplementedError
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import IsotropicModel, LayerView, fused_forward, resolve_backend, resolve_share
+from .common import (IsotropicModel, LayerView, fused_forward, resolve_share,
+                     warn_reference_fallback)
 from ..sharing import SharingPlan
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -71,8 +72,7 @@ class ConvMixer(IsotropicModel):
         self.num_features = self.head_hidden_size = dim
         self.global_pool = global_pool
         self.grad_checkpointing = False
-        self.requested_backend = backend
-        self.backend = resolve_backend(backend)
+        self.backend = backend
         plan = plan or SharingPlan.unshared(depth)
         self.share = resolve_share(share, SHARE_CHOICES, ("pointwise",))
         unshared = SharingPlan.unshared(depth)
@@ -96,6 +96,12 @@ class ConvMixer(IsotropicModel):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
+    def _bind_backend(self):
+        # Eval on a GPU with backend cuda/auto: the weights-resident kernel; otherwise the Triton fused trunk.
+        self._persistent = (fused_forward("convmixer_cuda", "eval_features")
+                            if self.requested_backend in ("cuda", "auto") else None)
+        self._fused = fused_forward("convmixer", "convmixer_features") if self.backend != "reference" else None
+
     def unique_modules(self):
         """(family, unique ModuleList, plan) for each weight family."""
         return [("depthwise", self.depthwise, self.dw_plan), ("norm1", self.norm1, self.norm_plan),
@@ -112,15 +118,14 @@ class ConvMixer(IsotropicModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, in_chans, H, W] -> trunk output [B, dim, H/p, W/p]."""
-        if not self.training and self.requested_backend in ("cuda", "auto") and x.is_cuda:
-            persistent = fused_forward("convmixer_cuda", "eval_features", self.requested_backend)
-            out = persistent(self, x) if persistent is not None else None
+        if self._persistent is not None and not self.training and x.is_cuda:
+            out = self._persistent(self, x)  # None when the case is outside the persistent kernel's reach
             if out is not None:
                 return out
-        if self.backend not in ("reference", "cuda"):
-            fused = fused_forward("convmixer", "convmixer_features", self.backend)
-            if fused is not None:
-                return fused(self, x)
+        if self.backend != "reference":
+            if self._fused is not None:
+                return self._fused(self, x)
+            warn_reference_fallback("convmixer", self.backend)
         return self._run_blocks(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

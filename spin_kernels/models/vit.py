@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import IsotropicModel, LayerView, fused_forward, resolve_backend, resolve_share
+from .common import (IsotropicModel, LayerView, fused_forward, resolve_share,
+                     warn_reference_fallback)
 from ..sharing import SharingPlan
 
 SHARE_CHOICES = ("attn", "mlp")
@@ -124,7 +125,7 @@ class VisionTransformer(IsotropicModel):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.global_pool = global_pool
         self.grad_checkpointing = False
-        self.backend = resolve_backend(backend)
+        self.backend = backend
         plan = plan or SharingPlan.unshared(depth)
         self.share = resolve_share(share, SHARE_CHOICES, ("attn", "mlp"))
         unshared = SharingPlan.unshared(depth)
@@ -169,6 +170,9 @@ class VisionTransformer(IsotropicModel):
                     for name in names:
                         getattr(family[u], name).weight.data.div_(math.sqrt(2.0 * (group[0] + 1)))
 
+    def _bind_backend(self):
+        self._fused = fused_forward("vit", "vit_blocks") if self.backend != "reference" else None
+
     def unique_modules(self):
         """(family, unique ModuleList, plan) for each weight family."""
         return [("norm1", self.norm1, self.norm_plan), ("attn", self.attn, self.attn_plan),
@@ -197,8 +201,12 @@ class VisionTransformer(IsotropicModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> normalised tokens [B, 1 + N, C]."""
         x = self.embed(x)
-        fused = fused_forward("vit", "vit_blocks", self.backend) if self.backend != "reference" else None
-        x = fused(self, x) if fused is not None else self._run_blocks(x)
+        if self._fused is not None:
+            x = self._fused(self, x)
+        else:
+            if self.backend != "reference":
+                warn_reference_fallback("vit", self.backend)
+            x = self._run_blocks(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

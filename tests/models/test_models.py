@@ -184,3 +184,14 @@ def test_pretrained_without_network_fails_clearly(monkeypatch):
         sk.create_model("deit_tiny_patch16_224", pretrained=True)
     with pytest.raises(ValueError, match="no pretrained weights"):
         sk.create_model("spin_convmixer_768_32", pretrained=True)
+
+
+def test_backend_assignment_rebinds_the_fused_path():
+    model = sk.create_model("convmixer_768_32", **SMALL_CM)
+    assert model._fused is None
+    model.backend = "triton"
+    from spin_kernels.ops.convmixer import convmixer_features
+
+    assert model.backend == "triton" and model._fused is convmixer_features
+    with pytest.raises(ValueError, match="backend"):
+        model.backend = "tpu"

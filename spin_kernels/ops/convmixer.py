@@ -1,0 +1,439 @@
+"""Fused ConvMixer trunk: one custom op per shared-pointwise run, Triton kernels inside (spin_kernels.triton).
+
+Data flow (DESIGN.md §2, levers 1-2). Activations are rows [M = B·H·W, C] of channels-last tensors. Only
+pre-activations are stored: q (depthwise output) and z (pointwise output), plus u for SPIN's residual; every
+consumer applies ``act`` and the BN affine on load. A layer is two main kernels:
+
+    dw_fwd   x = [u_prev] + BN2_prev(act(z_prev)) (prologue) → q = DW(x) + b → write q, partial stats of act(q)
+    finalize → BN1 affine (a1, b1)
+    pw_fwd   u = x + a1·act(q) + b1 (prologue) → z = u·Wᵀ + b → write z (and u), partial stats of act(z)
+    finalize → BN2 affine, applied by the next layer's prologues
+
+Forward HBM passes per layer: timm 5 (dw: hz r, q w; pw: hz r, q r, z w), SPIN 7 (+ res twice, + u w).
+Saved for backward per layer: q, z (timm) and u (SPIN) + per-channel stats.
+Backward per layer: pw_bwd_dx (G, z, q r [+R]; du w), dw_bwd (du, q, hz r [+res]; dx w), and — once per run —
+pw_bwd_dw, the shared weight/bias gradient as ONE fp32 GEMM over the concatenated rows of all layers of the run
+(G, z, hz, q r per layer): 12 passes per timm layer (≤ 2.5 × 5).
+
+``spin_kernels::convmixer_run`` is the autograd unit: inputs are the pre-activation ``z_in`` of the layer before
+the run (or the stem conv), its BN as (mean, invstd, gamma, beta) tensors, and the run's parameters; outputs the
+stacked Z, Q, U and per-layer stats. BN statistics cross op boundaries as differentiable tensors: the consumer
+returns d/d(mean, invstd) and the producer folds them into its BN backward, so the batch-statistics gradient is
+exact across runs. Running statistics are updated by :func:`convmixer_features` (nn.BatchNorm2d semantics).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..reference import convmixer_ops as _ref
+
+_WARNED: set = set()
+
+
+def _warn_once(key: str, msg: str):
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(msg, stacklevel=3)
+
+
+def _kernels():
+    from ..triton import bn, dwconv, pointwise  # noqa: WPS433 - triton is imported only when a kernel runs
+    return dwconv, pointwise, bn
+
+
+def _act(z: Tensor, act: str) -> Tensor:
+    return _ref.act_ref(z, act)
+
+
+# ------------------------------------------------------------------------------------------------ forward
+def _run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
+                 n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin):
+    dwconv, pointwise, bn = _kernels()
+    R = len(dw_w)
+    M, C = z_in.shape
+    dev = z_in.device
+    Z = torch.empty((R, M, C), device=dev, dtype=z_in.dtype)
+    Q = torch.empty_like(Z)
+    U = torch.empty_like(Z) if spin else z_in.new_empty((0,))
+    stats = torch.empty((R, 6, C), device=dev, dtype=torch.float32)
+    ax = (in_w.float() * in_invstd.float()).contiguous()
+    bx = (in_b.float() - in_mean.float() * ax).contiguous()
+    for i in range(R):
+        hz = z_in if i == 0 else Z[i - 1]
+        res = (u_in if i == 0 else U[i - 1]) if spin else None
+        _, part = dwconv.dw_fwd(hz, res, ax, bx, dw_w[i], dw_b[i], B, H, W, act, act, emit_stats=training,
+                                q_out=Q[i])
+        if training:
+            f1 = bn.bn_finalize(part, n1_w[i], n1_b[i], eps1)
+        else:
+            f1 = _eval_affine(n1_rm[i], n1_rv[i], n1_w[i], n1_b[i], eps1)
+        stats[i, 0:3] = f1[0:3]
+        _, _, part = pointwise.pw_fwd(hz, res, ax, bx, Q[i], f1[3], f1[4], pw_w, pw_b, act, act, act,
+                                      write_u=spin, emit_stats=training, z_out=Z[i], u_out=U[i] if spin else None)
+        if training:
+            f2 = bn.bn_finalize(part, n2_w[i], n2_b[i], eps2)
+        else:
+            f2 = _eval_affine(n2_rm[i], n2_rv[i], n2_w[i], n2_b[i], eps2)
+        stats[i, 3:6] = f2[0:3]
+        ax, bx = f2[3].contiguous(), f2[4].contiguous()
+    return Z, Q, U, stats
+
+
+def _eval_affine(rm, rv, w, b, eps):
+    mean = rm.float()
+    var = rv.float()
+    invstd = torch.rsqrt(var + eps)
+    a = w.float() * invstd
+    return torch.stack([mean, var, invstd, a, b.float() - mean * a])
+
+
+def _validate_run(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
+                  n2_w, n2_b, n2_rm, n2_rv, B, H, W, act, spin):
+    """ValueError / TypeError naming the offending argument (DESIGN.md §5)."""
+    _check_tensor("z_in", z_in)
+    if z_in.dim() != 2:
+        raise ValueError(f"z_in: expected rows [B*H*W, C], got shape {tuple(z_in.shape)}")
+    if z_in.dtype not in (torch.float16, torch.float32, torch.bfloat16):
+        raise TypeError(f"z_in: expected float16, bfloat16 or float32, got {z_in.dtype}")
+    if not z_in.is_contiguous():
+        raise ValueError("z_in: expected a contiguous tensor")
+    M, C = z_in.shape
+    if min(B, H, W) < 1 or B * H * W != M:
+        raise ValueError(f"B, H, W: B*H*W = {B * H * W} does not match z_in's {M} rows")
+    if C % 16:
+        raise ValueError(f"z_in: channels C={C} must be a multiple of 16 (convmixer_features falls back instead)")
+    if act not in ("gelu", "relu"):
+        raise ValueError(f"act: expected 'gelu' or 'relu', got {act!r}")
+    R = len(dw_w)
+    if R < 1:
+        raise ValueError("dw_w: a run needs at least one layer")
+    for name, lst in (("dw_b", dw_b), ("n1_w", n1_w), ("n1_b", n1_b), ("n1_rm", n1_rm), ("n1_rv", n1_rv),
+                      ("n2_w", n2_w), ("n2_b", n2_b), ("n2_rm", n2_rm), ("n2_rv", n2_rv)):
+        if len(lst) != R:
+            raise ValueError(f"{name}: expected {R} tensors (one per layer, like dw_w), got {len(lst)}")
+    dev = z_in.device
+    if u_in is not None:
+        if not spin:
+            raise ValueError("u_in: only the SPIN variant (spin=True) takes a residual input")
+        _check_tensor("u_in", u_in, z_in.dtype, dev, (M, C))
+        if not u_in.is_contiguous():
+            raise ValueError("u_in: expected a contiguous tensor")
+    for name, t in (("in_mean", in_mean), ("in_invstd", in_invstd), ("in_w", in_w), ("in_b", in_b),
+                    ("pw_b", pw_b)):
+        _check_tensor(name, t, None, dev, (C,))
+    _check_tensor("pw_w", pw_w, z_in.dtype, dev)
+    if tuple(pw_w.shape) not in ((C, C, 1, 1), (C, C)):
+        raise ValueError(f"pw_w: expected shape ({C}, {C}, 1, 1), got {tuple(pw_w.shape)}")
+    if not pw_w.is_contiguous():
+        raise ValueError("pw_w: expected a contiguous tensor")
+    for i in range(R):
+        _check_tensor(f"dw_w[{i}]", dw_w[i], z_in.dtype, dev)
+        k = dw_w[i].shape[-1]
+        if dw_w[i].dim() != 4 or tuple(dw_w[i].shape) != (C, 1, k, k) or k % 2 == 0:
+            raise ValueError(f"dw_w[{i}]: expected a depthwise weight ({C}, 1, k, k) with odd k, "
+                             f"got {tuple(dw_w[i].shape)}")
+        for name, t in (("dw_b", dw_b[i]), ("n1_w", n1_w[i]), ("n1_b", n1_b[i]), ("n1_rm", n1_rm[i]),
+                        ("n1_rv", n1_rv[i]), ("n2_w", n2_w[i]), ("n2_b", n2_b[i]), ("n2_rm", n2_rm[i]),
+                        ("n2_rv", n2_rv[i])):
+            _check_tensor(f"{name}[{i}]", t, None, dev, (C,))
+
+
+@torch.library.custom_op("spin_kernels::convmixer_run", mutates_args=())
+def convmixer_run(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_invstd: Tensor, in_w: Tensor,
+                  in_b: Tensor, dw_w: List[Tensor], dw_b: List[Tensor], pw_w: Tensor, pw_b: Tensor,
+                  n1_w: List[Tensor], n1_b: List[Tensor], n1_rm: List[Tensor], n1_rv: List[Tensor],
+                  n2_w: List[Tensor], n2_b: List[Tensor], n2_rm: List[Tensor], n2_rv: List[Tensor],
+                  B: int, H: int, W: int, eps1: float, eps2: float, training: bool, act: str,
+                  spin: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """All R layers of a run sharing one pointwise weight (see the module docstring and
+    spin_kernels.reference.convmixer_ops.convmixer_run_ref for the exact math and outputs)."""
+    _validate_run(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
+                  n2_w, n2_b, n2_rm, n2_rv, B, H, W, act, spin)
+    return _run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm,
+                        n1_rv, n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin)
+
+
+@convmixer_run.register_fake
+def _(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv, n2_w, n2_b,
+      n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin):
+    R = len(dw_w)
+    M, C = z_in.shape
+    Z = z_in.new_empty((R, M, C))
+    return Z, z_in.new_empty((R, M, C)), z_in.new_empty((R, M, C) if spin else (0,)), \
+        z_in.new_empty((R, 6, C), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------ backward
+def _setup_context(ctx, inputs, output):
+    (z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv, n2_w, n2_b,
+     n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin) = inputs
+    Z, Q, U, stats = output
+    R = len(dw_w)
+    ctx.meta = dict(R=R, B=B, H=H, W=W, training=training, act=act, spin=spin, has_u_in=u_in is not None)
+    saved = [z_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, stats, *dw_w, *n1_w, *n1_b, *n2_w, *n2_b]
+    if spin:
+        saved += [U] + ([u_in] if u_in is not None else [])
+    ctx.save_for_backward(*saved)
+
+
+def _backward(ctx, gZ, gQ, gU, gstats):
+    meta = ctx.meta
+    R, spin = meta["R"], meta["spin"]
+    saved = list(ctx.saved_tensors)
+    z_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, stats = saved[:9]
+    rest = saved[9:]
+    dw_w, n1_w, n1_b, n2_w, n2_b = (rest[j * R:(j + 1) * R] for j in range(5))
+    rest = rest[5 * R:]
+    U = rest[0] if spin else z_in.new_empty((0,))
+    u_in = rest[1] if spin and meta["has_u_in"] else None
+    (g_z_in, g_u_in, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b, dW, dB, g_n1_w, g_n1_b, g_n2_w,
+     g_n2_b) = torch.ops.spin_kernels.convmixer_run_backward(
+        gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w, n1_w, n1_b, n2_w,
+        n2_b, meta["B"], meta["H"], meta["W"], meta["training"], meta["act"], spin)
+    none_r = [None] * R
+    return (g_z_in, g_u_in if u_in is not None else None, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b,
+            dW, dB, g_n1_w, g_n1_b, none_r, none_r, g_n2_w, g_n2_b, none_r, none_r,
+            None, None, None, None, None, None, None, None)
+
+
+@torch.library.custom_op("spin_kernels::convmixer_run_backward", mutates_args=())
+def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: Optional[Tensor], z_in: Tensor,
+                           u_in: Optional[Tensor], in_mean: Tensor, in_invstd: Tensor, in_w: Tensor, in_b: Tensor,
+                           pw_w: Tensor, Z: Tensor, Q: Tensor, U: Tensor, stats: Tensor, dw_w: List[Tensor],
+                           n1_w: List[Tensor], n1_b: List[Tensor], n2_w: List[Tensor], n2_b: List[Tensor],
+                           B: int, H: int, W: int, training: bool, act: str, spin: bool
+                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, List[Tensor], List[Tensor],
+                                      Tensor, Tensor, List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
+    """Backward of convmixer_run (its own op so that AOT autograd traces it through the fake below).
+
+    Gradients flow only through Z[-1], U[-1] and stats[-1, {3, 5}] (mean2, invstd2 of the last layer), the
+    outputs convmixer_features consumes; the statistics gradient is folded in training mode only (in eval the
+    statistics are running buffers). Returns the gradients of z_in, u_in (empty without), in_mean, in_invstd,
+    in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n2_w, n2_b (n2 of the last layer: zeros — the consumer
+    applies that BN).
+    """
+    dwconv, pointwise, _ = _kernels()
+    R = len(dw_w)
+    U = U if spin else None
+    M, C = z_in.shape
+    f32 = torch.float32
+    mean1, invstd1, mean2, invstd2 = stats[:, 0], stats[:, 2], stats[:, 3], stats[:, 5]
+    a1 = torch.stack([n1_w[i].float() for i in range(R)]) * invstd1
+    b1 = torch.stack([n1_b[i].float() for i in range(R)]) - mean1 * a1
+    a2 = torch.stack([n2_w[i].float() for i in range(R)]) * invstd2
+    b2 = torch.stack([n2_b[i].float() for i in range(R)]) - mean2 * a2
+    ax0 = in_w.float() * in_invstd.float()
+    bx0 = in_b.float() - in_mean.float() * ax0
+    ax = torch.cat([ax0[None], a2[:-1]])
+    bx = torch.cat([bx0[None], b2[:-1]])
+    mean_in = torch.cat([in_mean.float()[None], mean2[:-1]])
+    invstd_in = torch.cat([in_invstd.float()[None], invstd2[:-1]])
+
+    G_last = gZ[R - 1].contiguous() if gZ is not None else torch.zeros_like(z_in)
+    R_last = None
+    if spin:
+        R_last = gU[R - 1].contiguous() if gU is not None else torch.zeros_like(z_in)
+    grun = torch.empty((R - 1, M, C), device=z_in.device, dtype=z_in.dtype) if R > 1 else G_last[None]
+    zvec = torch.empty((R, 6, C), device=z_in.device, dtype=f32)
+    g_dw_w, g_dw_b, g_n1_w, g_n1_b = [None] * R, [None] * R, [None] * R, [None] * R
+    g_n2_w = [torch.zeros_like(t) for t in n2_w]
+    g_n2_b = [torch.zeros_like(t) for t in n2_b]
+    S1 = S2 = None
+    g_z_in = g_u_in = None
+    for i in reversed(range(R)):
+        zv = zvec[i]
+        zv[4], zv[5] = mean2[i], invstd2[i]
+        if i == R - 1:
+            zv[0], zv[1] = 0.0, 1.0
+            if training and gstats is not None:
+                zv[2] = gstats[i, 3] / M
+                zv[3] = -gstats[i, 5] * invstd2[i] ** 2 / M
+            else:
+                zv[2], zv[3] = 0.0, 0.0
+            G, Rr = G_last, R_last
+        else:
+            zv[0], zv[1] = a2[i], 0.0
+            zv[2] = -a2[i] * S1 / M if training else 0.0
+            zv[3] = -a2[i] * S2 / M if training else 0.0
+            g_n2_w[i] = S2.to(n2_w[i].dtype)
+            g_n2_b[i] = S1.to(n2_b[i].dtype)
+            G = grun[i]
+            Rr = G if spin else None
+        qvec = torch.empty((6, C), device=z_in.device, dtype=f32)
+        qvec[4], qvec[5] = mean1[i], invstd1[i]
+        du, T1, T2 = pointwise.pw_bwd_dx(G, Z[i], zv, pw_w, Rr, Q[i], qvec, act, act)
+        g_n1_w[i] = T2.to(n1_w[i].dtype)
+        g_n1_b[i] = T1.to(n1_w[i].dtype)
+        qvec[0], qvec[1] = a1[i], 0.0
+        qvec[2] = -a1[i] * T1 / M if training else 0.0
+        qvec[3] = -a1[i] * T2 / M if training else 0.0
+        xvec = torch.stack([ax[i], bx[i], mean_in[i], invstd_in[i]]).contiguous()
+        hz = z_in if i == 0 else Z[i - 1]
+        res = (u_in if i == 0 else U[i - 1]) if spin else None
+        if i > 0:
+            _, _, dw, db, S1, S2 = dwconv.dw_bwd(du, Q[i], qvec, dw_w[i], hz, res, xvec, B, H, W, act, act,
+                                                 write_dx=True, dx_out=grun[i - 1])
+        else:
+            dx, g_z_in, dw, db, S1, S2 = dwconv.dw_bwd(du, Q[i], qvec, dw_w[i], hz, res, xvec, B, H, W, act, act,
+                                                       write_dx=spin and u_in is not None, write_dhz=True)
+            g_u_in = dx
+        g_dw_w[i] = dw.reshape(dw_w[i].shape).to(dw_w[i].dtype)
+        g_dw_b[i] = db.to(dw_w[i].dtype)
+    uvec = None if spin else torch.stack([ax, bx, a1, b1], dim=1).contiguous()
+    dW, dB = pointwise.pw_bwd_dw(grun, G_last, Z, zvec, u=U if spin else None, zin=z_in, qrun=Q, uvec=uvec,
+                                 act=act, act_g=act)
+    g_in_w = S2.to(in_w.dtype)
+    g_in_b = S1.to(in_b.dtype)
+    g_in_mean = (-ax0 * S1).to(in_mean.dtype)
+    g_in_invstd = (in_w.float() * S2 / in_invstd.float()).to(in_invstd.dtype)
+    g_u_in = g_u_in if g_u_in is not None else z_in.new_empty((0,))
+    return (g_z_in, g_u_in, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b,
+            dW.reshape(pw_w.shape).to(pw_w.dtype), dB.to(pw_w.dtype), g_n1_w, g_n1_b, g_n2_w, g_n2_b)
+
+
+@convmixer_run_backward.register_fake
+def _(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w, n1_w, n1_b, n2_w,
+      n2_b, B, H, W, training, act, spin):
+    e = torch.empty_like
+    return (e(z_in), e(u_in) if (spin and u_in is not None) else z_in.new_empty((0,)), e(in_mean), e(in_invstd),
+            e(in_w), e(in_b), [e(t) for t in dw_w], [t.new_empty(t.shape[0]) for t in dw_w], e(pw_w),
+            pw_w.new_empty(pw_w.shape[0]), [e(t) for t in n1_w], [e(t) for t in n1_b], [e(t) for t in n2_w],
+            [e(t) for t in n2_b])
+
+
+convmixer_run.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------ the trunk
+def _check_tensor(name, t, dtype=None, device=None, shape=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device}, got {t.device}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def _unsupported_reason(model, images) -> Optional[str]:
+    """Why the fused path cannot run this valid case (the caller falls back to the reference path), or None."""
+    C = model.arch["dim"]
+    if C % 16:
+        return f"dim={C} is not a multiple of 16 (tensor-core tiles)"
+    if images.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter)"
+    if images.device.type not in ("cpu", "cuda"):
+        return f"device {images.device} is not supported"
+    if images.dtype not in (torch.float16, torch.float32, torch.bfloat16):
+        return f"dtype {images.dtype} is not supported"
+    if images.device.type == "cpu" and images.dtype == torch.bfloat16:
+        return "bfloat16 is wrong in the Triton interpreter"
+    if model.arch["act"] not in ("gelu", "relu"):
+        return f"act={model.arch['act']!r}"
+    bns = [model.stem[2], *model.norm1, *model.norm2]
+    for m in bns:
+        if not (m.affine and m.track_running_stats) or m.training != model.training:
+            return "BatchNorm without affine / running stats, or in a different train/eval mode than the model"
+    if len({m.eps for m in model.norm1}) > 1 or len({m.eps for m in model.norm2}) > 1:
+        return "BatchNorms of one family use different eps"
+    for m in [*model.depthwise, *model.pointwise, model.stem[0]]:
+        if m.bias is None:
+            return "a conv without bias"
+    return None
+
+
+def _update_running(bn_mod, mean, var, n):
+    """nn.BatchNorm2d's running-statistics update (momentum, cumulative average when momentum is None)."""
+    with torch.no_grad():
+        bn_mod.num_batches_tracked.add_(1)
+        rm, rv = bn_mod.running_mean, bn_mod.running_var
+        unbiased = var * (n / max(n - 1, 1))
+        if bn_mod.momentum is not None:
+            m = bn_mod.momentum
+            rm.mul_(1 - m).add_(mean.to(rm.dtype), alpha=m)
+            rv.mul_(1 - m).add_(unbiased.to(rv.dtype), alpha=m)
+        else:  # cumulative moving average; a tensor factor keeps torch.compile(fullgraph=True) free of .item()
+            m = 1.0 / bn_mod.num_batches_tracked.to(torch.float32)
+            rm.copy_(rm * (1 - m) + mean * m)
+            rv.copy_(rv * (1 - m) + unbiased * m)
+
+
+def convmixer_features(model, images: Tensor) -> Tensor:
+    """Trunk of a ConvMixer (stem + all layers) with the fused kernels: images [B, in_chans, H, W] ->
+    features [B, dim, H/p, W/p] (an NCHW-shaped tensor in channels_last memory format)."""
+    _check_tensor("images", images)
+    if images.dim() != 4:
+        raise ValueError(f"images: expected a 4-d tensor [B, C, H, W], got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images: expected a floating-point tensor, got {images.dtype}")
+    a = model.arch
+    if images.shape[1] != a["in_chans"]:
+        raise ValueError(f"images: expected {a['in_chans']} channels, got {images.shape[1]}")
+    p = a["patch_size"]
+    if images.shape[2] < p or images.shape[3] < p:
+        raise ValueError(f"images: spatial size {tuple(images.shape[2:])} is smaller than the patch size {p}")
+    reason = _unsupported_reason(model, images)
+    if reason is not None:
+        _warn_once(reason, f"convmixer_features: {reason}; running the reference PyTorch path")
+        return _ref.convmixer_features_ref(model, images)
+    act, spin, training = a["act"], bool(a["spin_residual"]), model.training
+    conv, _, bn_s = model.stem
+    z = F.conv2d(images, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding)
+    # the trunk runs in the stem output's dtype (the autocast dtype under torch.autocast, else the model's)
+    if z.dtype not in (torch.float16, torch.float32, torch.bfloat16) or (
+            z.device.type == "cpu" and z.dtype == torch.bfloat16):
+        reason = f"trunk dtype {z.dtype} is not supported on {z.device.type}"
+        _warn_once(reason, f"convmixer_features: {reason}; running the reference PyTorch path")
+        return _ref.convmixer_features_ref(model, images)
+    dt = z.dtype
+
+    def cast(t):  # differentiable cast of conv weights to the trunk dtype (autocast / mixed precision)
+        return t if t.dtype == dt else t.to(dt)
+
+    B, C, H, W = z.shape
+    M = B * H * W
+    z_in = z.permute(0, 2, 3, 1).reshape(M, C)
+    if training:
+        hf = _act(z_in.float(), act)
+        in_mean = hf.mean(0)
+        var = hf.var(0, unbiased=False)
+        _update_running(bn_s, in_mean.detach(), var.detach(), M)
+        in_invstd = torch.rsqrt(var + bn_s.eps)
+    else:
+        in_mean = bn_s.running_mean.float()
+        in_invstd = torch.rsqrt(bn_s.running_var.float() + bn_s.eps)
+    in_w, in_b = bn_s.weight, bn_s.bias
+    u_in = None
+    eps1, eps2 = model.norm1[0].eps, model.norm2[0].eps
+    for start, stop in model.pw_plan.runs:
+        layers = range(start, stop)
+        dws = [model.depthwise[model.dw_plan.layer_to_unique[l]] for l in layers]
+        n1 = [model.norm1[model.norm_plan.layer_to_unique[l]] for l in layers]
+        n2 = [model.norm2[model.norm_plan.layer_to_unique[l]] for l in layers]
+        pw = model.pointwise[model.pw_plan.layer_to_unique[start]]
+        Z, Q, U, stats = torch.ops.spin_kernels.convmixer_run(
+            z_in, u_in, in_mean, in_invstd, in_w, in_b, [cast(m.weight) for m in dws],
+            [cast(m.bias) for m in dws], cast(pw.weight), cast(pw.bias), [m.weight for m in n1],
+            [m.bias for m in n1], [m.running_mean for m in n1], [m.running_var for m in n1],
+            [m.weight for m in n2], [m.bias for m in n2],
+            [m.running_mean for m in n2], [m.running_var for m in n2], B, H, W, eps1, eps2, training, act, spin)
+        if training:
+            sd = stats.detach()
+            for i in range(len(layers)):
+                _update_running(n1[i], sd[i, 0], sd[i, 1], M)
+                _update_running(n2[i], sd[i, 3], sd[i, 4], M)
+        z_in = Z[-1]
+        u_in = U[-1] if spin else None
+        in_mean, in_invstd = stats[-1, 3], stats[-1, 5]
+        in_w, in_b = n2[-1].weight, n2[-1].bias
+    x = (_act(z_in.float(), act) - in_mean) * in_invstd * in_w.float() + in_b.float()
+    if u_in is not None:
+        x = x + u_in.float()
+    return x.to(dt).reshape(B, H, W, C).permute(0, 3, 1, 2)

@@ -1,0 +1,136 @@
+"""Triton kernels for the fused ConvMixer layers (launch helpers only; autograd lives in spin_kernels.ops).
+
+Modules: ``dwconv`` (depthwise k×k forward / backward), ``pointwise`` (1×1 conv GEMMs: forward, input grad,
+shared-run weight grad), ``bn`` (BatchNorm finalize: Chan merge, affine, running stats), ``_common`` (activation,
+fused BN/act backward, prologue helpers).
+
+``AOT_KERNELS`` lists every shipped GPU configuration for the kernels report and tests/triton/test_aot.py:
+dict(name, fn, signature, constexprs, options, is_gemm). Compile one with :func:`compile_aot` (sm_90, no GPU
+needed) and read registers / spills with :func:`resource_usage`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+from . import bn, dwconv, pointwise
+
+_ACT = 1  # GELU: the heavier activation (erf in every prologue) bounds register use
+
+
+def _signature(fn, types: dict, constexprs: dict) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in types:
+            sig[name] = types[name]
+        elif name.endswith("_ptr"):
+            raise KeyError(f"{fn.__name__}: no type for pointer {name}")
+        elif name in ("eps", "momentum"):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def _entry(name, fn, types, constexprs, options, is_gemm):
+    return dict(name=name, fn=fn, signature=_signature(fn, types, constexprs), constexprs=dict(constexprs),
+                options=dict(options), is_gemm=is_gemm)
+
+
+def _build(dtype="fp16"):
+    act = f"*{dtype}"
+    f32 = "*fp32"
+    out = []
+    dw_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, w_ptr=act, bias_ptr=act, q_ptr=act, part_ptr=f32)
+    for k, res in ((3, False), (9, True)):
+        out.append(_entry(f"dw_fwd_k{k}{'_res' if res else ''}", dwconv.dw_fwd_kernel, dw_types,
+                          dict(K=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, EMIT_STATS=True, BLOCK_P=32, BLOCK_C=32),
+                          dict(num_warps=4, num_stages=1), False))
+    dwb_types = dict(du_ptr=act, q_ptr=act, qvec_ptr=f32, w_ptr=act, hz_ptr=act, res_ptr=act, xvec_ptr=f32,
+                     dx_ptr=act, dhz_ptr=act, wpart_ptr=f32, spart_ptr=f32)
+    for k, res in ((3, False), (9, True)):
+        out.append(_entry(f"dw_bwd_k{k}{'_res' if res else ''}", dwconv.dw_bwd_kernel, dwb_types,
+                          dict(K=k, KK_PAD=1 << (k * k - 1).bit_length(), ACT_IN=_ACT, ACT=_ACT, HAS_RES=res,
+                               WRITE_DX=True, WRITE_DHZ=True, BLOCK_P=32, BLOCK_C=32),
+                          dict(num_warps=4, num_stages=1), False))
+    out.append(_entry("bn_finalize", bn.bn_finalize_kernel,
+                      dict(part_ptr=f32, gamma_ptr=f32, beta_ptr=f32, out_ptr=f32, rm_ptr=f32, rv_ptr=f32),
+                      dict(UPDATE_RUNNING=True, BLOCK_T=32, BLOCK_C=128), dict(num_warps=4, num_stages=1), False))
+    pw_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, q_ptr=act, a1_ptr=f32, b1_ptr=f32, w_ptr=act,
+                    bias_ptr=act, z_ptr=act, u_ptr=act, part_ptr=f32)
+    for i, cfg in enumerate(pointwise.PW_FWD_GPU_CONFIGS):
+        cfg = dict(cfg)
+        opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
+        for spin in (False, True):
+            out.append(_entry(f"pw_fwd_{'spin_' if spin else ''}cfg{i}", pointwise.pw_fwd_kernel, pw_types,
+                              dict(ACT_IN=_ACT, ACT_G=_ACT, ACT=_ACT, HAS_RES=spin, WRITE_U=spin, EMIT_STATS=True,
+                                   **cfg), opts, True))
+    for i, cfg in enumerate(pointwise.PW_DX_GPU_CONFIGS):
+        cfg = dict(cfg)
+        opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
+        out.append(_entry(f"pw_bwd_dx_cfg{i}", pointwise.pw_bwd_dx_kernel,
+                          dict(g_ptr=act, z_ptr=act, zvec_ptr=f32, w_ptr=act, r_ptr=act, q_ptr=act, qvec_ptr=f32,
+                               du_ptr=act, part_ptr=f32),
+                          dict(ACT=_ACT, ACT_G=_ACT, HAS_R=True, **cfg), opts, True))
+    cfg = dict(pointwise.PW_DW_GPU_CONFIG)
+    opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
+    for saved in (False, True):
+        out.append(_entry(f"pw_bwd_dw_{'u_saved' if saved else 'u_rebuilt'}", pointwise.pw_bwd_dw_kernel,
+                          dict(grun_ptr=act, glast_ptr=act, zrun_ptr=act, zvec_ptr=f32, u_ptr=act, zin_ptr=act,
+                               qrun_ptr=act, uvec_ptr=f32, dw_ptr=f32, db_ptr=f32),
+                          dict(ACT=_ACT, ACT_G=_ACT, U_SAVED=saved, SPLIT=8, **cfg), opts, True))
+    return out
+
+
+def _bf16_gemms():
+    # bf16 is the training dtype on H100: its GEMM variants must also compile spill-free with wgmma
+    keep = {"pw_fwd_cfg0", "pw_fwd_spin_cfg0", "pw_bwd_dx_cfg0", "pw_bwd_dw_u_rebuilt"}
+    out = []
+    for e in _build("bf16"):
+        if e["name"] in keep:
+            e["name"] += "_bf16"
+            out.append(e)
+    return out
+
+
+AOT_KERNELS = _build() + _bf16_gemms()
+
+
+def compile_aot(entry, capability=90):
+    """Compile one AOT_KERNELS entry for sm_<capability> (no GPU needed). Returns the CompiledKernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    src = triton.compiler.ASTSource(entry["fn"], entry["signature"], entry["constexprs"])
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=entry.get("options", {}))
+
+
+def _tool(name):
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def resource_usage(compiled) -> dict:
+    """Registers, spill bytes, shared memory and tensor-core use of a compiled kernel (ptxas -v on its PTX)."""
+    ptx = compiled.asm["ptx"]
+    arch = re.search(r"\.target\s+(sm_\w+)", ptx).group(1)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        res = subprocess.run([_tool("ptxas"), "-v", f"--gpu-name={arch}", path, "-o", os.path.join(d, "k.cubin")],
+                             capture_output=True, text=True, check=True)
+    log = res.stdout + res.stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spill_st = re.search(r"(\d+) bytes spill stores", log)
+    spill_ld = re.search(r"(\d+) bytes spill loads", log)
+    return dict(registers=int(regs.group(1)) if regs else None,
+                spill_stores=int(spill_st.group(1)) if spill_st else 0,
+                spill_loads=int(spill_ld.group(1)) if spill_ld else 0,
+                shared=getattr(compiled.metadata, "shared", None),
+                wgmma="wgmma" in ptx, ptxas_log=log)

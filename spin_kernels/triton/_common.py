@@ -1,0 +1,86 @@
+"""Device helpers shared by the ConvMixer kernels (activation, its derivative, the fused BN/act backward).
+
+Activation codes (constexpr ``ACT``): 0 identity, 1 GELU (erf form, ``tl.math.erf`` so it also runs in the
+interpreter), 2 ReLU. Everything here works on fp32 register tiles.
+"""
+import triton
+import triton.language as tl
+
+ACT_CODES = {"identity": 0, "none": 0, "gelu": 1, "relu": 2}
+
+
+@triton.jit
+def act_fwd(z, ACT: tl.constexpr):
+    """act(z) for a fp32 tile."""
+    if ACT == 1:
+        y = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    elif ACT == 2:
+        y = tl.maximum(z, 0.0)
+    else:
+        y = z
+    return y
+
+
+@triton.jit
+def act_grad(z, ACT: tl.constexpr):
+    """d act(z) / dz for a fp32 tile."""
+    if ACT == 1:
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        d = cdf + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
+    elif ACT == 2:
+        d = tl.where(z > 0.0, 1.0, 0.0)
+    else:
+        d = z * 0.0 + 1.0
+    return d
+
+
+@triton.jit
+def load_vec6(vec_ptr, offs_c, cmask, C):
+    """The 6 per-channel fp32 vectors (alpha, beta, c1, c2, mean, invstd) of bn_act_bwd, stored as [6, C]."""
+    alpha = tl.load(vec_ptr + offs_c, mask=cmask, other=0.0)
+    beta = tl.load(vec_ptr + C + offs_c, mask=cmask, other=0.0)
+    c1 = tl.load(vec_ptr + 2 * C + offs_c, mask=cmask, other=0.0)
+    c2 = tl.load(vec_ptr + 3 * C + offs_c, mask=cmask, other=0.0)
+    mean = tl.load(vec_ptr + 4 * C + offs_c, mask=cmask, other=0.0)
+    invstd = tl.load(vec_ptr + 5 * C + offs_c, mask=cmask, other=0.0)
+    return alpha, beta, c1, c2, mean, invstd
+
+
+@triton.jit
+def bn_act_bwd(g_ptr, z_ptr, offs, mask, alpha, beta, c1, c2, mean, invstd, ACT: tl.constexpr):
+    """Gradient w.r.t. the pre-activation ``z`` of ``y = BN(act(z))`` for one tile (fp32, zero where masked).
+
+    With ``h = act(z)`` and ``xhat = (h - mean) * invstd`` (per-channel vectors, see load_vec6):
+        dz = G * (act'(z) * alpha + beta) + act'(z) * (c1 + c2 * xhat).
+    Mode A (G = dL/dy, batch stats inside):   alpha = gamma*invstd, beta = 0, c1 = -alpha*sum(G)/n,
+                                              c2 = -alpha*sum(G*xhat)/n   (eval: c1 = c2 = 0).
+    Mode B (G = dL/dz through the direct path, stats grads dmean/dinvstd from outside):
+                                              alpha = 0, beta = 1, c1 = dmean/n, c2 = -dinvstd*invstd^2/n.
+    """
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    d = act_grad(z, ACT)
+    xhat = (act_fwd(z, ACT) - mean[None, :]) * invstd[None, :]
+    dz = g * (d * alpha[None, :] + beta[None, :]) + d * (c1[None, :] + c2[None, :] * xhat)
+    return tl.where(mask, dz, 0.0)
+
+
+@triton.jit
+def bn_act_bwd_tile(g_ptr, z_ptr, vec_ptr, offs, mask, offs_c, cmask, C, ACT: tl.constexpr):
+    """bn_act_bwd with the vectors loaded from ``vec_ptr`` ([6, C] fp32)."""
+    alpha, beta, c1, c2, mean, invstd = load_vec6(vec_ptr, offs_c, cmask, C)
+    return bn_act_bwd(g_ptr, z_ptr, offs, mask, alpha, beta, c1, c2, mean, invstd, ACT)
+
+
+@triton.jit
+def load_x_tile(hz_ptr, res_ptr, offs, mask, ax, bx, ACT_IN: tl.constexpr, HAS_RES: tl.constexpr):
+    """Rebuild the layer input ``x = [res] + ax * act_in(hz) + bx`` for one tile (fp32, 0 where masked).
+
+    ``hz`` is the stored pre-activation of the producer and ``ax, bx`` the per-channel affine of the BN that
+    follows it, so the zero padding of a convolution applies to ``x`` (post-affine), as in PyTorch.
+    """
+    hz = tl.load(hz_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = ax[None, :] * act_fwd(hz, ACT_IN) + bx[None, :]
+    if HAS_RES:
+        x += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return tl.where(mask, x, 0.0)

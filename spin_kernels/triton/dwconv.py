@@ -1,0 +1,214 @@
+"""Depthwise k×k convolution (odd k, 'same' padding, stride 1) on channels-last activations, forward and backward.
+
+Activations are [M = B·H·W, C] row-major (channels-last [B, H, W, C], contiguous). The layer input is never
+stored: it is rebuilt on load as ``x = [res] + ax·act_in(hz) + bx`` (the previous BN folded into the prologue,
+see ``_common.load_x_tile``), so zero padding applies to ``x``. Tiles are BLOCK_P consecutive positions of the
+flattened M axis × BLOCK_C channels; the neighbour (di, dj) of position p is row p + di·W + dj when
+0 ≤ h+di < H and 0 ≤ w+dj < W (so tiles may span image rows and images; no padding copies).
+
+dw_fwd_kernel
+    computes  q = DW_k(x) + bias   (stored: the pre-activation q; consumers apply act on load)
+              and, when EMIT_STATS, per-tile partial BN statistics of g = act(q): (count, mean, M2).
+    tiling    one program = BLOCK_P positions × BLOCK_C channels; a runtime loop over the k² taps, each a masked
+              [BLOCK_P, BLOCK_C] load (neighbouring taps hit L1/L2, not HBM).
+    bytes     reads hz (+ res) once from HBM (halo re-reads are cache hits), writes q once: 2 (3) activation
+              passes; stats: 3·C·4 bytes per program.
+
+dw_bwd_kernel
+    given du = dL/du (u = x + BN1(act(q))), rebuilds dq = act'(q)·(a1·du + c1 + c2·ghat) (BN1 backward with the
+    batch-stat terms c1, c2; see ``_common.bn_act_bwd``) and computes
+        dx  = du + DW_kᵀ(dq)                         (stored when WRITE_DX)
+        dhz = act_in'(hz)·ax·dx                      (stored when WRITE_DHZ: grad of the producer's z, direct path)
+        per-program partials: sum(dx), sum(dx·xhat_in) (the previous BN's backward and its gamma/beta grads),
+        dw[tap, c] = Σ dq·x(shifted), dbias = Σ dq   (fp32, one [k²+1, C] slab per program, reduced by the host
+        in a fixed order: deterministic, no atomics).
+    tiling    one program = TILES consecutive BLOCK_P-position tiles × BLOCK_C channels; per tile and tap: dq at
+              the mirrored neighbour (for dx) and x at the neighbour (for dw); the per-tap weight-gradient
+              accumulator is one [KK_PAD, BLOCK_C] register tile updated with a one-hot row select.
+    bytes     reads du, q, hz (+ res) once from HBM, writes dx (and/or dhz): 4 (5) activation passes;
+              partials (k²+1+2)·C·4 bytes per program.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import ACT_CODES, act_fwd, act_grad, bn_act_bwd, load_vec6, load_x_tile
+
+
+@triton.jit
+def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_ptr,
+                  M, H, W, C, n_tiles,
+                  K: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                  EMIT_STATS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    pmask = offs_p < M
+    cmask = offs_c < C
+    w_i = offs_p % W
+    h_i = (offs_p // W) % H
+    ax = tl.load(ax_ptr + offs_c, mask=cmask, other=0.0)
+    bx = tl.load(bx_ptr + offs_c, mask=cmask, other=0.0)
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    # runtime tap loop (not unrolled): register use and compile time independent of k
+    for tap in range(K * K):
+        di = tap // K - K // 2
+        dj = tap % K - K // 2
+        hh = h_i + di
+        ww = w_i + dj
+        valid = pmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        m = valid[:, None] & cmask[None, :]
+        offs = (offs_p + (di * W + dj)).to(tl.int64)[:, None] * C + offs_c[None, :]
+        x = load_x_tile(hz_ptr, res_ptr, offs, m, ax, bx, ACT_IN, HAS_RES)
+        wv = tl.load(w_ptr + tap * C + offs_c, mask=cmask, other=0.0).to(tl.float32)
+        acc += x * wv[None, :]
+    bias = tl.load(bias_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    q = (acc + bias[None, :]).to(q_ptr.dtype.element_ty)
+    omask = pmask[:, None] & cmask[None, :]
+    offs_o = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
+    tl.store(q_ptr + offs_o, q, mask=omask)
+    if EMIT_STATS:
+        g = tl.where(omask, act_fwd(q.to(tl.float32), ACT), 0.0)
+        n = tl.sum(pmask.to(tl.float32), axis=0)
+        mean = tl.sum(g, axis=0) / n
+        d = tl.where(omask, g - mean[None, :], 0.0)
+        m2 = tl.sum(d * d, axis=0)
+        tl.store(part_ptr + pid * C + offs_c, mean * 0.0 + n, mask=cmask)
+        tl.store(part_ptr + (n_tiles + pid) * C + offs_c, mean, mask=cmask)
+        tl.store(part_ptr + (2 * n_tiles + pid) * C + offs_c, m2, mask=cmask)
+
+
+@triton.jit
+def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
+                  dx_ptr, dhz_ptr, wpart_ptr, spart_ptr,
+                  M, H, W, C, tiles_per_prog, n_prog,
+                  K: tl.constexpr, KK_PAD: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr,
+                  HAS_RES: tl.constexpr, WRITE_DX: tl.constexpr, WRITE_DHZ: tl.constexpr,
+                  BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
+    alpha, beta, c1, c2, mean1, invstd1 = load_vec6(qvec_ptr, offs_c, cmask, C)
+    ax = tl.load(xvec_ptr + offs_c, mask=cmask, other=0.0)
+    bx = tl.load(xvec_ptr + C + offs_c, mask=cmask, other=0.0)
+    mean_in = tl.load(xvec_ptr + 2 * C + offs_c, mask=cmask, other=0.0)
+    invstd_in = tl.load(xvec_ptr + 3 * C + offs_c, mask=cmask, other=0.0)
+    taps = tl.arange(0, KK_PAD)
+    s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    db = tl.zeros([BLOCK_C], dtype=tl.float32)
+    dwacc = tl.zeros([KK_PAD, BLOCK_C], dtype=tl.float32)
+    for t in range(pid * tiles_per_prog, (pid + 1) * tiles_per_prog):
+        offs_p = t * BLOCK_P + tl.arange(0, BLOCK_P)
+        pmask = offs_p < M
+        w_i = offs_p % W
+        h_i = (offs_p // W) % H
+        omask = pmask[:, None] & cmask[None, :]
+        offs_o = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
+        dq_c = bn_act_bwd(du_ptr, q_ptr, offs_o, omask, alpha, beta, c1, c2, mean1, invstd1, ACT)
+        db += tl.sum(dq_c, axis=0)
+        acc = tl.load(du_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)
+        for tap in range(K * K):  # runtime loop (see dw_fwd_kernel)
+            di = tap // K - K // 2
+            dj = tap % K - K // 2
+            # dx[p] += w[i, j] · dq[p - (di, dj)]
+            hm = h_i - di
+            wm = w_i - dj
+            vm = pmask & (hm >= 0) & (hm < H) & (wm >= 0) & (wm < W)
+            mm = vm[:, None] & cmask[None, :]
+            offs_m = (offs_p - (di * W + dj)).to(tl.int64)[:, None] * C + offs_c[None, :]
+            dq = bn_act_bwd(du_ptr, q_ptr, offs_m, mm, alpha, beta, c1, c2, mean1, invstd1, ACT)
+            wv = tl.load(w_ptr + tap * C + offs_c, mask=cmask, other=0.0).to(tl.float32)
+            acc += dq * wv[None, :]
+            # dw[i, j] += Σ_p dq[p] · x[p + (di, dj)]
+            hp = h_i + di
+            wp = w_i + dj
+            vp = pmask & (hp >= 0) & (hp < H) & (wp >= 0) & (wp < W)
+            mp = vp[:, None] & cmask[None, :]
+            offs_x = (offs_p + (di * W + dj)).to(tl.int64)[:, None] * C + offs_c[None, :]
+            x = load_x_tile(hz_ptr, res_ptr, offs_x, mp, ax, bx, ACT_IN, HAS_RES)
+            contrib = tl.sum(dq_c * x, axis=0)
+            dwacc += tl.where(taps[:, None] == tap, contrib[None, :], 0.0)
+        dx = tl.where(omask, acc, 0.0)
+        if WRITE_DX:
+            tl.store(dx_ptr + offs_o, dx.to(dx_ptr.dtype.element_ty), mask=omask)
+        hz = tl.load(hz_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)
+        xhat = (act_fwd(hz, ACT_IN) - mean_in[None, :]) * invstd_in[None, :]
+        s1 += tl.sum(dx, axis=0)
+        s2 += tl.sum(tl.where(omask, dx * xhat, 0.0), axis=0)
+        if WRITE_DHZ:
+            dhz = act_grad(hz, ACT_IN) * ax[None, :] * dx
+            tl.store(dhz_ptr + offs_o, dhz.to(dhz_ptr.dtype.element_ty), mask=omask)
+    tl.store(spart_ptr + pid * C + offs_c, s1, mask=cmask)
+    tl.store(spart_ptr + (n_prog + pid) * C + offs_c, s2, mask=cmask)
+    wbase = wpart_ptr + pid * (K * K + 1) * C
+    tl.store(wbase + taps[:, None] * C + offs_c[None, :], dwacc, mask=(taps < K * K)[:, None] & cmask[None, :])
+    tl.store(wbase + K * K * C + offs_c, db, mask=cmask)
+
+
+def _tiles(t, M, C):
+    if t.is_cuda:  # sm_90: 88 (fwd) / 212 (bwd, k=9) registers, no spills at 4 warps
+        return 32, min(32, triton.next_power_of_2(C))
+    # interpreter: big tiles (cost is per tile operation, not per element)
+    return min(128, triton.next_power_of_2(M)), min(64, triton.next_power_of_2(C))
+
+
+def _launch_opts(t):
+    # the options the AOT report checks (spin_kernels.triton.AOT_KERNELS): no software pipelining of the tap loop
+    return dict(num_warps=4, num_stages=1) if t.is_cuda else {}
+
+
+def dw_fwd(hz, res, ax, bx, weight, bias, B, H, W, act_in="gelu", act="gelu", emit_stats=True, q_out=None):
+    """Launch dw_fwd_kernel.
+
+    hz, res: [M, C] (res may be None); ax, bx: fp32 [C]; weight: [C, 1, K, K] (or [C, K, K]); bias: [C].
+    Returns (q [M, C] in hz's dtype, partial stats fp32 [3, T, C] or None).
+    """
+    M, C = hz.shape
+    K = weight.shape[-1]
+    wt = weight.reshape(C, K * K).t().contiguous()
+    block_p, block_c = _tiles(hz, M, C)
+    n_tiles = triton.cdiv(M, block_p)
+    q = torch.empty_like(hz) if q_out is None else q_out
+    part = torch.empty((3, n_tiles, C), device=hz.device, dtype=torch.float32) if emit_stats else q
+    grid = (n_tiles, triton.cdiv(C, block_c))
+    dw_fwd_kernel[grid](hz, res if res is not None else hz, ax, bx, wt, bias, q, part,
+                        M, H, W, C, n_tiles,
+                        K=K, ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None,
+                        EMIT_STATS=emit_stats, BLOCK_P=block_p, BLOCK_C=block_c, **_launch_opts(hz))
+    return q, (part if emit_stats else None)
+
+
+def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu",
+           write_dx=True, write_dhz=False, dx_out=None, tiles_per_prog=None):
+    """Launch dw_bwd_kernel.
+
+    du, q, hz, res: [M, C]; qvec: fp32 [6, C] (BN1/act backward vectors, see _common.bn_act_bwd); xvec: fp32
+    [4, C] (ax, bx, mean_in, invstd_in of the BN that produced x from hz). Returns
+    (dx or None, dhz or None, dweight fp32 [C, K, K], dbias fp32 [C], sum(dx) fp32 [C], sum(dx·xhat_in) fp32 [C]).
+    """
+    M, C = du.shape
+    K = weight.shape[-1]
+    wt = weight.reshape(C, K * K).t().contiguous()
+    block_p, block_c = _tiles(du, M, C)
+    n_cblk = triton.cdiv(C, block_c)
+    n_tiles = triton.cdiv(M, block_p)
+    if tiles_per_prog is None:  # enough programs to fill a GPU, few enough that the fp32 partials stay small
+        tiles_per_prog = max(1, n_tiles * n_cblk // 1024) if du.is_cuda else n_tiles
+    n_prog = triton.cdiv(n_tiles, tiles_per_prog)
+    dx = (torch.empty_like(du) if dx_out is None else dx_out) if write_dx else None
+    dhz = torch.empty_like(hz) if write_dhz else None
+    wpart = torch.empty((n_prog, K * K + 1, C), device=du.device, dtype=torch.float32)
+    spart = torch.empty((2, n_prog, C), device=du.device, dtype=torch.float32)
+    grid = (n_prog, n_cblk)
+    dw_bwd_kernel[grid](du, q, qvec, wt, hz, res if res is not None else hz, xvec,
+                        dx if dx is not None else du, dhz if dhz is not None else du, wpart, spart,
+                        M, H, W, C, tiles_per_prog, n_prog,
+                        K=K, KK_PAD=triton.next_power_of_2(K * K), ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act],
+                        HAS_RES=res is not None, WRITE_DX=write_dx, WRITE_DHZ=write_dhz,
+                        BLOCK_P=block_p, BLOCK_C=block_c, **_launch_opts(du))
+    # separate reductions (fixed order: deterministic) so that no two results alias
+    dweight = wpart[:, :K * K].sum(0).t().contiguous().reshape(C, K, K)
+    return dx, dhz, dweight, wpart[:, K * K].sum(0), spart[0].sum(0), spart[1].sum(0)

@@ -1,0 +1,282 @@
+"""Pointwise (1×1) convolution as a tiled GEMM on channels-last rows, with BN / activation fused around it.
+
+Rows are the M = B·H·W positions, weight W is the conv weight as [N = C_out, K = C_in] (row-major).
+
+pw_fwd_kernel
+    computes  u = [res] + ax·act(hz) + bx + a1·act(q) + b1   (prologue: the layer input x and BN1(act(DW)) rebuilt
+              from the stored pre-activations hz and q — u is never read from HBM)
+              z = u·Wᵀ + bias  (stored pre-activation), per-row-tile partial BN stats of act(z) (count, mean, M2);
+              WRITE_U (SPIN layer): also stores u (by the pid_n == 0 column of programs only).
+    tiling    BLOCK_M × BLOCK_N output tile, K loop in BLOCK_K steps, tl.dot in the activation dtype (fp16/bf16 →
+              wgmma on sm_90) with fp32 accumulation; grouped (GROUP_M) tile order for L2 reuse of the A rows.
+    bytes     reads hz, q (+ res) once (re-reads across the N/BLOCK_N column programs hit L2), W once per tile,
+              writes z (+ u): 3 (5) activation passes.
+
+pw_bwd_dx_kernel
+    computes  dz = BN2/act backward of G (prologue, see _common.bn_act_bwd_tile), du = dz·W [+ R],
+              and per-row-tile partials sum(du), sum(du·ghat1) with ghat1 = (act(q) - mean1)·invstd1 (BN1 backward:
+              also dgamma1 / dbeta1).
+    tiling    BLOCK_M × BLOCK_K output tile over C_in, loop over C_out in BLOCK_N steps; grouped order.
+    bytes     reads G, z, q (+ R), writes du: 4 (5) passes.
+
+pw_bwd_dw_kernel (the shared-run weight gradient)
+    computes  dW = Σ_layers Σ_rows dzᵀ·u and dbias = Σ dz over the CONCATENATED rows of all R layers of a run that
+              share W: one GEMM with reduction length R·M, split in SPLIT row ranges (fp32 partials [SPLIT, N, K],
+              summed in a fixed order by the host: deterministic). dz is rebuilt per layer from (G, z, per-layer
+              vectors); u is read (SPIN: saved) or rebuilt from (hz, q) with per-layer affines.
+    tiling    BLOCK_N × BLOCK_K output tile per program, BLOCK_M row steps; layer l's G is the stacked buffer slice
+              l (l < R-1) or the separate last-layer gradient (l = R-1).
+    bytes     reads G, z and u (SPIN) or hz, q (timm) once: 3 (4) passes per layer.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import ACT_CODES, act_fwd, bn_act_bwd_tile, load_x_tile
+
+
+@triton.jit
+def _grouped(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    width = GROUP_M * num_pid_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def pw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, q_ptr, a1_ptr, b1_ptr, w_ptr, bias_ptr, z_ptr, u_ptr, part_ptr,
+                  M, N, K,
+                  ACT_IN: tl.constexpr, ACT_G: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                  WRITE_U: tl.constexpr, EMIT_STATS: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_m, pid_n = _grouped(pid, num_pid_m, num_pid_n, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask = offs_m < M
+    nmask = offs_n < N
+    rows = offs_m.to(tl.int64)[:, None] * K
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        kmask = offs_k < K
+        m = mmask[:, None] & kmask[None, :]
+        offs = rows + offs_k[None, :]
+        ax = tl.load(ax_ptr + offs_k, mask=kmask, other=0.0)
+        bx = tl.load(bx_ptr + offs_k, mask=kmask, other=0.0)
+        a1 = tl.load(a1_ptr + offs_k, mask=kmask, other=0.0)
+        b1 = tl.load(b1_ptr + offs_k, mask=kmask, other=0.0)
+        u = load_x_tile(hz_ptr, res_ptr, offs, m, ax, bx, ACT_IN, HAS_RES)
+        g = act_fwd(tl.load(q_ptr + offs, mask=m, other=0.0).to(tl.float32), ACT_G)
+        u = tl.where(m, u + a1[None, :] * g + b1[None, :], 0.0).to(z_ptr.dtype.element_ty)
+        if WRITE_U:
+            tl.store(u_ptr + offs, u, mask=m & (pid_n == 0))
+        wt = tl.load(w_ptr + offs_n[None, :] * K + offs_k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
+        acc = tl.dot(u, wt, acc)
+    bias = tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+    z = (acc + bias[None, :]).to(z_ptr.dtype.element_ty)
+    omask = mmask[:, None] & nmask[None, :]
+    tl.store(z_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :], z, mask=omask)
+    if EMIT_STATS:
+        h = tl.where(omask, act_fwd(z.to(tl.float32), ACT), 0.0)
+        cnt = tl.sum(mmask.to(tl.float32), axis=0)
+        mean = tl.sum(h, axis=0) / cnt
+        d = tl.where(omask, h - mean[None, :], 0.0)
+        m2 = tl.sum(d * d, axis=0)
+        tl.store(part_ptr + pid_m * N + offs_n, mean * 0.0 + cnt, mask=nmask)
+        tl.store(part_ptr + (num_pid_m + pid_m) * N + offs_n, mean, mask=nmask)
+        tl.store(part_ptr + (2 * num_pid_m + pid_m) * N + offs_n, m2, mask=nmask)
+
+
+@triton.jit
+def pw_bwd_dx_kernel(g_ptr, z_ptr, zvec_ptr, w_ptr, r_ptr, q_ptr, qvec_ptr, du_ptr, part_ptr,
+                     M, N, K,
+                     ACT: tl.constexpr, ACT_G: tl.constexpr, HAS_R: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_k = tl.cdiv(K, BLOCK_K)
+    pid_m, pid_k = _grouped(pid, num_pid_m, num_pid_k, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mmask = offs_m < M
+    kmask = offs_k < K
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < N
+        m = mmask[:, None] & nmask[None, :]
+        offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        dz = bn_act_bwd_tile(g_ptr, z_ptr, zvec_ptr, offs, m, offs_n, nmask, N, ACT)
+        w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+        acc = tl.dot(dz.to(w.dtype), w, acc)
+    omask = mmask[:, None] & kmask[None, :]
+    offs_o = offs_m.to(tl.int64)[:, None] * K + offs_k[None, :]
+    if HAS_R:
+        acc += tl.load(r_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)
+    du = acc.to(du_ptr.dtype.element_ty)
+    tl.store(du_ptr + offs_o, du, mask=omask)
+    mean1 = tl.load(qvec_ptr + 4 * K + offs_k, mask=kmask, other=0.0)
+    invstd1 = tl.load(qvec_ptr + 5 * K + offs_k, mask=kmask, other=0.0)
+    ghat = (act_fwd(tl.load(q_ptr + offs_o, mask=omask, other=0.0).to(tl.float32), ACT_G) - mean1[None, :]) \
+        * invstd1[None, :]
+    duf = tl.where(omask, du.to(tl.float32), 0.0)
+    tl.store(part_ptr + pid_m * K + offs_k, tl.sum(duf, axis=0), mask=kmask)
+    tl.store(part_ptr + (num_pid_m + pid_m) * K + offs_k, tl.sum(duf * ghat, axis=0), mask=kmask)
+
+
+@triton.jit
+def pw_bwd_dw_kernel(grun_ptr, glast_ptr, zrun_ptr, zvec_ptr, u_ptr, zin_ptr, qrun_ptr, uvec_ptr,
+                     dw_ptr, db_ptr, M, N, K, R,
+                     ACT: tl.constexpr, ACT_G: tl.constexpr, U_SAVED: tl.constexpr, SPLIT: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    num_pid_k = tl.cdiv(K, BLOCK_K)
+    pid_n = pid // num_pid_k
+    pid_k = pid % num_pid_k
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    nmask = offs_n < N
+    kmask = offs_k < K
+    tiles = tl.cdiv(M, BLOCK_M)
+    total = R * tiles
+    per = tl.cdiv(total, SPLIT)
+    t_start = pid_s * per
+    t_end = tl.minimum(total, t_start + per)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    dbias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for t in range(t_start, t_end):
+        layer = t // tiles
+        offs_m = (t % tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+        mmask = offs_m < M
+        base = layer.to(tl.int64) * M * N
+        mz = mmask[:, None] & nmask[None, :]
+        offs_z = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        is_last = layer == R - 1
+        # G of layer l: slice l of the stacked buffer (l < R-1) or the run's output gradient (l = R-1)
+        dz = bn_act_bwd_tile(grun_ptr + base, zrun_ptr + base, zvec_ptr + layer * 6 * N, offs_z, mz & (layer < R - 1),
+                             offs_n, nmask, N, ACT)
+        dz += bn_act_bwd_tile(glast_ptr, zrun_ptr + base, zvec_ptr + layer * 6 * N, offs_z, mz & is_last,
+                              offs_n, nmask, N, ACT)
+        mu = mmask[:, None] & kmask[None, :]
+        offs_u = offs_m.to(tl.int64)[:, None] * K + offs_k[None, :]
+        if U_SAVED:
+            u = tl.load(u_ptr + base + offs_u, mask=mu, other=0.0).to(tl.float32)
+        else:
+            ax = tl.load(uvec_ptr + layer * 4 * K + offs_k, mask=kmask, other=0.0)
+            bx = tl.load(uvec_ptr + layer * 4 * K + K + offs_k, mask=kmask, other=0.0)
+            a1 = tl.load(uvec_ptr + layer * 4 * K + 2 * K + offs_k, mask=kmask, other=0.0)
+            b1 = tl.load(uvec_ptr + layer * 4 * K + 3 * K + offs_k, mask=kmask, other=0.0)
+            prev = (layer.to(tl.int64) - 1) * M * K
+            x = load_x_tile(zin_ptr, zin_ptr, offs_u, mu & (layer == 0), ax, bx, ACT_G, False)
+            x += load_x_tile(zrun_ptr + prev, zrun_ptr, offs_u, mu & (layer > 0), ax, bx, ACT_G, False)
+            g = act_fwd(tl.load(qrun_ptr + base + offs_u, mask=mu, other=0.0).to(tl.float32), ACT_G)
+            u = tl.where(mu, x + a1[None, :] * g + b1[None, :], 0.0)
+        acc = tl.dot(tl.trans(dz.to(zrun_ptr.dtype.element_ty)), u.to(zrun_ptr.dtype.element_ty), acc)
+        dbias += tl.sum(dz, axis=0)
+    tl.store(dw_ptr + (pid_s * N + offs_n)[:, None] * K + offs_k[None, :], acc,
+             mask=nmask[:, None] & kmask[None, :])
+    tl.store(db_ptr + pid_s * N + offs_n, dbias, mask=nmask & (pid_k == 0))
+
+
+# ---------------------------------------------------------------------------------------------- launch helpers
+# Shipped GPU configs, checked on sm_90 (tests/triton/test_aot.py): wgmma, zero spills. These GEMMs carry heavy
+# prologues/epilogues (erf GELU, BN affines, statistics) in registers next to the wgmma accumulator, so the tiles
+# are smaller than a plain GEMM's (128×128×64 spills 300-500 bytes); the first entry serves large M, the second
+# small M (more programs). The interpreter uses small fixed tiles.
+PW_FWD_GPU_CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3),
+]
+# pw_bwd_dx: output tile BLOCK_M × BLOCK_K (over C_in), reduction over C_out in BLOCK_N steps
+PW_DX_GPU_CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
+]
+PW_DW_GPU_CONFIG = dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=2)
+
+
+def _on_gpu(t):
+    return t.is_cuda
+
+
+def _pw_cfg(t, M, N, K, gpu_configs):
+    if _on_gpu(t):
+        return dict(gpu_configs[0] if M >= 8192 else gpu_configs[1])
+    bn = max(16, min(64, triton.next_power_of_2(N)))
+    bk = max(16, min(32, triton.next_power_of_2(K)))
+    return dict(BLOCK_M=32, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=4)
+
+
+def pw_fwd(hz, res, ax, bx, q, a1, b1, weight, bias, act_in="gelu", act_g="gelu", act="gelu",
+           write_u=False, emit_stats=True, z_out=None, u_out=None):
+    """Launch pw_fwd_kernel. Activations [M, C]; weight [C_out, C_in(, 1, 1)]; vectors fp32 [C].
+
+    Returns (z [M, N], u [M, K] or None, partial stats fp32 [3, T, N] or None).
+    """
+    M, K = hz.shape
+    w = weight.reshape(weight.shape[0], -1)
+    N = w.shape[0]
+    cfg = _pw_cfg(hz, M, N, K, PW_FWD_GPU_CONFIGS)
+    z = torch.empty((M, N), device=hz.device, dtype=hz.dtype) if z_out is None else z_out
+    u = (torch.empty_like(hz) if u_out is None else u_out) if write_u else None
+    n_tiles = triton.cdiv(M, cfg["BLOCK_M"])
+    part = torch.empty((3, n_tiles, N), device=hz.device, dtype=torch.float32) if emit_stats else z
+    grid = (n_tiles * triton.cdiv(N, cfg["BLOCK_N"]),)
+    pw_fwd_kernel[grid](hz, res if res is not None else hz, ax, bx, q, a1, b1, w, bias, z,
+                        u if u is not None else z, part, M, N, K,
+                        ACT_IN=ACT_CODES[act_in], ACT_G=ACT_CODES[act_g], ACT=ACT_CODES[act],
+                        HAS_RES=res is not None, WRITE_U=write_u, EMIT_STATS=emit_stats, **cfg)
+    return z, u, (part if emit_stats else None)
+
+
+def pw_bwd_dx(g, z, zvec, weight, r, q, qvec, act="gelu", act_g="gelu"):
+    """Launch pw_bwd_dx_kernel. Returns (du [M, K], sum(du) fp32 [K], sum(du·ghat1) fp32 [K])."""
+    M, N = g.shape
+    w = weight.reshape(weight.shape[0], -1)
+    K = w.shape[1]
+    cfg = _pw_cfg(g, M, K, N, PW_DX_GPU_CONFIGS)
+    if not _on_gpu(g):
+        cfg["BLOCK_N"], cfg["BLOCK_K"] = cfg["BLOCK_K"], cfg["BLOCK_N"]  # output tile is M × K, loop over N
+    du = torch.empty((M, K), device=g.device, dtype=g.dtype)
+    n_tiles = triton.cdiv(M, cfg["BLOCK_M"])
+    part = torch.empty((2, n_tiles, K), device=g.device, dtype=torch.float32)
+    grid = (n_tiles * triton.cdiv(K, cfg["BLOCK_K"]),)
+    pw_bwd_dx_kernel[grid](g, z, zvec, w, r if r is not None else g, q, qvec, du, part, M, N, K,
+                           ACT=ACT_CODES[act], ACT_G=ACT_CODES[act_g], HAS_R=r is not None, **cfg)
+    return du, part[0].sum(0), part[1].sum(0)
+
+
+def pw_bwd_dw(grun, glast, zrun, zvec, u=None, zin=None, qrun=None, uvec=None, act="gelu", act_g="gelu",
+              split=None):
+    """Launch pw_bwd_dw_kernel over the concatenated rows of the R layers of a run.
+
+    grun: [max(R-1, 1), M, N] gradients G of layers 0..R-2; glast: [M, N] G of layer R-1; zrun: [R, M, N];
+    zvec: fp32 [R, 6, N]; u: [R, M, K] when saved (SPIN), else zin [M, K], qrun [R, M, K], uvec fp32 [R, 4, K]
+    (ax, bx, a1, b1). Returns (dW fp32 [N, K], dbias fp32 [N]).
+    """
+    R, M, N = zrun.shape
+    K = u.shape[2] if u is not None else qrun.shape[2]
+    if _on_gpu(zrun):
+        cfg = dict(PW_DW_GPU_CONFIG)
+    else:
+        cfg = dict(BLOCK_M=32, BLOCK_N=max(16, min(32, triton.next_power_of_2(N))),
+                   BLOCK_K=max(16, min(32, triton.next_power_of_2(K))))
+    n_prog = triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(K, cfg["BLOCK_K"])
+    total = R * triton.cdiv(M, cfg["BLOCK_M"])
+    if split is None:
+        split = max(1, min(total, (264 if _on_gpu(zrun) else 2) // n_prog))
+    dw = torch.empty((split, N, K), device=zrun.device, dtype=torch.float32)
+    db = torch.empty((split, N), device=zrun.device, dtype=torch.float32)
+    saved = u is not None
+    pw_bwd_dw_kernel[(n_prog, split)](grun, glast, zrun, zvec, u if saved else zrun, zin if not saved else zrun,
+                                      qrun if not saved else zrun, uvec if not saved else zvec, dw, db,
+                                      M, N, K, R, ACT=ACT_CODES[act], ACT_G=ACT_CODES[act_g], U_SAVED=saved,
+                                      SPLIT=split, **cfg)
+    return dw.sum(0), db.sum(0)

@@ -1,0 +1,150 @@
+"""Kernel-level tests of spin_kernels.triton against the float64 reference (spin_kernels.reference.convmixer_ops).
+
+Runs in the Triton interpreter on CPU (conftest sets TRITON_INTERPRET=1 without a GPU); fp32 and fp16, odd
+shapes (H, W not tile multiples, B = 1 and 3), k ∈ {3, 5, 7, 9}; outputs are poisoned with NaN before launch.
+"""
+import pytest
+import torch
+
+from spin_triton_testutils import DEVICE, TOL, rel_err
+from spin_kernels.reference import convmixer_ops as ref
+from spin_kernels.triton import bn, dwconv, pointwise
+
+DTYPES = [torch.float32, torch.float16]
+
+
+def rnd(*shape, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, device=DEVICE) * scale).to(dtype)
+
+
+def vec(C, lo=0.5):
+    return (torch.rand(C, device=DEVICE) + lo)
+
+
+def d64(*ts):
+    return [None if t is None else t.double() for t in ts]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,shape,act,has_res", [
+    (3, (1, 5, 7, 32), "gelu", False),
+    (5, (3, 4, 6, 16), "relu", True),
+    (7, (1, 6, 5, 48), "gelu", True),
+    (9, (1, 4, 5, 16), "relu", False),
+])
+def test_dw_fwd_and_stats(dtype, k, shape, act, has_res):
+    B, H, W, C = shape
+    M = B * H * W
+    hz, res = rnd(M, C, dtype=dtype), (rnd(M, C, dtype=dtype) if has_res else None)
+    ax, bx = vec(C), rnd(C)
+    w, b = rnd(C, 1, k, k, dtype=dtype, scale=k ** -1), rnd(C, dtype=dtype)
+    q = torch.full((M, C), float("nan"), device=DEVICE, dtype=dtype)
+    _, part = dwconv.dw_fwd(hz, res, ax, bx, w, b, B, H, W, act, act, emit_stats=True, q_out=q)
+    qr, mr, vr = ref.dw_fwd_ref(*d64(hz, res, ax, bx, w, b), B, H, W, act, act)
+    assert rel_err(q, qr) <= TOL[dtype]
+    out = bn.bn_finalize(part, torch.ones(C, device=DEVICE), torch.zeros(C, device=DEVICE), 1e-5)
+    # the statistics are of act(q) as stored (rounded to dtype): compare against that
+    g = ref.act_ref(q.double(), act)
+    assert rel_err(out[0], g.mean(0)) <= 1e-5
+    assert rel_err(out[1], g.var(0, unbiased=False)) <= 1e-5
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.3])
+def test_bn_finalize_running_stats(momentum):
+    """Chan merge over uneven tiles + running-stat update exactly as nn.BatchNorm2d."""
+    C, sizes = 24, [7, 1, 30, 13, 2]
+    h = torch.randn(sum(sizes), C, device=DEVICE, dtype=torch.float64) * 3 + 5  # offset: tests cancellation
+    chunks = torch.split(h, sizes)
+    part = torch.stack([torch.stack([torch.full((C,), float(c.shape[0]), dtype=torch.float64) for c in chunks]),
+                        torch.stack([c.mean(0) for c in chunks]),
+                        torch.stack([((c - c.mean(0)) ** 2).sum(0) for c in chunks])]).float()
+    gamma, beta = vec(C), torch.randn(C, device=DEVICE)
+    rm, rv = torch.randn(C, device=DEVICE), vec(C)
+    rm_ref, rv_ref = rm.double().clone(), rv.double().clone()
+    out = bn.bn_finalize(part, gamma, beta, 1e-5, rm, rv, momentum)
+    exp = ref.bn_finalize_ref(h, gamma.double(), beta.double(), 1e-5, rm_ref, rv_ref, momentum)
+    for i in range(5):
+        assert rel_err(out[i], exp[i]) <= 1e-5, i
+    assert rel_err(rm, rm_ref) <= 1e-5 and rel_err(rv, rv_ref) <= 1e-5
+    # the same update as nn.BatchNorm2d on the same batch (default buffers: zeros / ones)
+    bn_mod = torch.nn.BatchNorm2d(C, momentum=momentum).double().train()
+    with torch.no_grad():
+        bn_mod(h.t().reshape(1, C, -1, 1))
+    rm_b, rv_b = torch.zeros(C, device=DEVICE), torch.ones(C, device=DEVICE)
+    bn.bn_finalize(part, gamma, beta, 1e-5, rm_b, rv_b, momentum)
+    assert rel_err(rm_b, bn_mod.running_mean) <= 1e-5 and rel_err(rv_b, bn_mod.running_var) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,C,act,spin", [(70, 32, "gelu", False), (33, 48, "relu", True), (1, 16, "gelu", True)])
+def test_pw_fwd(dtype, M, C, act, spin):
+    hz, q = rnd(M, C, dtype=dtype), rnd(M, C, dtype=dtype)
+    res = rnd(M, C, dtype=dtype) if spin else None
+    ax, bx, a1, b1 = vec(C), rnd(C), vec(C), rnd(C)
+    w, b = rnd(C, C, 1, 1, dtype=dtype, scale=C ** -0.5), rnd(C, dtype=dtype)
+    z = torch.full((M, C), float("nan"), device=DEVICE, dtype=dtype)
+    u = torch.full((M, C), float("nan"), device=DEVICE, dtype=dtype)
+    _, _, part = pointwise.pw_fwd(hz, res, ax, bx, q, a1, b1, w, b, act, act, act, write_u=spin, emit_stats=True,
+                                  z_out=z, u_out=u if spin else None)
+    zr, ur, _, _ = ref.pw_fwd_ref(*d64(hz, res, ax, bx, q, a1, b1, w, b), act, act, act)
+    assert rel_err(z, zr) <= TOL[dtype]
+    if spin:
+        assert rel_err(u, ur) <= TOL[dtype]
+    out = bn.bn_finalize(part, torch.ones(C, device=DEVICE), torch.zeros(C, device=DEVICE), 1e-5)
+    h = ref.act_ref(z.double(), act)
+    assert rel_err(out[0], h.mean(0)) <= 1e-5
+    if M > 1:
+        assert rel_err(out[1], h.var(0, unbiased=False)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,shape,act,has_res,training", [
+    (3, (1, 5, 7, 32), "gelu", False, True),
+    (5, (3, 3, 5, 16), "relu", True, True),
+    (7, (1, 6, 5, 16), "gelu", True, False),
+    (9, (1, 4, 5, 16), "gelu", False, True),
+])
+def test_dw_bwd(dtype, k, shape, act, has_res, training):
+    """dx, dhz, dweight, dbias and the previous-BN sums of dw_bwd vs autograd of the float64 layer."""
+    B, H, W, C = shape
+    M = B * H * W
+    hz, res = rnd(M, C, dtype=dtype), (rnd(M, C, dtype=dtype) if has_res else None)
+    gin, bin_, min_, iin = vec(C), rnd(C), rnd(C, scale=0.1), vec(C)
+    ax = gin * iin
+    bx = bin_ - min_ * ax
+    w, b = rnd(C, 1, k, k, dtype=dtype, scale=k ** -1), rnd(C, dtype=dtype)
+    g1, b1 = vec(C), rnd(C)
+    du = rnd(M, C, dtype=dtype)
+    q, _ = dwconv.dw_fwd(hz, res, ax, bx, w, b, B, H, W, act, act, emit_stats=False)
+    # float64 autograd reference: x -> q -> BN1(act(q)) (batch stats or fixed) -> u = x + y1, loss = <u, du>
+    hz64, res64, w64, b64 = [t.double().requires_grad_(True) if t is not None else None for t in (hz, res, w, b)]
+    x = ref.x_ref(hz64, res64, ax.double(), bx.double(), act)
+    x.retain_grad()
+    qq = ref.dwconv_ref(x, w64, b64, B, H, W)
+    g = ref.act_ref(qq, act)
+    if training:
+        m1, v1 = g.mean(0), g.var(0, unbiased=False)
+    else:
+        m1, v1 = torch.randn(C, dtype=torch.float64) * 0.1, torch.rand(C, dtype=torch.float64) + 0.5
+    i1 = torch.rsqrt(v1 + 1e-5)
+    u = x + (g - m1) * i1 * g1.double() + b1.double()
+    (u * du.double()).sum().backward()
+    # the kernel's inputs: BN1 backward vectors from sums of du (what pw_bwd_dx emits)
+    ghat = ((ref.act_ref(q.double(), act) - m1.detach()) * i1.detach()).float()
+    a1 = (g1 * i1.detach().float())
+    T1, T2 = du.float().sum(0), (du.float() * ghat).sum(0)
+    zero = torch.zeros(C, device=DEVICE)
+    qvec = torch.stack([a1, zero, -a1 * T1 / M if training else zero, -a1 * T2 / M if training else zero,
+                        m1.detach().float(), i1.detach().float()]).contiguous()
+    xvec = torch.stack([ax, bx, min_, iin]).contiguous()
+    dx = torch.full((M, C), float("nan"), device=DEVICE, dtype=dtype)
+    _, dhz, dw, db, S1, S2 = dwconv.dw_bwd(du, q, qvec, w, hz, res, xvec, B, H, W, act, act, write_dx=True,
+                                           write_dhz=True, dx_out=dx)
+    tol = TOL[dtype]
+    assert rel_err(dx, x.grad) <= tol
+    assert rel_err(dhz, hz64.grad) <= tol
+    assert rel_err(dw, w64.grad.reshape(C, k, k)) <= tol
+    assert rel_err(db, b64.grad) <= tol
+    xhat_in = (ref.act_ref(hz.double(), act) - min_.double()) * iin.double()
+    assert rel_err(S1, x.grad.sum(0)) <= tol
+    assert rel_err(S2, (x.grad * xhat_in).sum(0)) <= tol
