@@ -1,6 +1,14 @@
-"""Shared test settings: small thread counts (CI has 2 cores) and a GPU marker."""
-import pytest
+"""Shared test settings: the Triton interpreter without a GPU, small thread counts (CI has 2 cores), a gpu marker."""
+import os
+
 import torch
+
+# Triton reads TRITON_INTERPRET when kernels are defined: set it here, before any test module imports a kernel.
+# Without a GPU every Triton kernel runs in the interpreter on CPU tensors; on a GPU machine the compiled kernels run.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
 
 torch.set_num_threads(1)
 

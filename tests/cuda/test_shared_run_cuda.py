@@ -3,26 +3,14 @@ import pytest
 import torch
 
 import spin_kernels as sk
+from spin_kernels.testing import randomise_batchnorm, rel_err
 
 
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def randomise(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-    return model
 
 
 def compare(name, dtype, batch, img, share_rate, **arch):
     torch.manual_seed(0)
-    model = randomise(sk.create_model(name, share_rate=share_rate, backend="cuda", num_classes=10, **arch)).eval()
+    model = randomise_batchnorm(sk.create_model(name, share_rate=share_rate, backend="cuda", num_classes=10, **arch)).eval()
     ref = sk.create_model(name, share_rate=share_rate, num_classes=10, **arch).eval()
     ref.load_state_dict(model.state_dict())
     x = torch.randn(batch, 3, img, img, device="cuda")
@@ -33,7 +21,7 @@ def compare(name, dtype, batch, img, share_rate, **arch):
     assert feats.is_contiguous(memory_format=torch.channels_last)  # produced by the persistent kernel
     got = model.forward_head(feats)
     assert torch.isfinite(got).all()
-    assert rel(got, expected) <= max(2e-2, 2 * rel(torch_low, expected))
+    assert rel_err(got, expected) <= max(2e-2, 2 * rel_err(torch_low, expected))
 
 
 @pytest.mark.gpu
@@ -76,4 +64,4 @@ def test_kernel_against_reference(dtype, B, H, W, C, k, layers, act, spin):
     got = cuda.shared_run_forward(x, *args, act=act, spin_residual=spin)
     expected = shared_run(x, *args, act=act, spin_residual=spin)
     low = shared_run(x, *args, act=act, spin_residual=spin, dtype=dtype)  # PyTorch's own error in this dtype
-    assert rel(got, expected) <= max({torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype], 2 * rel(low, expected))
+    assert rel_err(got, expected) <= max({torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype], 2 * rel_err(low, expected))

@@ -5,25 +5,14 @@ from timm.models.convmixer import ConvMixer as TimmConvMixer
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 import spin_kernels as sk
+from spin_kernels.testing import randomise_batchnorm, rel_err
 
 
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def randomise_bn(model):
-    """Non-trivial BatchNorm parameters and running statistics, so eval-mode parity means something."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.normal_()
-            m.bias.data.normal_()
 
 
 def timm_convmixer(act=torch.nn.GELU, **kw):
     model = TimmConvMixer(dim=20, depth=5, kernel_size=5, patch_size=3, num_classes=7, act_layer=act, **kw)
-    randomise_bn(model)
+    randomise_batchnorm(model)
     return model
 
 
