@@ -15,7 +15,7 @@ import re
 import subprocess
 import tempfile
 
-from . import bn, dwconv, pointwise
+from . import attention, bn, dwconv, layernorm, pointwise, vit_gemm
 
 _ACT = 1  # GELU: the heavier activation (erf in every prologue) bounds register use
 
@@ -97,7 +97,8 @@ def _bf16_gemms():
     return out
 
 
-AOT_KERNELS = _build() + _bf16_gemms()
+CONVMIXER_AOT_KERNELS = _build() + _bf16_gemms()
+AOT_KERNELS = CONVMIXER_AOT_KERNELS + attention.AOT_KERNELS + layernorm.AOT_KERNELS + vit_gemm.AOT_KERNELS
 
 
 def compile_aot(entry, capability=90):
