@@ -1,0 +1,312 @@
+"""``spin train | eval | compress | info | demo``: argument parsing only; the work lives in the sibling modules.
+
+Flags follow timm's train.py / validate.py names. Training flags default to None so that a ``--recipe`` preset
+fills what the command line leaves out (recipes.py), and anything given explicitly wins.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+
+from .recipes import RECIPES
+
+
+def parse_kv(items: list[str] | None, flag: str = "--model-kwargs") -> dict:
+    """``["dim=128", "act=gelu"]`` -> ``{"dim": 128, "act": "gelu"}`` (values parsed as Python literals if they are)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag}: expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k.strip().replace("-", "_")] = v
+    return out
+
+
+def parse_mapping(text: str | None):
+    """A mapping name, or an explicit comma-separated list of unique indices ("0,0,1,1")."""
+    if text is None:
+        return None
+    if "," in text or text.isdigit():
+        try:
+            return [int(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError(f"--mapping: {text!r} is neither a mapping name nor a list of integers") from None
+    return text
+
+
+def parse_share(text: str | None):
+    """``"pointwise,depthwise"`` -> ``("pointwise", "depthwise")``."""
+    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _add_model_flags(p: argparse.ArgumentParser, model_default: str | None = "convmixer_768_32"):
+    p.add_argument("--model", default=model_default, help="model name (spin_kernels.list_models())")
+    p.add_argument("--model-kwargs", nargs="*", default=None, metavar="K=V",
+                   help="architecture overrides, e.g. dim=256 depth=8 kernel_size=5 patch_size=2 in_chans=1")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the dataset's)")
+    p.add_argument("--share-rate", type=int, default=None, help="layers per unique weight set r (default 1)")
+    p.add_argument("--mapping", default=None, help="sequential | strided | cycle_rev | random | 0,0,1,1,...")
+    p.add_argument("--share", default=None, help="shared families, comma-separated (pointwise,depthwise / attn,mlp)")
+    p.add_argument("--backend", default=None, choices=["auto", "reference", "triton", "cuda"],
+                   help="kernel backend (default reference)")
+
+
+def _add_data_flags(p: argparse.ArgumentParser):
+    p.add_argument("--data-dir", default=None, help="dataset root with train/ and val/ class folders")
+    p.add_argument("--dataset", default="", help="'' (class folders), fashion-mnist, or a timm spec (wds/..., "
+                   "tfds/..., hfds/...) passed to timm.data.create_dataset")
+    p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the model cfg's)")
+    p.add_argument("-j", "--workers", type=int, default=None, help="data loader worker processes")
+    p.add_argument("--crop-pct", type=float, default=None, help="eval resize = img_size / crop_pct (model cfg's)")
+    p.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean (model cfg's)")
+    p.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std (model cfg's)")
+
+
+def register(subparsers) -> None:
+    """Add ``train``, ``eval``, ``compress``, ``info`` and ``demo`` to the ``spin`` command."""
+    # ---------------------------------------------------------------- train
+    p = subparsers.add_parser("train", help="train a (shared) ConvMixer / DeiT; torchrun for several processes",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_data_flags(p)
+    _add_model_flags(p)
+    p.add_argument("--recipe", default=None, choices=sorted(RECIPES), help="hyper-parameter preset; flags override")
+    p.add_argument("-b", "--batch-size", type=int, default=None, help="batch size per process")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--output", default=None, help="run folder (default runs/<model>-<time>)")
+    p.add_argument("--resume", default=None, metavar="CKPT", help="continue exactly from a training checkpoint")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from pretrained weights (ours or timm's); with --share-rate > 1 use --fusion")
+    p.add_argument("--fusion", default=None,
+                   choices=["mean", "choose_first", "scalar_weighted_mean", "channel_weighted_mean"],
+                   help="weight-fusion method for --init-from with sharing; the collapsed shared model is "
+                        "exported as model_shared.pth at the end")
+    g = p.add_argument_group("optimisation (defaults come from --recipe)")
+    g.add_argument("--opt", default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--momentum", type=float, default=None)
+    g.add_argument("--sched", default=None, choices=["onecycle", "cosine", "constant"])
+    g.add_argument("--warmup-epochs", type=float, default=None)
+    g.add_argument("--min-lr", type=float, default=None)
+    g.add_argument("--clip-grad", type=float, default=None, help="max global grad norm")
+    g.add_argument("--accum-steps", type=int, default=None, help="gradient accumulation steps")
+    g.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=None, help="timm ModelEmaV3")
+    g.add_argument("--model-ema-decay", type=float, default=None)
+    g = p.add_argument_group("augmentation / regularisation (defaults come from --recipe)")
+    g.add_argument("--aug", default=None, choices=["timm", "simple", "none"],
+                   help="timm: RRC+flip+RandAugment+erasing; simple: pad-crop+flip for tiny images")
+    g.add_argument("--aa", dest="auto_augment", default=None, help="timm auto-augment spec, e.g. rand-m9-mstd0.5-inc1")
+    g.add_argument("--reprob", type=float, default=None, help="random erasing probability")
+    g.add_argument("--hflip", type=float, default=None)
+    g.add_argument("--mixup", type=float, default=None, help="mixup alpha")
+    g.add_argument("--cutmix", type=float, default=None, help="cutmix alpha")
+    g.add_argument("--smoothing", type=float, default=None, help="label smoothing")
+    g.add_argument("--drop-path", type=float, default=None)
+    g.add_argument("--drop", type=float, default=None, help="dropout before the head")
+    g.add_argument("--repeats", type=int, default=None, help="repeated augmentation count (DeiT: 3)")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    g.add_argument("--amp", default="auto", help="auto (bf16 on GPU, off on CPU) | bf16 | fp16 | none")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--grad-checkpointing", action="store_true")
+    g.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    g.add_argument("--log-interval", type=int, default=50, help="steps between JSONL step records")
+    g.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N updates mid-epoch")
+    g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs")
+    g.add_argument("--eval-batch-size", type=int, default=None)
+    g.add_argument("--no-eval", action="store_true", help="skip evaluation (no val split needed)")
+    g.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    g.add_argument("--val-limit", type=int, default=None, help="use only the first N validation images")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    g.add_argument("--stop-after-updates", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated kill
+    # Remember the defaults, so that --resume can tell which flags were given explicitly (those override the
+    # checkpoint's saved config; everything else continues as the interrupted run was configured).
+    p.set_defaults(func=cmd_train, _defaults={a.dest: a.default for a in p._actions if a.dest != "help"})
+
+    # ---------------------------------------------------------------- eval
+    p = subparsers.add_parser("eval", help="top-1 / top-5 of a checkpoint on a folder dataset's val split")
+    _add_data_flags(p)
+    p.add_argument("--checkpoint", required=True, help="our checkpoint, or timm weights together with --model")
+    p.add_argument("--model", default=None, help="model name, needed only for timm-format weights")
+    p.add_argument("--model-kwargs", nargs="*", default=None, metavar="K=V")
+    p.add_argument("--backend", default=None, choices=["auto", "reference", "triton", "cuda"])
+    p.add_argument("--split", default="val")
+    p.add_argument("-b", "--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the metrics JSON here")
+    p.set_defaults(func=cmd_eval)
+
+    # ---------------------------------------------------------------- compress
+    p = subparsers.add_parser("compress", help="unshared checkpoint (timm's or ours) -> shared model by a "
+                              "sharing plan and a fusion method")
+    p.add_argument("--checkpoint", required=True, help="unshared weights: our checkpoint or a timm state_dict")
+    p.add_argument("--model", default=None, help="model name (needed for timm weights)")
+    p.add_argument("--model-kwargs", nargs="*", default=None, metavar="K=V")
+    p.add_argument("--share-rate", type=int, default=2)
+    p.add_argument("--mapping", default="sequential")
+    p.add_argument("--share", default=None)
+    p.add_argument("--fusion", default="mean",
+                   choices=["mean", "choose_first", "scalar_weighted_mean", "channel_weighted_mean"])
+    p.add_argument("--keep-fusion-form", action="store_true",
+                   help="save the fusion-training form (per-layer weights) instead of the collapsed shared model")
+    p.add_argument("--img-size", type=int, default=None, help="resolution for the MACs column")
+    p.add_argument("--output", required=True, help="path of the shared checkpoint to write")
+    p.set_defaults(func=cmd_compress)
+
+    # ---------------------------------------------------------------- info
+    p = subparsers.add_parser("info", help="versions, device and which kernel backends work here (and why not)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_info)
+
+    # ---------------------------------------------------------------- demo
+    p = subparsers.add_parser("demo", help="CPU demo: unshared vs shared (r=2) ConvMixer on Fashion-MNIST")
+    p.add_argument("--output", default="demo_out")
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST idx folder (default: the Debian package), "
+                   "or a class-folder dataset with --dataset ''")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="tiny subset, one short epoch (for tests)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--model-kwargs", nargs="*", default=None, metavar="K=V", help="override the demo ConvMixer")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("-b", "--batch-size", type=int, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--only", choices=["unshared", "shared"], default=None, help="train just one of the two")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+
+_TRAIN_RECIPE_KEYS = ("epochs", "batch_size", "opt", "lr", "weight_decay", "momentum", "sched", "warmup_epochs",
+                      "min_lr", "clip_grad", "accum_steps", "aug", "auto_augment", "reprob", "hflip", "mixup",
+                      "cutmix", "smoothing", "drop_path", "drop", "repeats", "model_ema", "model_ema_decay",
+                      "workers")
+
+
+def train_config(args: argparse.Namespace) -> dict:
+    """The resolved training config of parsed ``spin train`` args (recipe preset <- explicit flags)."""
+    import os
+
+    from .recipes import resolve
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_RECIPE_KEYS}
+    cfg = resolve(args.recipe, overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    for k, v in vars(args).items():
+        if k not in _TRAIN_RECIPE_KEYS and k not in ("func", "_defaults"):
+            cfg[k] = v
+    cfg["model_kwargs"] = parse_kv(args.model_kwargs)
+    cfg["mapping"] = parse_mapping(args.mapping)
+    cfg["share"] = parse_share(args.share)
+    if args.fusion and not args.init_from:
+        raise ValueError("--fusion: weight fusion starts from pretrained per-layer weights; pass --init-from CKPT")
+    if args.init_from and (args.share_rate or 1) > 1 and not args.fusion:
+        raise ValueError("--init-from with --share-rate > 1: choose how layers are fused with --fusion "
+                         "(mean, choose_first, scalar_weighted_mean, channel_weighted_mean)")
+    if args.resume:
+        cfg = _resume_config(args, cfg)
+    if cfg.get("output") is None:
+        cfg["output"] = f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg.pop("_defaults", None)
+    return cfg
+
+
+def _resume_config(args: argparse.Namespace, cfg: dict) -> dict:
+    """The checkpoint's saved config, overridden by the flags given explicitly on this command line."""
+    from .checkpoint import load_checkpoint
+
+    saved = load_checkpoint(args.resume).get("config")
+    if not saved:
+        return cfg
+    defaults = getattr(args, "_defaults", {})
+    merged = {k: v for k, v in saved.items() if k != "stop_after_updates"}
+    for k, v in vars(args).items():
+        if k in defaults and k != "_defaults" and v != defaults[k]:
+            merged[k] = cfg[k]
+    merged["resume"] = args.resume
+    return merged
+
+
+def _user_errors():
+    from ..data import DataError
+
+    return (DataError, ValueError, FileNotFoundError)
+
+
+def cmd_train(args) -> int:
+    """``spin train``: resolve the recipe and run the training loop."""
+    from .loop import train
+
+    try:
+        cfg = train_config(args)
+        result = train(cfg)
+    except _user_errors() as e:
+        print(f"spin train: error: {e}", file=sys.stderr)
+        return 2
+    return 0 if result is not None else 1
+
+
+def cmd_eval(args) -> int:
+    """``spin eval``: metrics of a checkpoint on the val split; prints params, MACs, img/s and a JSON line."""
+    from .run_eval import run_eval
+
+    try:
+        return run_eval(args)
+    except _user_errors() as e:
+        print(f"spin eval: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_compress(args) -> int:
+    """``spin compress``: fuse an unshared checkpoint into a shared model and save it."""
+    from .compress import run_compress
+
+    try:
+        return run_compress(args)
+    except _user_errors() as e:
+        print(f"spin compress: error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_info(args) -> int:
+    """``spin info``: environment report."""
+    from .info import run_info
+
+    return run_info(args)
+
+
+def cmd_demo(args) -> int:
+    """``spin demo``: the CPU demo on Fashion-MNIST."""
+    from .demo import run_demo
+
+    try:
+        return run_demo(args)
+    except _user_errors() as e:
+        print(f"spin demo: error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run just this module's commands (``python -m spin_kernels.train.cli train ...``), e.g. in tests, without
+    the other command families of ``spin``."""
+    parser = argparse.ArgumentParser(prog="spin")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""``spin eval``: top-1 / top-5 of a checkpoint with the model's eval transform, on one process or torchrun."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data import (
+    build_dataset,
+    build_eval_loader,
+    build_eval_transform,
+    check_num_classes,
+    model_data_cfg,
+)
+from .checkpoint import load_checkpoint, model_state_dict
+from .distributed import cleanup, init_distributed
+from .evaluate import evaluate
+
+
+def load_any_model(checkpoint: str, model_name: str | None = None, model_kwargs: dict | None = None,
+                   backend: str | None = None, use_ema: bool = False):
+    """A model from our checkpoint (``spin_config`` inside) or from timm-format weights plus ``model_name``."""
+    from .. import create_model, from_timm
+
+    ckpt = load_checkpoint(checkpoint)
+    if "spin_config" in ckpt:
+        sc = dict(ckpt["spin_config"])
+        if backend:
+            sc["backend"] = backend
+        name, fusion = sc.pop("name"), sc.pop("fusion", None)
+        model = create_model(name, fusion=fusion, **sc)
+        state = ckpt["ema"] if use_ema and ckpt.get("ema") else model_state_dict(ckpt)
+        if use_ema and not ckpt.get("ema"):
+            raise ValueError(f"--use-ema: {checkpoint} holds no EMA weights (train with --model-ema)")
+        # EMA state dicts of timm's ModelEmaV3 are the wrapped module's, prefixed with "module."
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        model.load_state_dict(state)
+        return model
+    if not model_name:
+        raise ValueError(f"--checkpoint {checkpoint} is not a spin_kernels checkpoint (no spin_config): "
+                         "pass --model NAME to read it as timm weights")
+    return from_timm(model_state_dict(ckpt), model_name, **(model_kwargs or {}),
+                     **({"backend": backend} if backend else {}))
+
+
+def run_eval(args) -> int:
+    """Evaluate ``args.checkpoint`` on ``args.data_dir``'s ``args.split``; print a report and a JSON line."""
+    from .. import profile
+    from .cli import parse_kv
+    from .loop import _amp_dtype
+
+    di = init_distributed(args.device)
+    if di.device.type == "cpu":
+        from .cpu_tuning import keep_freed_memory
+
+        keep_freed_memory()
+    try:
+        model = load_any_model(args.checkpoint, args.model, parse_kv(args.model_kwargs), args.backend, args.use_ema)
+        # The eval transform: the training run's (saved in our checkpoints), else the model cfg's; flags override.
+        dcfg = {**model_data_cfg(model, args.img_size), **load_checkpoint(args.checkpoint).get("data_cfg", {})}
+        if args.img_size:
+            dcfg["img_size"] = args.img_size
+        ds = build_dataset(args.data_dir, args.split, dataset=args.dataset, in_chans=dcfg["in_chans"],
+                           limit=args.limit)
+        check_num_classes(ds, model.num_classes, args.split, where="the checkpoint's model")
+        tf = build_eval_transform(dcfg["img_size"], in_chans=dcfg["in_chans"],
+                                  crop_pct=args.crop_pct or dcfg["crop_pct"], interpolation=dcfg["interpolation"],
+                                  mean=tuple(args.mean or dcfg["mean"]), std=tuple(args.std or dcfg["std"]))
+        from .loop import _set_transform
+
+        _set_transform(ds, tf)
+        loader = build_eval_loader(ds, args.batch_size, world_size=di.world_size, rank=di.rank,
+                                   workers=args.workers if args.workers is not None else 4,
+                                   pin_memory=di.device.type == "cuda")
+        import torch
+
+        model.to(di.device)
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        m = evaluate(model, loader, di.device, amp_dtype=_amp_dtype({"amp": args.amp}, di.device),
+                     channels_last=args.channels_last)
+        prof = profile(model, img_size=dcfg["img_size"])
+        metrics = {"checkpoint": str(args.checkpoint), "split": args.split, "count": m["count"],
+                   "top1": round(m["top1"], 4), "top5": round(m["top5"], 4), "loss": round(m["loss"], 6),
+                   "params": prof["params"], "params_unshared": prof["params_unshared"], "macs": prof["macs"],
+                   "img_size": dcfg["img_size"], "img_per_s": round(m["img_per_s"], 1),
+                   "world_size": di.world_size, "device": str(di.device)}
+        if di.is_main:
+            print(f"{args.checkpoint}: top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  on {m['count']} images "
+                  f"| params {prof['params']:,} (unshared {prof['params_unshared']:,}) | MACs {prof['macs']:,} "
+                  f"@ {dcfg['img_size']}px | {m['img_per_s']:.1f} img/s")
+            print(json.dumps(metrics))
+            if args.json:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(metrics, indent=2))
+        return 0
+    finally:
+        cleanup()
