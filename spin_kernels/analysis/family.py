@@ -98,7 +98,8 @@ def _norm_mapping(m) -> str:
 
 def load_results(path: str) -> list[dict]:
     """Read evaluation results: a JSON list (or ``{"results": [...]}``), a single ``spin eval --json`` record, or
-    JSON lines. Each record gives accuracy as ``top1`` / ``acc`` / ``accuracy`` and identifies its model by
+    JSON lines (``spin demo``'s demo_results.json included). Each record gives accuracy as ``top1`` /
+    ``test_top1`` / ``acc`` / ``accuracy`` and identifies its model by
     ``model``/``name`` + ``share_rate``/``rate`` + ``mapping``, by a nested ``spin_config``, or by ``params`` and
     ``macs`` (what ``spin eval --json`` writes)."""
     with open(path) as f:
@@ -115,7 +116,8 @@ def load_results(path: str) -> list[dict]:
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
             raise ValueError(f"results: record {i} of {path} is not an object")
-        acc = next((rec[k] for k in ("top1", "acc", "accuracy", "acc1") if rec.get(k) is not None), None)
+        acc = next((rec[k] for k in ("top1", "test_top1", "acc", "accuracy", "acc1") if rec.get(k) is not None),
+                   None)
         if acc is None:
             raise ValueError(f"results: record {i} of {path} has no top1 / acc / accuracy")
         cfg = rec.get("spin_config") or {}

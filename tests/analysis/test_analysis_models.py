@@ -217,3 +217,18 @@ def test_cli_family(tmp_path, capsys):
     assert args.func(args) == 0
     assert "deit_tiny_patch16_224" in capsys.readouterr().out
     assert_png(out / "params_vs_accuracy.png")
+
+
+def test_demo_results_feed_the_family_table(tmp_path):
+    """spin demo's demo_results.json (records with test_top1, params, macs) is accepted by spin family."""
+    import json
+
+    from spin_kernels.analysis.family import load_results
+
+    demo = {"results": [{"model": "unshared", "share_rate": 1, "mapping": "sequential", "params": 86890,
+                         "macs": 15881664, "test_top1": 91.54},
+                        {"model": "shared", "share_rate": 2, "mapping": "sequential", "params": 49642,
+                         "macs": 15881664, "test_top1": 91.06}]}
+    (tmp_path / "demo_results.json").write_text(json.dumps(demo))
+    rows = load_results(str(tmp_path / "demo_results.json"))
+    assert [r["top1"] for r in rows] == [91.54, 91.06] and rows[1]["params"] == 49642
