@@ -130,7 +130,6 @@ def resource_usage(library: str | None = None) -> list[dict]:
     Returns dicts with ``kernel`` (the short name), ``symbol``, ``registers``, ``stack``, ``shared``, ``local``
     (bytes; spills show up as stack / local memory). Empty when the extension or cuobjdump is missing.
     """
-    import re
     import subprocess
 
     if library is None:
@@ -139,21 +138,16 @@ def resource_usage(library: str | None = None) -> list[dict]:
     tool = cuobjdump_path()
     if not library or not tool:
         return []
+    from .perf import parse_resource_usage
+
     out = subprocess.run([tool, "--dump-resource-usage", library], capture_output=True, text=True).stdout
-    rows, symbol = [], None
-    for line in out.splitlines():
-        m = re.match(r"\s*Function (\S+):", line)
-        if m:
-            symbol = m.group(1)
-            continue
-        if symbol and "REG:" in line:
-            fields = dict(re.findall(r"(\w+):(\d+)", line))
-            name = _kernel_name(symbol)
-            dtype = next((t for t in ("bfloat16", "half", "If") if t in symbol), "")
-            rows.append(dict(kernel=name + {"bfloat16": "<bf16>", "half": "<fp16>", "If": "<fp32>"}.get(dtype, ""),
-                             symbol=symbol, registers=int(fields.get("REG", 0)), stack=int(fields.get("STACK", 0)),
-                             shared=int(fields.get("SHARED", 0)), local=int(fields.get("LOCAL", 0))))
-            symbol = None
+    rows = []
+    for symbol, use in parse_resource_usage(out).items():
+        dtype = next((t for t in ("bfloat16", "half", "If") if t in symbol), "")
+        rows.append(dict(kernel=_kernel_name(symbol) + {"bfloat16": "<bf16>", "half": "<fp16>",
+                                                        "If": "<fp32>"}.get(dtype, ""),
+                         symbol=symbol, registers=use["registers"], stack=use["stack"], shared=use["static_smem"],
+                         local=use["local"]))
     return rows
 
 

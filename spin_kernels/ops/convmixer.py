@@ -24,7 +24,6 @@ exact across runs. Running statistics are updated by :func:`convmixer_features` 
 from __future__ import annotations
 
 import os
-import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -33,13 +32,7 @@ from torch import Tensor
 
 from ..reference import convmixer_ops as _ref
 
-_WARNED: set = set()
-
-
-def _warn_once(key: str, msg: str):
-    if key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(msg, stacklevel=3)
+from ..models.common import warn_once as _warn_once  # noqa: E402 - one process-wide "said once" registry
 
 
 def _kernels():

@@ -34,19 +34,12 @@ in 16..128, CPU tensors without
 TRITON_INTERPRET=1, bfloat16 in the interpreter, mixed activation / weight dtypes, non-LayerNorm norms.
 """
 import os
-import warnings
 from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-_WARNED: set = set()
-
-
-def _warn_once(key: str, msg: str):
-    if key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(msg, stacklevel=3)
+from ..models.common import warn_once as _warn_once  # noqa: E402 - one process-wide "said once" registry
 
 
 def _kernels():
