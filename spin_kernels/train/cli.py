@@ -299,13 +299,9 @@ def cmd_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run just this module's commands (``python -m spin_kernels.train.cli train ...``), e.g. in tests, without
     the other command families of ``spin``."""
-    parser = argparse.ArgumentParser(prog="spin")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+    from .. import cli
+
+    return cli.main(argv, modules=(__name__,))
 
 
 if __name__ == "__main__":
