@@ -1,7 +1,5 @@
 // Python bindings of spin_kernels._C: argument checks and tensor plumbing around the raw-pointer launchers.
 // Every check names the argument and what was expected; kernels never see a tensor they cannot handle.
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
 #include <optional>
@@ -9,7 +7,27 @@
 #include "depthwise_conv.h"
 #include "shared_run.h"
 
+#ifdef SPIN_EMULATE
+// The host-emulation build (spin_kernels.cuda_emulation): the same kernels run on CPU tensors.
+#include "emulation/emulation.h"
+#define SPIN_DEVICE_GUARD(t)
+#else
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define SPIN_DEVICE_GUARD(t) const c10::cuda::CUDAGuard device_guard((t).device())
+#endif
+
 namespace {
+
+#ifdef SPIN_EMULATE
+constexpr const char* kDeviceName = "CPU (emulated CUDA)";
+bool on_kernel_device(const at::Tensor& t) { return t.is_cpu(); }
+cudaStream_t current_stream() { return nullptr; }
+#else
+constexpr const char* kDeviceName = "CUDA";
+bool on_kernel_device(const at::Tensor& t) { return t.is_cuda(); }
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+#endif
 
 int dtype_code(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
@@ -22,7 +40,7 @@ int dtype_code(const at::Tensor& t, const char* name) {
 }
 
 void check_activation(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got one on ", t.device());
+  TORCH_CHECK(on_kernel_device(t), name, ": expected a ", kDeviceName, " tensor, got one on ", t.device());
   TORCH_CHECK(t.dim() == 4, name, ": expected a channels-last activation [B, H, W, C], got shape ", t.sizes());
   TORCH_CHECK(t.is_contiguous(), name, ": expected a contiguous [B, H, W, C] tensor");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, ": data must be 16-byte aligned");
@@ -55,55 +73,135 @@ spin::DwShape shape_of(const at::Tensor& x, const at::Tensor& weight) {
 }
 
 void check_cuda(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, what, " failed: ", spin::error_string(err));
 }
 
-// y = act(dwconv(a*h + b) + bias) (* post_scale); returns (y, partial stats [3, tiles, C] or empty).
-std::vector<at::Tensor> dwconv_forward(const at::Tensor& h, const std::optional<at::Tensor>& a,
-                                       const std::optional<at::Tensor>& b, const at::Tensor& weight,
+void check_act(int64_t act, const char* name) {
+  TORCH_CHECK(act >= 0 && act <= 2, name, ": expected 0 (none), 1 (relu) or 2 (gelu), got ", act);
+}
+
+// Optional activation-shaped operand (residual, pre-activation): same shape, dtype and device as `like`.
+at::Tensor like_activation(const std::optional<at::Tensor>& t, const at::Tensor& like, const char* name) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  check_activation(*t, name);
+  TORCH_CHECK(t->sizes() == like.sizes(), name, ": expected shape ", like.sizes(), ", got ", t->sizes());
+  TORCH_CHECK_TYPE(t->scalar_type() == like.scalar_type(), name, ": expected dtype ", like.scalar_type(), ", got ",
+                   t->scalar_type());
+  return *t;
+}
+
+// [rows][C] fp32 per-channel vectors (vec6 / xvec) on the activation's device.
+at::Tensor channel_rows(const std::optional<at::Tensor>& v, int64_t rows, const at::Tensor& like, const char* name) {
+  if (!v.has_value() || !v->defined()) return at::Tensor();
+  TORCH_CHECK(v->device() == like.device(), name, ": expected a tensor on ", like.device(), ", got ", v->device());
+  TORCH_CHECK(v->numel() == rows * like.size(3), name, ": expected [", rows, ", C = ", like.size(3), "] values, got ",
+              v->sizes());
+  return v->reshape({rows, -1}).to(at::kFloat).contiguous();
+}
+
+const void* vptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+// Output tensor: `out` when given (checked like an activation), else a new one like `like`.
+at::Tensor output_like(const std::optional<at::Tensor>& out, const at::Tensor& like, const char* name) {
+  if (!out.has_value() || !out->defined()) return at::empty_like(like);
+  return like_activation(out, like, name);
+}
+
+// x = [res] + a*act_in(h) + b;  y = post_scale * act(dwconv(x) + bias);
+// returns (y, per-tile stats [3, tiles, C] of stats_act(y), or an empty tensor).
+std::vector<at::Tensor> dwconv_forward(const at::Tensor& h, const std::optional<at::Tensor>& res,
+                                       const std::optional<at::Tensor>& a, const std::optional<at::Tensor>& b,
+                                       int64_t act_in, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias,
-                                       const std::optional<at::Tensor>& post_scale, int64_t act, bool flip,
-                                       bool with_stats) {
+                                       const std::optional<at::Tensor>& post_scale, int64_t act, int64_t stats_act,
+                                       bool flip, bool with_stats, const std::optional<at::Tensor>& out) {
   check_activation(h, "h");
   const int dtype = dtype_code(h, "h");
-  TORCH_CHECK(act >= 0 && act <= 2, "act: expected 0 (none), 1 (relu) or 2 (gelu), got ", act);
+  check_act(act_in, "act_in");
+  check_act(act, "act");
+  check_act(stats_act, "stats_act");
   const spin::DwShape s = shape_of(h, weight);
-  const c10::cuda::CUDAGuard guard(h.device());
+  SPIN_DEVICE_GUARD(h);
+  const at::Tensor resv = like_activation(res, h, "res");
   const at::Tensor av = channel_vector(a, h, "a"), bv = channel_vector(b, h, "b");
   const at::Tensor biasv = channel_vector(bias, h, "bias"), postv = channel_vector(post_scale, h, "post_scale");
-  at::Tensor y = at::empty_like(h);
+  const at::Tensor wc = weight.contiguous();
+  at::Tensor y = output_like(out, h, "out");
   at::Tensor stats = with_stats ? at::empty({3, spin::dw_num_tiles(s), s.C}, h.options().dtype(at::kFloat))
                                 : at::Tensor();
-  check_cuda(spin::dw_forward(dtype, h.data_ptr(), ptr(av), ptr(bv), weight.contiguous().data_ptr(), ptr(biasv),
-                              ptr(postv), y.data_ptr(), with_stats ? stats.data_ptr<float>() : nullptr, s,
-                              static_cast<int>(act), flip, c10::cuda::getCurrentCUDAStream()),
+  const spin::DwInput in{h.data_ptr(), vptr(resv), ptr(av), ptr(bv), static_cast<int>(act_in)};
+  check_cuda(spin::dw_forward(dtype, in, wc.data_ptr(), ptr(biasv), ptr(postv), static_cast<int>(act),
+                              static_cast<int>(stats_act), y.data_ptr(), with_stats ? stats.data_ptr<float>() : nullptr,
+                              s, flip, current_stream()),
              "dwconv_forward");
   return {y, stats};
 }
 
-// (dweight [C, 1, k, k] fp32, dbias [C] fp32) of dwconv(a*h + b) + bias, given dz = dL/d(conv + bias).
-std::vector<at::Tensor> dwconv_backward_weight(const at::Tensor& dz, const at::Tensor& h,
+// The gradient reaching the conv output, rebuilt from du (and q, vec6 when given: see spin::DwGradOutput).
+spin::DwGradOutput grad_output(const at::Tensor& du, const at::Tensor& q, const at::Tensor& vec6, int64_t act) {
+  TORCH_CHECK(q.defined() == vec6.defined(), "q and vec6: give both (BatchNorm + activation backward) or neither");
+  return {du.data_ptr(), vptr(q), ptr(vec6), static_cast<int>(act)};
+}
+
+// Input side of the layer backward: (dx, dhz, per-tile sums [2, tiles, C]); each empty when not requested.
+std::vector<at::Tensor> dwconv_backward_data(const at::Tensor& du, const std::optional<at::Tensor>& q,
+                                             const std::optional<at::Tensor>& vec6, int64_t act,
+                                             const at::Tensor& weight, const at::Tensor& hz,
+                                             const at::Tensor& xvec, int64_t act_in, bool write_dx, bool write_dhz,
+                                             bool with_sums, const std::optional<at::Tensor>& dx_out) {
+  check_activation(du, "du");
+  const int dtype = dtype_code(du, "du");
+  check_act(act, "act");
+  check_act(act_in, "act_in");
+  const spin::DwShape s = shape_of(du, weight);
+  SPIN_DEVICE_GUARD(du);
+  const at::Tensor qv = like_activation(q, du, "q"), hzv = like_activation(hz, du, "hz");
+  TORCH_CHECK(xvec.defined(), "xvec: expected the [4, C] vectors (ax, bx, mean_in, invstd_in)");
+  const at::Tensor v6 = channel_rows(vec6, 6, du, "vec6"), xv = channel_rows(xvec, 4, du, "xvec");
+  const at::Tensor wc = weight.contiguous();
+  at::Tensor dx = write_dx ? output_like(dx_out, du, "dx_out") : at::Tensor();
+  at::Tensor dhz = write_dhz ? at::empty_like(du) : at::Tensor();
+  at::Tensor sums = with_sums ? at::empty({2, spin::dw_num_tiles(s), s.C}, du.options().dtype(at::kFloat))
+                              : at::Tensor();
+  check_cuda(spin::dw_backward_data(dtype, grad_output(du, qv, v6, act), wc.data_ptr(), hzv.data_ptr(), ptr(xv),
+                                    static_cast<int>(act_in), dx.defined() ? dx.data_ptr() : nullptr,
+                                    dhz.defined() ? dhz.data_ptr() : nullptr,
+                                    sums.defined() ? sums.data_ptr<float>() : nullptr, s, current_stream()),
+             "dwconv_backward_data");
+  return {dx, dhz, sums};
+}
+
+// (dweight [C, 1, k, k] fp32, dbias [C] fp32) of q = dwconv(x) + bias, x = [res] + a*act_in(h) + b, given
+// du (and q, vec6: the BatchNorm + activation backward on load) or dq = du directly.
+std::vector<at::Tensor> dwconv_backward_weight(const at::Tensor& du, const std::optional<at::Tensor>& q,
+                                               const std::optional<at::Tensor>& vec6, int64_t act,
+                                               const at::Tensor& h, const std::optional<at::Tensor>& res,
                                                const std::optional<at::Tensor>& a,
-                                               const std::optional<at::Tensor>& b, int64_t kernel_size,
-                                               int64_t partial_ctas) {
-  check_activation(dz, "dz");
+                                               const std::optional<at::Tensor>& b, int64_t act_in,
+                                               int64_t kernel_size, int64_t partial_ctas) {
+  check_activation(du, "du");
   check_activation(h, "h");
-  TORCH_CHECK(dz.sizes() == h.sizes(), "dz: expected the shape of h ", h.sizes(), ", got ", dz.sizes());
-  TORCH_CHECK(dz.scalar_type() == h.scalar_type(), "dz: expected dtype ", h.scalar_type());
+  TORCH_CHECK(du.sizes() == h.sizes(), "du: expected the shape of h ", h.sizes(), ", got ", du.sizes());
+  TORCH_CHECK_TYPE(du.scalar_type() == h.scalar_type(), "du: expected dtype ", h.scalar_type());
   TORCH_CHECK(kernel_size % 2 == 1 && kernel_size >= 3 && kernel_size <= 9,
               "kernel_size: must be odd, 3 to 9, got ", kernel_size);
+  TORCH_CHECK(partial_ctas >= 1, "partial_ctas: expected at least 1, got ", partial_ctas);
+  check_act(act, "act");
+  check_act(act_in, "act_in");
   const int dtype = dtype_code(h, "h");
-  const c10::cuda::CUDAGuard guard(h.device());
+  SPIN_DEVICE_GUARD(h);
   const spin::DwShape s{static_cast<int>(h.size(0)), static_cast<int>(h.size(1)), static_cast<int>(h.size(2)),
                         static_cast<int>(h.size(3)), static_cast<int>(kernel_size)};
-  const int ctas = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(partial_ctas, spin::dw_num_tiles(s))));
+  const int ctas = static_cast<int>(std::min<int64_t>(partial_ctas, spin::dw_num_tiles(s)));
+  const at::Tensor qv = like_activation(q, du, "q"), v6 = channel_rows(vec6, 6, du, "vec6");
+  const at::Tensor resv = like_activation(res, h, "res");
   const at::Tensor av = channel_vector(a, h, "a"), bv = channel_vector(b, h, "b");
   auto f32 = h.options().dtype(at::kFloat);
   at::Tensor dweight = at::empty({s.C, 1, s.k, s.k}, f32), dbias = at::empty({s.C}, f32);
   at::Tensor ws = at::empty({static_cast<int64_t>(spin::dw_wgrad_workspace_bytes(s, ctas) / sizeof(float))}, f32);
-  check_cuda(spin::dw_backward_weight(dtype, dz.data_ptr(), h.data_ptr(), ptr(av), ptr(bv),
-                                      dweight.data_ptr<float>(), dbias.data_ptr<float>(), ws.data_ptr<float>(), ctas,
-                                      s, c10::cuda::getCurrentCUDAStream()),
+  const spin::DwInput in{h.data_ptr(), vptr(resv), ptr(av), ptr(bv), static_cast<int>(act_in)};
+  check_cuda(spin::dw_backward_weight(dtype, grad_output(du, qv, v6, act), in, dweight.data_ptr<float>(),
+                                      dbias.data_ptr<float>(), ws.data_ptr<float>(), ctas, s, current_stream()),
              "dwconv_backward_weight");
   return {dweight, dbias};
 }
@@ -132,7 +230,7 @@ at::Tensor shared_run_forward(const at::Tensor& x, const at::Tensor& w, const at
   const int64_t L = dw_weight.size(0), k = dw_weight.size(3);
   TORCH_CHECK(k % 2 == 1 && k <= 9, "dw_weight: kernel size must be odd and at most 9, got ", k);
   TORCH_CHECK(act == 1 || act == 2, "act: expected 1 (relu) or 2 (gelu), got ", act);
-  const c10::cuda::CUDAGuard guard(x.device());
+  SPIN_DEVICE_GUARD(x);
   at::Tensor out = x.clone(), u = at::empty_like(x);
   const at::Tensor wc = w.reshape({C, C}).contiguous(), wb = channel_vector(w_bias, x, "w_bias");
   const at::Tensor filt = dw_weight.to(at::kFloat).contiguous();
@@ -146,7 +244,7 @@ at::Tensor shared_run_forward(const at::Tensor& x, const at::Tensor& w, const at
                            static_cast<int>(x.size(2)), static_cast<int>(C), static_cast<int>(k),
                            static_cast<int>(act), spin_residual};
   check_cuda(spin::shared_run_forward(x.scalar_type() == at::kHalf ? 1 : 2, args,
-                                      c10::cuda::getCurrentCUDAStream(), nullptr),
+                                      current_stream(), nullptr),
              "shared_run_forward");
   return out;
 }
@@ -155,12 +253,22 @@ at::Tensor shared_run_forward(const at::Tensor& x, const at::Tensor& w, const at
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "spin_kernels CUDA C++ kernels";
-  m.def("dwconv_forward", &dwconv_forward, "fused depthwise conv forward (affine prologue, bias, act, stats)",
-        py::arg("h"), py::arg("a"), py::arg("b"), py::arg("weight"), py::arg("bias"), py::arg("post_scale"),
-        py::arg("act"), py::arg("flip"), py::arg("with_stats"));
+#ifdef SPIN_EMULATE
+  m.def("emulation_set_sm_count", &spin_emu::set_sm_count, "SM count of the emulated GPU", py::arg("sms"));
+#endif
+  m.def("dwconv_forward", &dwconv_forward,
+        "fused depthwise conv forward (input prologue, bias, act, post-scale, tile statistics)", py::arg("h"),
+        py::arg("res"), py::arg("a"), py::arg("b"), py::arg("act_in"), py::arg("weight"), py::arg("bias"),
+        py::arg("post_scale"), py::arg("act"), py::arg("stats_act"), py::arg("flip"), py::arg("with_stats"),
+        py::arg("out") = py::none());
+  m.def("dwconv_backward_data", &dwconv_backward_data,
+        "depthwise conv layer backward, input side (BN/act backward prologue, dx, dhz, previous-BN sums)",
+        py::arg("du"), py::arg("q"), py::arg("vec6"), py::arg("act"), py::arg("weight"), py::arg("hz"),
+        py::arg("xvec"), py::arg("act_in"), py::arg("write_dx"), py::arg("write_dhz"), py::arg("with_sums"),
+        py::arg("dx_out") = py::none());
   m.def("dwconv_backward_weight", &dwconv_backward_weight, "depthwise conv weight and bias gradient (fp32)",
-        py::arg("dz"), py::arg("h"), py::arg("a"), py::arg("b"), py::arg("kernel_size"),
-        py::arg("partial_ctas") = 264);
+        py::arg("du"), py::arg("q"), py::arg("vec6"), py::arg("act"), py::arg("h"), py::arg("res"), py::arg("a"),
+        py::arg("b"), py::arg("act_in"), py::arg("kernel_size"), py::arg("partial_ctas") = 264);
   m.def("shared_run_forward", &shared_run_forward,
         "eval-mode ConvMixer run with the shared pointwise weight resident in shared memory (cooperative launch)",
         py::arg("x"), py::arg("w"), py::arg("w_bias"), py::arg("dw_weight"), py::arg("dw_bias"), py::arg("s1"),

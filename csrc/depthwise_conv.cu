@@ -1,19 +1,24 @@
 // Depthwise k x k convolution (odd k, "same" zero padding, stride 1) on channels-last [B, H, W, C] activations,
-// with the fused prologue / epilogue contract of the ConvMixer kernels (DESIGN.md §2, lever 1):
+// with the fused prologue / epilogue contract of the ConvMixer kernels (DESIGN.md §2, lever 1; the same contract
+// as spin_kernels/triton/dwconv.py, so backend="cuda" can train through it):
 //
-//   forward:       y = act(conv_w(a * h + b) + bias) * post_scale,   per-tile BN partial stats of y
-//   input grad:    the same kernel with the flipped filter, no affine, post_scale = a  (dh = a * conv_flip(dz))
-//   weight grad:   dweight = sum over pixels of dz * shifted x, dbias = sum dz  (fp32, two-pass deterministic)
+//   forward:        x = [res] + a * act_in(h) + b  (on load)  ->  y = post * act(conv_w(x) + bias),
+//                   per-tile BN partial statistics of stats_act(y)
+//   backward data:  dq = BN/act backward of du (on load)  ->  dx = du + conv_flip(dq), dhz = act_in'(hz) * ax * dx,
+//                   per-tile sums of dx and dx * xhat_in (the previous BatchNorm's backward)
+//   backward weight: dweight = sum over pixels of dq * shifted x, dbias = sum dq  (fp32, two-pass deterministic)
 //
 // Tiling: one CTA computes an 8 x 8 pixel tile for a chunk of 8 x (16 bytes of channels) = 32 fp32 / 64 half
-// channels. Block = 8 (channel vectors) x 8 (tile rows) threads. The input tile plus its (k-1) halo is staged
-// once in shared memory in fp32 (after the affine prologue, so zero padding is post-affine), loaded with 16-byte
-// vector loads along C; the k*k filter taps of the chunk sit in shared memory too. Each thread accumulates one
-// tile row (8 pixels x its channel vector) in registers, all in fp32.
+// channels. Block = 8 (channel vectors) x 8 (tile rows) threads. The operand tile plus its (k-1) halo is staged
+// once in shared memory in fp32 — after the prologue (affine, or the BN backward), so zero padding applies to the
+// rebuilt tensor — loaded with 16-byte vector loads along C; the chunk's k*k filter taps sit in shared memory too.
+// Each thread accumulates one tile row (8 pixels x its channel vector) in registers, all in fp32.
 //
-// Bytes per CTA (forward): (8 + k - 1)^2 pixels x chunk of input (halo re-read from L2 by neighbours: for k = 9
-// that is 4x the tile, so HBM traffic stays ~1 read + 1 write per element when L2 holds the neighbourhood),
-// k*k*chunk weights, 64 pixels x chunk output, 3 x chunk floats of statistics.
+// Bytes per CTA (forward): (8 + k - 1)^2 pixels x chunk of each prologue operand (h, res; halo re-read from L2 by
+// neighbours: for k = 9 that is 4x the tile, so HBM traffic stays ~1 read + 1 write per element when L2 holds the
+// neighbourhood), k*k*chunk weights, 64 pixels x chunk output, 3 x chunk floats of statistics. Backward data reads
+// du and q (with halo) and du, hz at the tile, writes dx and/or dhz; backward weight reads du, q at the tile and
+// h, res with halo.
 #include "depthwise_conv.h"
 
 #include "device_utils.cuh"
@@ -45,6 +50,48 @@ __device__ __forceinline__ void store_vec(T* p, const float (&in)[Vec<T>::N]) {
   *reinterpret_cast<uint4*>(p) = raw;
 }
 
+// x = [res] + a * act(h) + b for the channel vector at element offset off (channel c).
+template <typename T>
+struct InputLoader {
+  DwInput p;
+  __device__ __forceinline__ void operator()(size_t off, int c, float (&v)[Vec<T>::N]) const {
+    constexpr int V = Vec<T>::N;
+    load_vec<T>(static_cast<const T*>(p.h) + off, v);
+    float r[V];
+    if (p.res) {
+      load_vec<T>(static_cast<const T*>(p.res) + off, r);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) r[j] = 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      v[j] = (p.a ? p.a[c + j] : 1.f) * activate(v[j], p.act) + (p.b ? p.b[c + j] : 0.f) + r[j];
+    }
+  }
+};
+
+// dq from du and q (the BatchNorm + activation backward, see DwGradOutput).
+template <typename T>
+struct GradLoader {
+  DwGradOutput p;
+  int C;
+  __device__ __forceinline__ void operator()(size_t off, int c, float (&v)[Vec<T>::N]) const {
+    constexpr int V = Vec<T>::N;
+    load_vec<T>(static_cast<const T*>(p.du) + off, v);
+    if (p.q == nullptr) return;
+    float z[V];
+    load_vec<T>(static_cast<const T*>(p.q) + off, z);
+    const float* vec = p.vec6 + c;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const float d = activate_grad(z[j], p.act);
+      const float xhat = (activate(z[j], p.act) - vec[4 * C + j]) * vec[5 * C + j];
+      v[j] = v[j] * (d * vec[j] + vec[C + j]) + d * (vec[2 * C + j] + vec[3 * C + j] * xhat);
+    }
+  }
+};
+
 struct TileCoord {
   int n, oy0, ox0;
 };
@@ -57,22 +104,24 @@ __device__ __forceinline__ TileCoord tile_coord(int tile, const DwShape& s) {
   return {tile / per_image, (rem / tiles_w) * kTileH, (rem % tiles_w) * kTileW};
 }
 
-// Stage the (kTileH + k - 1) x (kTileW + k - 1) input tile of channel chunk c0 in shared memory as fp32,
-// applying the affine prologue; positions outside the image hold 0 (the padding of the post-affine tensor).
-template <typename T>
-__device__ __forceinline__ void stage_input(float* tile, const T* h, const float* a, const float* b,
-                                            const DwShape& s, TileCoord tc, int c0, int tid, int nthreads) {
+__device__ __forceinline__ size_t offset(const DwShape& s, int n, int y, int x, int c) {
+  return ((static_cast<size_t>(n) * s.H + y) * s.W + x) * s.C + c;
+}
+
+// Stage the (kTileH + 2 halo) x (kTileW + 2 halo) operand tile of channel chunk c0 in shared memory as fp32
+// (through the prologue `load`); positions outside the image hold 0 (the padding of the rebuilt tensor).
+template <typename T, typename Loader>
+__device__ __forceinline__ void stage_tile(float* tile, const Loader& load, const DwShape& s, TileCoord tc, int c0,
+                                           int halo, int tid, int nthreads) {
   constexpr int V = Vec<T>::N;
   constexpr int CB = kThreadsC * V;
-  const int r = s.k / 2, IW = kTileW + s.k - 1, IH = kTileH + s.k - 1;
+  const int IW = kTileW + 2 * halo, IH = kTileH + 2 * halo;
   for (int i = tid; i < IH * IW * kThreadsC; i += nthreads) {
     const int pix = i / kThreadsC, vx = i % kThreadsC;
-    const int iy = tc.oy0 - r + pix / IW, ix = tc.ox0 - r + pix % IW, c = c0 + vx * V;
+    const int iy = tc.oy0 - halo + pix / IW, ix = tc.ox0 - halo + pix % IW, c = c0 + vx * V;
     float v[V];
     if (iy >= 0 && iy < s.H && ix >= 0 && ix < s.W && c < s.C) {
-      load_vec<T>(h + ((static_cast<size_t>(tc.n) * s.H + iy) * s.W + ix) * s.C + c, v);
-#pragma unroll
-      for (int j = 0; j < V; ++j) v[j] = v[j] * (a ? a[c + j] : 1.f) + (b ? b[c + j] : 0.f);
+      load(offset(s, tc.n, iy, ix, c), c, v);
     } else {
 #pragma unroll
       for (int j = 0; j < V; ++j) v[j] = 0.f;
@@ -82,30 +131,24 @@ __device__ __forceinline__ void stage_input(float* tile, const T* h, const float
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreadsC * kTileH)
-dw_forward_kernel(const T* __restrict__ h, const float* __restrict__ a, const float* __restrict__ b,
-                  const T* __restrict__ w, const float* __restrict__ bias, const float* __restrict__ post,
-                  T* __restrict__ y, float* __restrict__ stats, DwShape s, int act, bool flip, int num_tiles) {
+// The convolution of one CTA: stage the operand tile and the filter taps, then each thread's row of
+// kTileW pixels x V channels in acc. Leaves a __syncthreads() owed before smem is reused.
+template <typename T, typename Loader>
+__device__ __forceinline__ void conv_tile(float* smem, const Loader& load, const T* w, const DwShape& s,
+                                          TileCoord tc, int c0, bool flip, float (&acc)[kTileW][Vec<T>::N]) {
   constexpr int V = Vec<T>::N;
   constexpr int CB = kThreadsC * V;
-  extern __shared__ float smem[];
   const int k = s.k, kk = k * k, IW = kTileW + k - 1, IH = kTileH + k - 1;
-  float* tile = smem;               // [IH * IW][CB]
+  float* tile = smem;                // [IH * IW][CB]
   float* wsm = tile + IH * IW * CB;  // [k * k][CB]
-  const TileCoord tc = tile_coord(blockIdx.x, s);
-  const int c0 = blockIdx.y * CB;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * kThreadsC + tx, nthreads = kThreadsC * kTileH;
-
   for (int i = tid; i < kk * CB; i += nthreads) {
     const int t = i / CB, c = c0 + i % CB;
     wsm[i] = c < s.C ? to_f32(w[static_cast<size_t>(c) * kk + (flip ? kk - 1 - t : t)]) : 0.f;
   }
-  stage_input<T>(tile, h, a, b, s, tc, c0, tid, nthreads);
+  stage_tile<T>(tile, load, s, tc, c0, k / 2, tid, nthreads);
   __syncthreads();
-
-  float acc[kTileW][V];
 #pragma unroll
   for (int px = 0; px < kTileW; ++px)
 #pragma unroll
@@ -122,8 +165,46 @@ dw_forward_kernel(const T* __restrict__ h, const float* __restrict__ a, const fl
         for (int j = 0; j < V; ++j) acc[px][j] = fmaf(row[px * CB + j], wv[j], acc[px][j]);
     }
   }
+}
 
-  // Epilogue: bias, activation, post-scale, store; Welford statistics of the stored values.
+// Writes NV per-thread values to smem, then row 0 of the CTA adds the kTileH rows in a fixed order (plain sums)
+// into out[v * stride + base + j]. The caller has synchronised since smem was last read.
+template <int NV, int V>
+__device__ __forceinline__ void reduce_rows_to(float* smem, const float (&vals)[NV][V], float* out, size_t stride,
+                                               size_t base, bool valid) {
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  float* part = smem + (ty * kThreadsC + tx) * NV * V;
+#pragma unroll
+  for (int v = 0; v < NV; ++v)
+#pragma unroll
+    for (int j = 0; j < V; ++j) part[v * V + j] = vals[v][j];
+  __syncthreads();
+  if (ty != 0 || !valid) return;
+#pragma unroll
+  for (int v = 0; v < NV; ++v)
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float sum = 0.f;
+      for (int row = 0; row < kTileH; ++row) sum += smem[(row * kThreadsC + tx) * NV * V + v * V + j];
+      out[v * stride + base + j] = sum;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreadsC * kTileH)
+dw_forward_kernel(DwInput in, const T* __restrict__ w, const float* __restrict__ bias,
+                  const float* __restrict__ post, int act, int stats_act, T* __restrict__ y, float* __restrict__ stats,
+                  DwShape s, bool flip, int num_tiles) {
+  constexpr int V = Vec<T>::N;
+  constexpr int CB = kThreadsC * V;
+  float* smem = dynamic_smem<float>();
+  const TileCoord tc = tile_coord(blockIdx.x, s);
+  const int c0 = blockIdx.y * CB;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  float acc[kTileW][V];
+  conv_tile<T>(smem, InputLoader<T>{in}, w, s, tc, c0, flip, acc);
+
+  // Epilogue: bias, activation, post-scale, store; Welford statistics of stats_act(stored value).
   const int c = c0 + tx * V, oy = tc.oy0 + ty;
   const bool cvalid = c < s.C;
   float cnt = 0.f, mean[V], m2[V];
@@ -139,11 +220,12 @@ dw_forward_kernel(const T* __restrict__ h, const float* __restrict__ a, const fl
       float z = activate(acc[px][j] + (bias ? bias[c + j] : 0.f), act);
       o[j] = post ? z * post[c + j] : z;
     }
-    store_vec<T>(y + ((static_cast<size_t>(tc.n) * s.H + oy) * s.W + ox) * s.C + c, o);
+    store_vec<T>(y + offset(s, tc.n, oy, ox, c), o);
     cnt += 1.f;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      const float v = to_f32(from_f32<T>(o[j]));  // statistics of what BatchNorm will read
+      // statistics of what the consumer (BatchNorm) reads: the stored value, through its activation
+      const float v = activate(to_f32(from_f32<T>(o[j])), stats_act);
       const float d = v - mean[j];
       mean[j] += d / cnt;
       m2[j] += d * (v - mean[j]);
@@ -187,23 +269,72 @@ dw_forward_kernel(const T* __restrict__ h, const float* __restrict__ a, const fl
   }
 }
 
+template <typename T>
+__global__ void __launch_bounds__(kThreadsC * kTileH)
+dw_backward_data_kernel(DwGradOutput g, const T* __restrict__ w, const T* __restrict__ hz,
+                        const float* __restrict__ xvec, int act_in, T* __restrict__ dx, T* __restrict__ dhz,
+                        float* __restrict__ sums, DwShape s, int num_tiles) {
+  constexpr int V = Vec<T>::N;
+  constexpr int CB = kThreadsC * V;
+  float* smem = dynamic_smem<float>();
+  const TileCoord tc = tile_coord(blockIdx.x, s);
+  const int c0 = blockIdx.y * CB;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  float acc[kTileW][V];
+  conv_tile<T>(smem, GradLoader<T>{g, s.C}, w, s, tc, c0, /*flip=*/true, acc);
+
+  // Epilogue: dx = du + conv_flip(dq); dhz; per-row sums of dx and dx * xhat_in.
+  const int c = c0 + tx * V, oy = tc.oy0 + ty;
+  const bool cvalid = c < s.C;
+  float part[2][V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) part[0][j] = part[1][j] = 0.f;
+#pragma unroll
+  for (int px = 0; px < kTileW; ++px) {
+    const int ox = tc.ox0 + px;
+    if (!(cvalid && oy < s.H && ox < s.W)) continue;
+    const size_t off = offset(s, tc.n, oy, ox, c);
+    float du[V], h[V], o[V];
+    load_vec<T>(static_cast<const T*>(g.du) + off, du);
+    load_vec<T>(hz + off, h);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      o[j] = du[j] + acc[px][j];
+      const float xhat = (activate(h[j], act_in) - xvec[2 * s.C + c + j]) * xvec[3 * s.C + c + j];
+      part[0][j] += o[j];
+      part[1][j] += o[j] * xhat;
+    }
+    if (dx) store_vec<T>(dx + off, o);
+    if (dhz) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) o[j] *= activate_grad(h[j], act_in) * xvec[c + j];
+      store_vec<T>(dhz + off, o);
+    }
+  }
+  if (sums == nullptr) return;  // uniform across the CTA
+  __syncthreads();              // the tile buffer is reused
+  reduce_rows_to<2, V>(smem, part, sums, static_cast<size_t>(num_tiles) * s.C,
+                       static_cast<size_t>(blockIdx.x) * s.C + c, cvalid);
+}
+
 // Most filter taps one thread owns in the weight-gradient kernel (k <= 9): taps are dealt round-robin to the
 // kTileH thread rows, so each thread keeps at most this many tap accumulators in registers.
 constexpr int kMaxTapsPerThread = (81 + kTileH - 1) / kTileH;
 
 template <typename T>
 __global__ void __launch_bounds__(kThreadsC * kTileH)
-dw_wgrad_partial_kernel(const T* __restrict__ dz, const T* __restrict__ h, const float* __restrict__ a,
-                        const float* __restrict__ b, float* __restrict__ ws, DwShape s, int num_tiles) {
+dw_wgrad_partial_kernel(DwGradOutput g, DwInput in, float* __restrict__ ws, DwShape s, int num_tiles) {
   constexpr int V = Vec<T>::N;
   constexpr int CB = kThreadsC * V;
-  extern __shared__ float smem[];
+  float* smem = dynamic_smem<float>();
   const int k = s.k, kk = k * k, IW = kTileW + k - 1, IH = kTileH + k - 1;
-  float* tile = smem;                // [IH * IW][CB]
-  float* dzs = tile + IH * IW * CB;  // [kTileH * kTileW][CB]
+  float* tile = smem;                // [IH * IW][CB]   x with halo
+  float* dzs = tile + IH * IW * CB;  // [kTileH * kTileW][CB]   dq
   const int c0 = blockIdx.y * CB;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * kThreadsC + tx, nthreads = kThreadsC * kTileH;
+  const InputLoader<T> load_x{in};
+  const GradLoader<T> load_dq{g, s.C};
 
   float acc[kMaxTapsPerThread][V], dbias[V];
 #pragma unroll
@@ -216,20 +347,8 @@ dw_wgrad_partial_kernel(const T* __restrict__ dz, const T* __restrict__ h, const
   for (int t_id = blockIdx.x; t_id < num_tiles; t_id += gridDim.x) {
     const TileCoord tc = tile_coord(t_id, s);
     __syncthreads();  // the previous tile's buffers are no longer read
-    stage_input<T>(tile, h, a, b, s, tc, c0, tid, nthreads);
-    for (int i = tid; i < kTileH * kTileW * kThreadsC; i += nthreads) {
-      const int pix = i / kThreadsC, vx = i % kThreadsC;
-      const int oy = tc.oy0 + pix / kTileW, ox = tc.ox0 + pix % kTileW, c = c0 + vx * V;
-      float v[V];
-      if (oy < s.H && ox < s.W && c < s.C) {
-        load_vec<T>(dz + ((static_cast<size_t>(tc.n) * s.H + oy) * s.W + ox) * s.C + c, v);
-      } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = 0.f;
-      }
-#pragma unroll
-      for (int j = 0; j < V; ++j) dzs[pix * CB + vx * V + j] = v[j];
-    }
+    stage_tile<T>(tile, load_x, s, tc, c0, k / 2, tid, nthreads);
+    stage_tile<T>(dzs, load_dq, s, tc, c0, 0, tid, nthreads);
     __syncthreads();
 #pragma unroll
     for (int ti = 0; ti < kMaxTapsPerThread; ++ti) {
@@ -291,38 +410,56 @@ int chunk_channels() {
   return kThreadsC * Vec<T>::N;
 }
 
+// Shared memory of the forward / backward-data kernels: the operand tile with halo plus the filter taps.
 template <typename T>
-cudaError_t launch_forward(const void* h, const float* a, const float* b, const void* weight, const float* bias,
-                           const float* post, void* y, float* stats, DwShape s, int act, bool flip,
-                           cudaStream_t stream) {
-  const int CB = chunk_channels<T>(), IW = kTileW + s.k - 1, IH = kTileH + s.k - 1;
-  const size_t smem = static_cast<size_t>(IH * IW + s.k * s.k) * CB * sizeof(float);
-  auto kernel = dw_forward_kernel<T>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (err != cudaSuccess) return err;
-  const int tiles = dw_num_tiles(s);
-  dim3 grid(tiles, (s.C + CB - 1) / CB), block(kThreadsC, kTileH);
-  kernel<<<grid, block, smem, stream>>>(static_cast<const T*>(h), a, b, static_cast<const T*>(weight), bias, post,
-                                        static_cast<T*>(y), stats, s, act, flip, tiles);
-  return cudaGetLastError();
+size_t conv_smem_bytes(const DwShape& s) {
+  const int IW = kTileW + s.k - 1, IH = kTileH + s.k - 1;
+  return static_cast<size_t>(IH * IW + s.k * s.k) * chunk_channels<T>() * sizeof(float);
 }
 
 template <typename T>
-cudaError_t launch_wgrad(const void* dz, const void* h, const float* a, const float* b, float* dweight,
-                         float* dbias, float* ws, int partial_ctas, DwShape s, cudaStream_t stream) {
+cudaError_t launch_forward(const DwInput& in, const void* weight, const float* bias, const float* post, int act,
+                           int stats_act, void* y, float* stats, DwShape s, bool flip, cudaStream_t stream) {
+  const int CB = chunk_channels<T>();
+  const size_t smem = conv_smem_bytes<T>(s);
+  auto kernel = dw_forward_kernel<T>;
+  cudaError_t err = allow_dynamic_smem(kernel, smem);
+  if (err != cudaSuccess) return err;
+  const int tiles = dw_num_tiles(s);
+  dim3 grid(tiles, (s.C + CB - 1) / CB), block(kThreadsC, kTileH);
+  return launch_kernel(kernel, grid, block, smem, stream, in, static_cast<const T*>(weight), bias, post, act,
+                       stats_act, static_cast<T*>(y), stats, s, flip, tiles);
+}
+
+template <typename T>
+cudaError_t launch_backward_data(const DwGradOutput& g, const void* weight, const void* hz, const float* xvec,
+                                 int act_in, void* dx, void* dhz, float* sums, DwShape s, cudaStream_t stream) {
+  const int CB = chunk_channels<T>();
+  const size_t smem = conv_smem_bytes<T>(s);
+  auto kernel = dw_backward_data_kernel<T>;
+  cudaError_t err = allow_dynamic_smem(kernel, smem);
+  if (err != cudaSuccess) return err;
+  const int tiles = dw_num_tiles(s);
+  dim3 grid(tiles, (s.C + CB - 1) / CB), block(kThreadsC, kTileH);
+  return launch_kernel(kernel, grid, block, smem, stream, g, static_cast<const T*>(weight),
+                       static_cast<const T*>(hz), xvec, act_in, static_cast<T*>(dx), static_cast<T*>(dhz), sums, s,
+                       tiles);
+}
+
+template <typename T>
+cudaError_t launch_wgrad(const DwGradOutput& g, const DwInput& in, float* dweight, float* dbias, float* ws,
+                         int partial_ctas, DwShape s, cudaStream_t stream) {
   const int CB = chunk_channels<T>(), IW = kTileW + s.k - 1, IH = kTileH + s.k - 1;
   const size_t smem = static_cast<size_t>(IH * IW + kTileH * kTileW) * CB * sizeof(float);
   auto kernel = dw_wgrad_partial_kernel<T>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  cudaError_t err = allow_dynamic_smem(kernel, smem);
   if (err != cudaSuccess) return err;
   dim3 grid(partial_ctas, (s.C + CB - 1) / CB), block(kThreadsC, kTileH);
-  kernel<<<grid, block, smem, stream>>>(static_cast<const T*>(dz), static_cast<const T*>(h), a, b, ws, s,
-                                        dw_num_tiles(s));
-  err = cudaGetLastError();
+  err = launch_kernel(kernel, grid, block, smem, stream, g, in, ws, s, dw_num_tiles(s));
   if (err != cudaSuccess) return err;
   const int kk = s.k * s.k, n = (kk + 1) * s.C;
-  dw_wgrad_reduce_kernel<<<(n + 255) / 256, 256, 0, stream>>>(ws, dweight, dbias, partial_ctas, kk, s.C);
-  return cudaGetLastError();
+  return launch_kernel(dw_wgrad_reduce_kernel, dim3((n + 255) / 256), dim3(256), 0, stream, ws, dweight, dbias,
+                       partial_ctas, kk, s.C);
 }
 
 }  // namespace
@@ -335,34 +472,30 @@ size_t dw_wgrad_workspace_bytes(const DwShape& s, int partial_ctas) {
   return static_cast<size_t>(partial_ctas) * (s.k * s.k + 1) * s.C * sizeof(float);
 }
 
-cudaError_t dw_forward(int dtype, const void* h, const float* a, const float* b, const void* weight,
-                       const float* bias, const float* post_scale, void* y, float* stats, DwShape s, int act,
-                       bool flip, cudaStream_t stream) {
-  switch (dtype) {
-    case kFloat32:
-      return launch_forward<float>(h, a, b, weight, bias, post_scale, y, stats, s, act, flip, stream);
-    case kFloat16:
-      return launch_forward<__half>(h, a, b, weight, bias, post_scale, y, stats, s, act, flip, stream);
-    case kBFloat16:
-      return launch_forward<__nv_bfloat16>(h, a, b, weight, bias, post_scale, y, stats, s, act, flip, stream);
-    default:
-      return cudaErrorInvalidValue;
+// One switch per entry point turns the dtype code into the kernel's element type.
+#define SPIN_DISPATCH_DTYPE(dtype, CALL)                    \
+  switch (dtype) {                                          \
+    case kFloat32: { using T = float; return CALL; }        \
+    case kFloat16: { using T = __half; return CALL; }       \
+    case kBFloat16: { using T = __nv_bfloat16; return CALL; } \
+    default: return cudaErrorInvalidValue;                  \
   }
+
+cudaError_t dw_forward(int dtype, const DwInput& in, const void* weight, const float* bias, const float* post_scale,
+                       int act, int stats_act, void* y, float* stats, DwShape s, bool flip, cudaStream_t stream) {
+  SPIN_DISPATCH_DTYPE(dtype, launch_forward<T>(in, weight, bias, post_scale, act, stats_act, y, stats, s, flip,
+                                               stream))
 }
 
-cudaError_t dw_backward_weight(int dtype, const void* dz, const void* h, const float* a, const float* b,
-                               float* dweight, float* dbias, float* workspace, int partial_ctas, DwShape s,
-                               cudaStream_t stream) {
-  switch (dtype) {
-    case kFloat32:
-      return launch_wgrad<float>(dz, h, a, b, dweight, dbias, workspace, partial_ctas, s, stream);
-    case kFloat16:
-      return launch_wgrad<__half>(dz, h, a, b, dweight, dbias, workspace, partial_ctas, s, stream);
-    case kBFloat16:
-      return launch_wgrad<__nv_bfloat16>(dz, h, a, b, dweight, dbias, workspace, partial_ctas, s, stream);
-    default:
-      return cudaErrorInvalidValue;
-  }
+cudaError_t dw_backward_data(int dtype, const DwGradOutput& g, const void* weight, const void* hz,
+                             const float* xvec, int act_in, void* dx, void* dhz, float* sums, DwShape s,
+                             cudaStream_t stream) {
+  SPIN_DISPATCH_DTYPE(dtype, launch_backward_data<T>(g, weight, hz, xvec, act_in, dx, dhz, sums, s, stream))
+}
+
+cudaError_t dw_backward_weight(int dtype, const DwGradOutput& g, const DwInput& in, float* dweight, float* dbias,
+                               float* workspace, int partial_ctas, DwShape s, cudaStream_t stream) {
+  SPIN_DISPATCH_DTYPE(dtype, launch_wgrad<T>(g, in, dweight, dbias, workspace, partial_ctas, s, stream))
 }
 
 }  // namespace spin

@@ -16,7 +16,9 @@
 // residual), x written once; W only at launch; per-layer vectors 6 x C x 4 B and filters C x k^2 x 4 B.
 #include "shared_run.h"
 
+#ifndef SPIN_EMULATE
 #include <cooperative_groups.h>
+#endif
 
 #include <cstdint>
 
@@ -32,6 +34,13 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRowPad = 8;  // elements of padding per resident row: staggers banks across rows
 
 template <typename T> struct Mma;
+#ifdef SPIN_EMULATE
+template <typename T> struct Mma {
+  static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    spin_emu::mma_m16n8k16(d, a, b0, b1, std::is_same_v<T, __nv_bfloat16>);
+  }
+};
+#else
 template <> struct Mma<__nv_bfloat16> {
   __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -50,6 +59,7 @@ template <> struct Mma<__half> {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
 };
+#endif
 
 // Two consecutive elements of a row as one 32-bit register (0 when the row is out of range).
 template <typename T>
@@ -139,8 +149,7 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, i
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) shared_run_kernel(SharedRunArgs p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* ws = reinterpret_cast<T*>(smem_raw);  // [kSliceN][C + kRowPad], resident for the whole run
+  T* ws = dynamic_smem<T>();  // [kSliceN][C + kRowPad], resident for the whole run
   const int slices = p.C / kSliceN;
   const int slice = blockIdx.x % slices, group = blockIdx.x / slices, groups = gridDim.x / slices;
   const T* w = static_cast<const T*>(p.w);
@@ -163,23 +172,17 @@ template <typename T>
 cudaError_t launch(const SharedRunArgs& args, cudaStream_t stream, int* grid_ctas) {
   const size_t smem = shared_run_smem_bytes(args.C);
   auto kernel = shared_run_kernel<T>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  cudaError_t err = allow_dynamic_smem(kernel, smem);
   if (err != cudaSuccess) return err;
-  int device = 0, sms = 0, per_sm = 0;
-  if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
-  if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return err;
-  if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem)) != cudaSuccess) {
-    return err;
-  }
+  int sms = 0, per_sm = 0;
+  if ((err = multiprocessor_count(&sms)) != cudaSuccess) return err;
+  if ((err = max_ctas_per_sm(&per_sm, kernel, kThreads, smem)) != cudaSuccess) return err;
   const int slices = args.C / kSliceN, resident = sms * per_sm;
   if (resident < slices) return cudaErrorCooperativeLaunchTooLarge;
   // Every CTA must be co-resident for grid.sync(): the largest multiple of the slice count that fits.
   const int ctas = (resident / slices) * slices;
   if (grid_ctas) *grid_ctas = ctas;
-  SharedRunArgs copy = args;
-  void* params[] = {&copy};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(ctas), dim3(kThreads), params,
-                                     smem, stream);
+  return launch_cooperative(kernel, dim3(ctas), dim3(kThreads), smem, stream, args);
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // The weights-resident shared run (inference): one cooperative launch runs every layer of a ConvMixer run whose
 // layers share the pointwise weight W, keeping each CTA's slice of W in shared memory for the whole run.
 #pragma once
-#include <cuda_runtime.h>
+#include "runtime.h"
 
 namespace spin {
 

@@ -35,12 +35,26 @@ def status() -> dict:
 ACT_CODES = {"none": 0, "relu": 1, "gelu": 2}
 
 
+def runs_here(t: "torch.Tensor") -> bool:
+    """Whether the CUDA kernels can take tensor ``t``: a CUDA tensor with the extension usable, or a CPU tensor
+    while the host emulation is enabled (:mod:`spin_kernels.cuda_emulation`, for tests without a GPU)."""
+    from . import cuda_emulation
+
+    if t.device.type == "cpu":
+        return cuda_emulation.enabled()
+    return t.device.type == "cuda" and status()["usable"]
+
+
 def _require(h: "torch.Tensor", name: str = "h"):
-    """Raise a clear error unless the extension is usable for tensor ``h``."""
+    """The extension module that runs on tensor ``h``'s device; a clear error when there is none."""
     import torch
+
+    from . import cuda_emulation
 
     if not isinstance(h, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(h).__name__}")
+    if h.device.type == "cpu" and cuda_emulation.enabled():
+        return cuda_emulation.load()
     if h.device.type != "cuda":
         raise ValueError(f"{name}: the CUDA kernels need CUDA tensors, got one on {h.device} "
                          "(use backend='reference' or 'triton' on the CPU)")
@@ -50,31 +64,60 @@ def _require(h: "torch.Tensor", name: str = "h"):
     return ext
 
 
-def dwconv_forward(h, weight, bias=None, a=None, b=None, *, act: str = "gelu", post_scale=None,
-                   flip: bool = False, with_stats: bool = True):
-    """Fused depthwise conv on channels-last ``h`` [B, H, W, C] (CUDA): ``y = act(dw(a*h + b) + bias)``.
+def _act_code(act: str, name: str) -> int:
+    if act not in ACT_CODES:
+        raise ValueError(f"{name}: expected one of {list(ACT_CODES)}, got {act!r}")
+    return ACT_CODES[act]
 
-    ``weight`` is [C, 1, k, k] (odd k from 3 to 9) in h's dtype; ``a``, ``b``, ``bias``, ``post_scale`` are
-    optional per-channel vectors. Returns ``(y, stats)`` where ``stats`` is [3, tiles, C] fp32 (count, mean, M2
-    of y per spatial tile) or None.
+
+def dwconv_forward(h, weight, bias=None, a=None, b=None, *, act: str = "gelu", post_scale=None,
+                   flip: bool = False, with_stats: bool = True, res=None, act_in: str = "none",
+                   stats_act: str = "none", out=None):
+    """Fused depthwise conv on channels-last ``h`` [B, H, W, C] (CUDA).
+
+    ``x = [res] + a * act_in(h) + b`` (rebuilt on load; zero padding applies to x), ``y = post_scale *
+    act(dw(x) + bias)``. ``weight`` is [C, 1, k, k] (odd k from 3 to 9) in h's dtype; ``a``, ``b``, ``bias``,
+    ``post_scale`` are optional per-channel vectors; ``res`` an optional tensor like h; ``out`` an optional
+    output tensor like h. Returns ``(y, stats)`` where ``stats`` is [3, tiles, C] fp32 (count, mean, M2 of
+    ``stats_act(y)`` per spatial tile) or None.
     """
     ext = _require(h)
-    if act not in ACT_CODES:
-        raise ValueError(f"act: expected one of {list(ACT_CODES)}, got {act!r}")
-    y, stats = ext.dwconv_forward(h, a, b, weight, bias, post_scale, ACT_CODES[act], flip, with_stats)
+    y, stats = ext.dwconv_forward(h, res, a, b, _act_code(act_in, "act_in"), weight, bias, post_scale,
+                                  _act_code(act, "act"), _act_code(stats_act, "stats_act"), flip, with_stats, out)
     return y, (stats if with_stats else None)
 
 
 def dwconv_backward_input(dz, weight, a=None):
     """Input gradient of ``z = dw(a*h + b)`` (CUDA): ``dh = a * dw_flipped(dz)``, in dz's dtype."""
     ext = _require(dz, "dz")
-    return ext.dwconv_forward(dz, None, None, weight, None, a, 0, True, False)[0]
+    return ext.dwconv_forward(dz, None, None, None, 0, weight, None, a, 0, 0, True, False)[0]
 
 
-def dwconv_backward_weight(dz, h, kernel_size: int, a=None, b=None, partial_ctas: int = 264):
-    """Weight [C, 1, k, k] and bias [C] gradients (fp32, deterministic) of ``z = dw(a*h + b) + bias`` (CUDA)."""
+def dwconv_backward_data(du, weight, hz, xvec, *, q=None, vec6=None, act: str = "none", act_in: str = "none",
+                         write_dx: bool = True, write_dhz: bool = False, with_sums: bool = True, dx_out=None):
+    """Input side of a ConvMixer layer's backward through the depthwise conv (CUDA), channels-last [B, H, W, C].
+
+    ``dq`` is rebuilt on load from ``du`` (with ``q`` and ``vec6`` = [alpha, beta, c1, c2, mean, invstd]: the
+    BatchNorm + ``act`` backward, see csrc/depthwise_conv.h), then ``dx = du + dw_flipped(dq)`` and
+    ``dhz = act_in'(hz) * ax * dx`` with ``xvec`` = [ax, bx, mean_in, invstd_in]. Returns (dx, dhz, sums) where
+    ``sums`` [2, tiles, C] fp32 holds per-tile sum(dx) and sum(dx * xhat_in); each is None when not requested.
+    """
+    ext = _require(du, "du")
+    dx, dhz, sums = ext.dwconv_backward_data(du, q, vec6, _act_code(act, "act"), weight, hz, xvec,
+                                             _act_code(act_in, "act_in"), write_dx, write_dhz, with_sums, dx_out)
+    return (dx if write_dx else None), (dhz if write_dhz else None), (sums if with_sums else None)
+
+
+def dwconv_backward_weight(dz, h, kernel_size: int, a=None, b=None, partial_ctas: int = 264, *, q=None,
+                           vec6=None, act: str = "none", res=None, act_in: str = "none"):
+    """Weight [C, 1, k, k] and bias [C] gradients (fp32, deterministic) of ``z = dw(x) + bias`` (CUDA).
+
+    ``x = [res] + a * act_in(h) + b``; the output gradient is ``dz``, or — given ``q`` and ``vec6`` — rebuilt
+    from ``dz`` as in :func:`dwconv_backward_data`.
+    """
     ext = _require(dz, "dz")
-    dweight, dbias = ext.dwconv_backward_weight(dz, h, a, b, kernel_size, partial_ctas)
+    dweight, dbias = ext.dwconv_backward_weight(dz, q, vec6, _act_code(act, "act"), h, res, a, b,
+                                                _act_code(act_in, "act_in"), kernel_size, partial_ctas)
     return dweight, dbias
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .common import (IsotropicModel, LayerView, fused_forward, resolve_share,
                      warn_reference_fallback)
+from .. import cuda_emulation
 from ..sharing import SharingPlan
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -118,7 +119,7 @@ class ConvMixer(IsotropicModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, in_chans, H, W] -> trunk output [B, dim, H/p, W/p]."""
-        if self._persistent is not None and not self.training and x.is_cuda:
+        if self._persistent is not None and not self.training and (x.is_cuda or cuda_emulation.enabled()):
             out = self._persistent(self, x)  # None when the case is outside the persistent kernel's reach
             if out is not None:
                 return out

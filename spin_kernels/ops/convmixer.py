@@ -35,8 +35,14 @@ from ..reference import convmixer_ops as _ref
 from ..models.common import warn_once as _warn_once  # noqa: E402 - one process-wide "said once" registry
 
 
-def _kernels():
+DW_IMPLS = ("triton", "cuda")
+
+
+def _kernels(dw_impl: str = "triton"):
+    """(depthwise, pointwise, bn) kernel modules; the depthwise half runs on Triton or the CUDA C++ kernels."""
     from ..triton import bn, dwconv, pointwise  # noqa: WPS433 - triton is imported only when a kernel runs
+    if dw_impl == "cuda":
+        from . import dwconv_cuda as dwconv
     return dwconv, pointwise, bn
 
 
@@ -46,8 +52,8 @@ def _act(z: Tensor, act: str) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------ forward
 def _run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
-                 n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin):
-    dwconv, pointwise, bn = _kernels()
+                 n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl):
+    dwconv, pointwise, bn = _kernels(dw_impl)
     R = len(dw_w)
     M, C = z_in.shape
     dev = z_in.device
@@ -87,8 +93,10 @@ def _eval_affine(rm, rv, w, b, eps):
 
 
 def _validate_run(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
-                  n2_w, n2_b, n2_rm, n2_rv, B, H, W, act, spin):
+                  n2_w, n2_b, n2_rm, n2_rv, B, H, W, act, spin, dw_impl="triton"):
     """ValueError / TypeError naming the offending argument (DESIGN.md §5)."""
+    if dw_impl not in DW_IMPLS:
+        raise ValueError(f"dw_impl: expected one of {DW_IMPLS}, got {dw_impl!r}")
     _check_tensor("z_in", z_in)
     if z_in.dim() != 2:
         raise ValueError(f"z_in: expected rows [B*H*W, C], got shape {tuple(z_in.shape)}")
@@ -143,18 +151,21 @@ def convmixer_run(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_invs
                   n1_w: List[Tensor], n1_b: List[Tensor], n1_rm: List[Tensor], n1_rv: List[Tensor],
                   n2_w: List[Tensor], n2_b: List[Tensor], n2_rm: List[Tensor], n2_rv: List[Tensor],
                   B: int, H: int, W: int, eps1: float, eps2: float, training: bool, act: str,
-                  spin: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                  spin: bool, dw_impl: str = "triton") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """All R layers of a run sharing one pointwise weight (see the module docstring and
-    spin_kernels.reference.convmixer_ops.convmixer_run_ref for the exact math and outputs)."""
+    spin_kernels.reference.convmixer_ops.convmixer_run_ref for the exact math and outputs).
+
+    ``dw_impl`` picks the depthwise kernels: "triton" (spin_kernels.triton.dwconv) or "cuda" (csrc/, through
+    spin_kernels.ops.dwconv_cuda); the pointwise GEMMs and BN finalize are Triton either way."""
     _validate_run(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
-                  n2_w, n2_b, n2_rm, n2_rv, B, H, W, act, spin)
+                  n2_w, n2_b, n2_rm, n2_rv, B, H, W, act, spin, dw_impl)
     return _run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm,
-                        n1_rv, n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin)
+                        n1_rv, n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl)
 
 
 @convmixer_run.register_fake
 def _(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv, n2_w, n2_b,
-      n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin):
+      n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl="triton"):
     R = len(dw_w)
     M, C = z_in.shape
     Z = z_in.new_empty((R, M, C))
@@ -165,10 +176,11 @@ def _(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, 
 # ------------------------------------------------------------------------------------------------ backward
 def _setup_context(ctx, inputs, output):
     (z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv, n2_w, n2_b,
-     n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin) = inputs
+     n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl) = inputs
     Z, Q, U, stats = output
     R = len(dw_w)
-    ctx.meta = dict(R=R, B=B, H=H, W=W, training=training, act=act, spin=spin, has_u_in=u_in is not None)
+    ctx.meta = dict(R=R, B=B, H=H, W=W, training=training, act=act, spin=spin, has_u_in=u_in is not None,
+                    dw_impl=dw_impl)
     saved = [z_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, stats, *dw_w, *n1_w, *n1_b, *n2_w, *n2_b]
     if spin:
         saved += [U] + ([u_in] if u_in is not None else [])
@@ -188,11 +200,11 @@ def _backward(ctx, gZ, gQ, gU, gstats):
     (g_z_in, g_u_in, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b, dW, dB, g_n1_w, g_n1_b, g_n2_w,
      g_n2_b) = torch.ops.spin_kernels.convmixer_run_backward(
         gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w, n1_w, n1_b, n2_w,
-        n2_b, meta["B"], meta["H"], meta["W"], meta["training"], meta["act"], spin)
+        n2_b, meta["B"], meta["H"], meta["W"], meta["training"], meta["act"], spin, meta["dw_impl"])
     none_r = [None] * R
     return (g_z_in, g_u_in if u_in is not None else None, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b,
             dW, dB, g_n1_w, g_n1_b, none_r, none_r, g_n2_w, g_n2_b, none_r, none_r,
-            None, None, None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None, None)
 
 
 @torch.library.custom_op("spin_kernels::convmixer_run_backward", mutates_args=())
@@ -200,8 +212,8 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
                            u_in: Optional[Tensor], in_mean: Tensor, in_invstd: Tensor, in_w: Tensor, in_b: Tensor,
                            pw_w: Tensor, Z: Tensor, Q: Tensor, U: Tensor, stats: Tensor, dw_w: List[Tensor],
                            n1_w: List[Tensor], n1_b: List[Tensor], n2_w: List[Tensor], n2_b: List[Tensor],
-                           B: int, H: int, W: int, training: bool, act: str, spin: bool
-                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, List[Tensor], List[Tensor],
+                           B: int, H: int, W: int, training: bool, act: str, spin: bool,
+                           dw_impl: str = "triton") -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, List[Tensor], List[Tensor],
                                       Tensor, Tensor, List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
     """Backward of convmixer_run (its own op so that AOT autograd traces it through the fake below).
 
@@ -211,7 +223,7 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
     in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n2_w, n2_b (n2 of the last layer: zeros — the consumer
     applies that BN).
     """
-    dwconv, pointwise, _ = _kernels()
+    dwconv, pointwise, _ = _kernels(dw_impl)
     R = len(dw_w)
     U = U if spin else None
     M, C = z_in.shape
@@ -292,7 +304,7 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
 
 @convmixer_run_backward.register_fake
 def _(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w, n1_w, n1_b, n2_w,
-      n2_b, B, H, W, training, act, spin):
+      n2_b, B, H, W, training, act, spin, dw_impl="triton"):
     e = torch.empty_like
     return (e(z_in), e(u_in) if (spin and u_in is not None) else z_in.new_empty((0,)), e(in_mean), e(in_invstd),
             e(in_w), e(in_b), [e(t) for t in dw_w], [t.new_empty(t.shape[0]) for t in dw_w], e(pw_w),
@@ -340,6 +352,23 @@ def _unsupported_reason(model, images) -> Optional[str]:
         if m.bias is None:
             return "a conv without bias"
     return None
+
+
+def _depthwise_impl(backend: str, rows: Tensor) -> str:
+    """"cuda" when the model asks for backend="cuda" and the CUDA depthwise kernels take these rows, else "triton".
+
+    backend="auto" keeps the Triton depthwise kernels until a GPU benchmark shows the CUDA ones ahead.
+    """
+    if backend != "cuda":
+        return "triton"
+    from . import dwconv_cuda
+
+    reason = dwconv_cuda.supports(rows)
+    if reason is not None:
+        _warn_once(f"dwconv_cuda:{reason}", f"backend='cuda': the CUDA depthwise kernels are not used ({reason}); "
+                                            "the depthwise half runs on the Triton kernels")
+        return "triton"
+    return "cuda"
 
 
 def _update_running(bn_mod, mean, var, n):
@@ -405,6 +434,7 @@ def convmixer_features(model, images: Tensor) -> Tensor:
     in_w, in_b = bn_s.weight, bn_s.bias
     u_in = None
     eps1, eps2 = model.norm1[0].eps, model.norm2[0].eps
+    dw_impl = _depthwise_impl(model.backend, z_in)
     for start, stop in model.pw_plan.runs:
         layers = range(start, stop)
         dws = [model.depthwise[model.dw_plan.layer_to_unique[l]] for l in layers]
@@ -416,7 +446,8 @@ def convmixer_features(model, images: Tensor) -> Tensor:
             [cast(m.bias) for m in dws], cast(pw.weight), cast(pw.bias), [m.weight for m in n1],
             [m.bias for m in n1], [m.running_mean for m in n1], [m.running_var for m in n1],
             [m.weight for m in n2], [m.bias for m in n2],
-            [m.running_mean for m in n2], [m.running_var for m in n2], B, H, W, eps1, eps2, training, act, spin)
+            [m.running_mean for m in n2], [m.running_var for m in n2], B, H, W, eps1, eps2, training, act, spin,
+            dw_impl)
         if training:
             sd = stats.detach()
             for i in range(len(layers)):

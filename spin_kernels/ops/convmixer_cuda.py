@@ -26,11 +26,8 @@ def _unsupported(model, images: torch.Tensor) -> str | None:
     """Why the persistent kernel cannot run this call, or None when it can."""
     if model.training:
         return "training mode (the persistent kernel is inference-only)"
-    if not images.is_cuda:
-        return "the input is not on a CUDA device"
-    status = cuda.status()
-    if not status["usable"]:
-        return status["reason"]
+    if not cuda.runs_here(images):
+        return "the input is not on a CUDA device" if not images.is_cuda else cuda.status()["reason"]
     if images.shape[0] > MAX_BATCH:
         return f"batch {images.shape[0]} > {MAX_BATCH}"
     if model.arch["dim"] % SLICE:
@@ -43,8 +40,8 @@ def _unsupported(model, images: torch.Tensor) -> str | None:
 
 
 def _run_dtype(model, images: torch.Tensor) -> torch.dtype | None:
-    if torch.is_autocast_enabled("cuda"):
-        return torch.get_autocast_dtype("cuda")
+    if torch.is_autocast_enabled(images.device.type):
+        return torch.get_autocast_dtype(images.device.type)
     dtype = model.stem[0].weight.dtype
     return dtype if dtype in (torch.float16, torch.bfloat16) else None
 

@@ -9,7 +9,8 @@ from spin_kernels import cuda
 from spin_kernels.testing import rel_err
 from spin_kernels.cuda_build import find_cuda_home
 
-TOL = {torch.float32: 5e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+# fp32 is exact-fp32 FMA arithmetic on the GPU too (no tf32 in a depthwise conv): the interpreter-level 1e-5
+TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
 
@@ -34,13 +35,12 @@ def test_cpu_tensor_gives_a_clear_error():
         cuda.dwconv_forward(h, torch.randn(16, 1, 3, 3))
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape, k, act", [((1, 13, 11, 40), 3, "gelu"), ((3, 9, 17, 64), 5, "relu"),
                                            ((2, 16, 16, 96), 7, "gelu"), ((1, 7, 10, 24), 9, "none")])
-def test_forward_and_stats(dtype, shape, k, act):
+def test_forward_and_stats(kdev, dtype, shape, k, act):
     B, H, W, C = shape
-    dev = "cuda"
+    dev = kdev
     h = torch.randn(shape, device=dev).to(dtype)
     w = (torch.randn(C, 1, k, k, device=dev) / k).to(dtype)
     bias, a, b = torch.randn(C, device=dev), torch.rand(C, device=dev) + 0.5, torch.randn(C, device=dev)
@@ -53,12 +53,11 @@ def test_forward_and_stats(dtype, shape, k, act):
     assert rel_err(mean, yd.mean(0)) <= 1e-4 and rel_err(var, yd.var(0, unbiased=False)) <= 1e-4
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape, k", [((2, 11, 13, 32), 3), ((1, 9, 9, 64), 7), ((3, 5, 12, 16), 9)])
-def test_gradients(dtype, shape, k):
+def test_gradients(kdev, dtype, shape, k):
     B, H, W, C = shape
-    dev = "cuda"
+    dev = kdev
     h = torch.randn(shape, device=dev).to(dtype)
     w = (torch.randn(C, 1, k, k, device=dev) / k).to(dtype)
     a, b = torch.rand(C, device=dev) + 0.5, torch.randn(C, device=dev)
