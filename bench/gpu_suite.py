@@ -1,4 +1,4 @@
-"""The GPU benchmark suite: ``python -m bench.gpu_suite [--out DIR] [--max-autotune] [--quick]``.
+"""The GPU benchmark suite: ``python -m bench.gpu_suite [--out DIR] [--max-autotune] [--quick] [--only GROUPS]``.
 
 On one CUDA GPU it
 
@@ -8,24 +8,52 @@ On one CUDA GPU it
    torch.compile (default; ``--max-autotune`` adds that mode) and the fused kernels where present;
 3. times an end-to-end training step (img/s, peak memory) of spin_convmixer_768_32 and DeiT-S at r=1 and r=2,
    batch 64, bf16 autocast, for each backend that runs;
-4. times batch-1 inference latency, eager and with CUDA-graph replay;
+4. times batch-1 inference latency, eager and with CUDA-graph replay, and, for spin_convmixer_768_32 at r=2 only,
+   the reference model under ``torch.compile(mode="max-autotune")`` (which replays CUDA graphs itself);
+5. times the depthwise conv forward and forward+backward (bf16, channels-last, B=64, 32x32 as in
+   convmixer_768_32 / convmixer_1536_20 at 224 px, patch 7; C=768 at k=7 and k=9, C=1536 at k=9): the CUDA kernels
+   of ``spin_kernels.cuda`` (forward + backward_input + backward_weight, outputs checked against an fp32
+   ``F.conv2d``) against PyTorch's ``F.conv2d(groups=C)`` + autograd, with cuDNN's default algorithm choice
+   (``eager``) and with ``cudnn.benchmark`` (``eager-cudnn-benchmark``);
 
 and writes ``bench/results/<gpu>-<date>/results.json``, ``report.md`` (time, GB/s, TFLOP/s, % of the floor from the
 measured ceilings, speed-up vs eager and vs compile) and PNG plots (bars per op, roofline). Every piece runs in
 isolation: a failure is recorded (with its error) under ``failed`` and the rest still runs. Without CUDA it exits
 with a message and status 2.
+
+Targets (issue 4) are computed from those measurements into ``results["targets"]`` (a list of ``{name, measured,
+target, met, ...}``) and the "Targets (issue 4)" table of report.md; a target whose measurement is missing, failed
+or skipped has ``measured`` / ``met`` None and shows "not measured" with the reason, never a number:
+
+- batch-1 latency of spin_convmixer_768_32, r=2: backend ``cuda`` (the weights-resident persistent kernel of eval
+  models), CUDA-graph replay, is >= 2.5x faster than the reference under torch.compile max-autotune and >= 15x
+  faster than the eager reference (``reference`` backend, eager);
+- depthwise conv k=7 and k=9 forward+backward at B=64, C=768, 32x32: the CUDA kernels are >= 2x faster than the
+  faster of ``eager`` / ``eager-cudnn-benchmark`` (the C=1536 shape is reported in the ops table only).
+
+``--only`` takes a comma list of the groups ``ceilings,ops,train,latency,targets`` (default: all). ``latency`` runs
+the batch-1 latency pieces, with the max-autotune one last; ``targets`` runs the depthwise-conv comparison and, when
+``latency`` is not selected too, just the three latency pieces the targets need (reference, cuda, max-autotune of
+spin_convmixer_768_32 at r=2), so ``--only targets`` measures every issue-4 target on its own. The max-autotune
+latency compiles for minutes: it runs after everything else, the report is written just before it (so a kill
+during the compile keeps the rest), it is stopped after ``--max-autotune-latency-timeout`` seconds (default 600;
+recorded as a failed piece), and ``--no-max-autotune-latency`` skips it (recorded as skipped).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import re
+import signal
 import sys
+import threading
+import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +95,33 @@ def do_bench_ms(fn: Callable, warmup: int = 25, rep: int = 100) -> float:
 def gpu_slug() -> str:
     """File-system friendly card name, e.g. ``nvidia-h100-80gb-hbm3``."""
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+
+
+class PieceTimeout(Exception):
+    """Raised inside a piece that ran past its :func:`time_limit`."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`PieceTimeout` in the body once ``seconds`` of wall time have passed (SIGALRM; the main thread
+    of a POSIX process only, elsewhere and for ``None`` / ``<= 0`` no limit). Code inside C / CUDA calls is only
+    interrupted when it returns to Python."""
+    usable = (seconds is not None and seconds > 0 and hasattr(signal, "SIGALRM")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise PieceTimeout(f"stopped after the {seconds:g} s time limit")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # --------------------------------------------------------------------------------------------------- ceilings
@@ -251,6 +306,100 @@ def vit_ops(suite: Suite, shape, ceilings: perf.Ceilings, impls: list[str]) -> N
                 ceilings, dn, impls, flops=rows["layer_fwd"].flops + rows["layer_bwd"].flops)
 
 
+# --------------------------------------------------------------------------- depthwise conv: CUDA vs native
+
+# (batch, channels, side, kernel size): convmixer_768_32 (k=7) and convmixer_1536_20 (k=9) at 224 px, patch 7.
+DWCONV_SHAPES = ((64, 768, 32, 7), (64, 768, 32, 9), (64, 1536, 32, 9))
+DWCONV_TARGET_SHAPES = DWCONV_SHAPES[:2]            # issue 4's target: ConvMixer-768 shapes, k=7 and k=9
+NATIVE_DW_IMPLS = ("eager", "eager-cudnn-benchmark")
+DWCONV_MAX_REL_ERR = 3e-2                           # bf16 outputs against an fp32 F.conv2d
+
+
+def dwconv_shape_id(batch: int, dim: int, hw: int, k: int) -> str:
+    """Shape id of one depthwise-conv comparison (``shape`` of its op records)."""
+    return f"dwconv-b{batch}-c{dim}-{hw}x{hw}-k{k}"
+
+
+def _dwconv_costs(batch: int, dim: int, hw: int, k: int, dtype: str) -> tuple[perf.OpCost, perf.OpCost]:
+    """Analytic rows of the depthwise conv forward and forward+backward (conv bias included)."""
+    rows = {r.name: r for r in perf.convmixer_layer_costs(batch, dim, hw, k, dtype, act="relu", train=True)}
+    f, b = rows["dwconv"], rows["dwconv_bwd"]
+    fb = perf.OpCost("dwconv_fwd_bwd", f.flops + b.flops, f.unit, f.act_bytes, f.min_passes + b.min_passes, None,
+                     f.eager_passes + b.eager_passes, f.extra_bytes + b.extra_bytes)
+    return f, fb
+
+
+def _max_rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-6))
+
+
+def dwconv_compare(suite: Suite, shape: tuple, ceilings: perf.Ceilings) -> None:
+    """Depthwise conv forward and forward+backward: ``F.conv2d(groups=C)`` + autograd (channels-last; cuDNN's
+    default choice and ``cudnn.benchmark``) vs the CUDA kernels (forward, backward_input, backward_weight on
+    [B, H, W, C]). Records ops ``dwconv_fwd`` / ``dwconv_fwd_bwd`` of family ``dwconv``; each impl is a piece."""
+    from bench import common
+
+    batch, C, hw, k = shape
+    dt, dn, dev = common.DTYPE, common.DTYPE_NAME, common.DEVICE
+    sid = dwconv_shape_id(*shape)
+    fwd_row, fb_row = _dwconv_costs(batch, C, hw, k, dn)
+    h = torch.randn(batch, hw, hw, C, device=dev, dtype=dt)       # [B, H, W, C] contiguous = channels-last
+    dz = torch.randn_like(h)
+    w = torch.randn(C, 1, k, k, device=dev, dtype=dt) / k
+    bias = torch.randn(C, device=dev, dtype=dt)
+    x, dy = h.permute(0, 3, 1, 2), dz.permute(0, 3, 1, 2)         # NCHW views with channels_last strides
+    pad = k // 2
+
+    def native(impl):
+        xg, wg, bg = (t.detach().requires_grad_(True) for t in (x, w, bias))
+
+        def fwd_bwd():
+            y = F.conv2d(xg, wg, bg, padding=pad, groups=C)
+            return torch.autograd.grad(y, (xg, wg, bg), dy)
+
+        prev = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = impl == "eager-cudnn-benchmark"
+        try:
+            _record(suite, "dwconv", sid, "dwconv_fwd", impl,
+                    do_bench_ms(lambda: F.conv2d(x, w, bias, padding=pad, groups=C)), fwd_row, ceilings, dn)
+            _record(suite, "dwconv", sid, "dwconv_fwd_bwd", impl, do_bench_ms(fwd_bwd), fb_row, ceilings, dn)
+        finally:
+            torch.backends.cudnn.benchmark = prev
+
+    def ours():
+        from spin_kernels import cuda as sk_cuda
+        bias32 = bias.float()                    # the kernels take per-channel vectors in fp32
+
+        def fwd():
+            return sk_cuda.dwconv_forward(h, w, bias32, act="none", with_stats=False)[0]
+
+        def fwd_bwd():
+            y = fwd()
+            dh = sk_cuda.dwconv_backward_input(dz, w)
+            dw, db = sk_cuda.dwconv_backward_weight(dz, h, k)
+            return y, dh, dw, db
+
+        # A fast wrong answer is no result: check all four outputs against fp32 F.conv2d + autograd first.
+        xr, wr, br = (t.detach().float().requires_grad_(True) for t in (x, w, bias))
+        yr = F.conv2d(xr, wr, br, padding=pad, groups=C)
+        want = (yr.detach(), *torch.autograd.grad(yr, (xr, wr, br), dy.float()))
+        y, dh, dw, db = fwd_bwd()
+        got = (y.permute(0, 3, 1, 2), dh.permute(0, 3, 1, 2), dw.reshape(want[2].shape), db)
+        errs = {n: _max_rel_err(g, r) for n, g, r in zip(("y", "dh", "dweight", "dbias"), got, want)}
+        del xr, wr, br, yr, want, got, y, dh, dw, db
+        bad = {n: e for n, e in errs.items() if not e <= DWCONV_MAX_REL_ERR}
+        if bad:
+            raise AssertionError(f"CUDA depthwise conv disagrees with F.conv2d (max rel err {bad}, tolerance "
+                                 f"{DWCONV_MAX_REL_ERR}); not timed")
+        for op, fn, row in (("dwconv_fwd", fwd, fwd_row), ("dwconv_fwd_bwd", fwd_bwd, fb_row)):
+            rec = _record(suite, "dwconv", sid, op, "cuda", do_bench_ms(fn), row, ceilings, dn)
+            rec["max_rel_err"] = errs
+
+    for impl in NATIVE_DW_IMPLS:
+        suite.piece(f"targets/dwconv/{sid}/{impl}", native, impl)
+    suite.piece(f"targets/dwconv/{sid}/cuda", ours)
+
+
 # ------------------------------------------------------------------------------------------ end-to-end pieces
 
 def _falls_back(suite: Suite, model, backend: str, piece: str) -> bool:
@@ -328,8 +477,48 @@ def latency(suite: Suite, name: str, rate: int, backend: str):
     with torch.cuda.graph(graph):
         model(x)
     graph_ms = do_bench_ms(graph.replay)
-    rec = {"model": name, "share_rate": rate, "backend": backend, "eager_ms": eager_ms, "cuda_graph_ms": graph_ms,
-           "launch_overhead_ms": eager_ms - graph_ms}
+    rec = {"model": name, "share_rate": rate, "backend": backend, "compile": False, "eager_ms": eager_ms,
+           "cuda_graph_ms": graph_ms, "launch_overhead_ms": eager_ms - graph_ms}
+    suite.results["latency"].append(rec)
+    return rec
+
+
+# The one model / rate whose batch-1 latency issue 4 targets (and the only one compiled with max-autotune).
+ISSUE4_LATENCY = ("spin_convmixer_768_32", 2)
+
+
+@torch.no_grad()
+def compile_latency(suite: Suite, name: str, rate: int, timeout_s: float | None = None,
+                    mode: str = "max-autotune"):
+    """Batch-1 eval latency of the reference model under ``torch.compile(mode=mode)`` (bf16, channels-last for
+    ConvMixer; max-autotune replays CUDA graphs itself). Compiling may take minutes: past ``timeout_s`` seconds
+    the piece raises :class:`PieceTimeout`. Recorded in ``latency`` with ``compile=mode`` and ``compiled_ms``."""
+    from spin_kernels import create_model
+    model = create_model(name, share_rate=rate, backend="reference").cuda().eval().to(torch.bfloat16)
+    x = torch.randn(1, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
+    if "convmixer" in name:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(model, mode=mode)
+
+    def run():
+        torch.compiler.cudagraph_mark_step_begin()   # outputs of earlier replays are not kept
+        return compiled(x)
+
+    try:
+        with time_limit(timeout_s):
+            t0 = time.perf_counter()
+            run()
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - t0
+            for _ in range(3):                        # CUDA-graph trees warm up, then record
+                run()
+            torch.cuda.synchronize()
+            ms = do_bench_ms(run)
+    finally:
+        torch._dynamo.reset()                         # drop the compiled graphs (memory) even after a timeout
+    rec = {"model": name, "share_rate": rate, "backend": "reference", "compile": mode, "eager_ms": None,
+           "cuda_graph_ms": None, "compiled_ms": ms, "compile_s": compile_s}
     suite.results["latency"].append(rec)
     return rec
 
@@ -351,6 +540,84 @@ def add_speedups(ops: list[dict]) -> None:
             r["speedup_vs_eager"] = ref["reference"] / r["ms"] if "reference" in ref else None
 
 
+def _valid_ms(v) -> float | None:
+    """``v`` as a time if it is a finite positive number, else None (nothing is made up from a bad value)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if v > 0 and v != float("inf") else None   # NaN fails v > 0
+
+
+def _why_missing(results: dict, pieces: list[str]) -> str:
+    """Why none of ``pieces`` left a measurement: their failure or skip record, else 'not run'."""
+    for p in pieces:
+        for f in results.get("failed") or []:
+            if f.get("piece") == p:
+                return f"{p} failed: {f.get('error', '?')}"
+        for s in results.get("skipped") or []:
+            if s.get("piece") == p:
+                return f"{p} skipped: {s.get('reason', '?')}"
+    return f"not run ({', '.join(pieces)})"
+
+
+def _target(results: dict, name: str, goal: float, ours_ms, ours: str, ours_pieces: list[str], base_ms, base: str,
+            base_pieces: list[str]) -> dict:
+    """One target record: ``measured`` = baseline time / our time; None (and a ``note`` saying why) unless both
+    times were measured."""
+    ours_ms, base_ms = _valid_ms(ours_ms), _valid_ms(base_ms)
+    rec = {"name": name, "target": goal, "measured": None, "met": None, "ours": ours, "ours_ms": ours_ms,
+           "baseline": base, "baseline_ms": base_ms, "note": ""}
+    if ours_ms is None or base_ms is None:
+        missing = ([_why_missing(results, ours_pieces)] if ours_ms is None else []) + \
+                  ([_why_missing(results, base_pieces)] if base_ms is None else [])
+        rec["note"] = "; ".join(missing)
+        return rec
+    rec["measured"] = base_ms / ours_ms
+    rec["met"] = rec["measured"] >= goal
+    return rec
+
+
+def compute_targets(results: dict) -> list[dict]:
+    """Issue 4's targets from the latency and depthwise-conv measurements (see the module docstring); every target
+    is listed, measured or not."""
+    model, rate = ISSUE4_LATENCY
+    lat = results.get("latency") or []
+
+    def lat_rec(backend, mode=None):
+        return next((r for r in lat if r.get("model") == model and r.get("share_rate") == rate
+                     and r.get("backend") == backend and (r.get("compile") or None) == mode), {})
+
+    p = f"latency/{model}/r{rate}"
+    ours_ms = lat_rec("cuda").get("cuda_graph_ms")
+    ours = "backend cuda (weights-resident persistent kernel), CUDA-graph replay"
+    targets = [
+        _target(results, f"{model} r={rate} batch-1 latency: cuda vs torch.compile max-autotune", 2.5,
+                ours_ms, ours, [f"{p}/cuda"], lat_rec("reference", "max-autotune").get("compiled_ms"),
+                "reference, torch.compile(mode='max-autotune')", [f"{p}/compile-max-autotune"]),
+        _target(results, f"{model} r={rate} batch-1 latency: cuda vs eager reference", 15.0,
+                ours_ms, ours, [f"{p}/cuda"], lat_rec("reference").get("eager_ms"), "reference, eager",
+                [f"{p}/reference"]),
+    ]
+    ops = results.get("ops") or []
+    for shape in DWCONV_TARGET_SHAPES:
+        sid = dwconv_shape_id(*shape)
+        times = {r["impl"]: r.get("ms") for r in ops
+                 if r.get("family") == "dwconv" and r.get("shape") == sid and r.get("op") == "dwconv_fwd_bwd"}
+        native = {i: _valid_ms(times.get(i)) for i in NATIVE_DW_IMPLS}
+        native = {i: t for i, t in native.items() if t is not None}
+        best = min(native, key=native.get) if native else None
+        b, c, hw, k = shape
+        targets.append(_target(
+            results, f"depthwise conv k={k} fwd+bwd (B={b}, C={c}, {hw}x{hw}, bf16): cuda vs native", 2.0,
+            times.get("cuda"), "spin_kernels.cuda dwconv_forward + backward_input + backward_weight",
+            [f"targets/dwconv/{sid}/cuda", f"targets/dwconv/{sid}"],
+            native.get(best) if best else None,
+            f"F.conv2d(groups=C) + autograd, channels-last, {best or 'eager'}",
+            [f"targets/dwconv/{sid}/{i}" for i in NATIVE_DW_IMPLS] + [f"targets/dwconv/{sid}"]))
+    return targets
+
+
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -359,23 +626,37 @@ def write_report(results: dict, out_dir: str) -> dict:
     """Write results.json, report.md and the plots into ``out_dir``; returns the written paths."""
     os.makedirs(out_dir, exist_ok=True)
     add_speedups(results.get("ops", []))
+    results["targets"] = compute_targets(results)
     paths = {"json": os.path.join(out_dir, "results.json"), "report": os.path.join(out_dir, "report.md")}
     with open(paths["json"], "w") as f:
         json.dump(results, f, indent=1, default=str)
     c = results.get("ceilings") or {}
     lines = [f"# GPU benchmark — {results.get('device', '?')} — {results.get('date', '')}", "",
-             f"torch {results.get('torch')}, triton {results.get('triton')}, CUDA {results.get('cuda')}; "
-             "times are medians of triton.testing.do_bench (L2 flushed). Compare only within this card.", ""]
+             (f"torch {results.get('torch')}, triton {results.get('triton')}, CUDA {results.get('cuda')}; "
+              "times are medians of triton.testing.do_bench (L2 flushed). Compare only within this card."), ""]
     if c:
         tf = c.get("tensor_flops", {})
         lines += ["## Ceilings (measured)", "",
                   f"- copy bandwidth: {c.get('hbm_bytes_per_s', 0) / 1e12:.2f} TB/s (read + write)",
-                  f"- bf16 GEMM: {tf.get('bf16', 0) / 1e12:.0f} TFLOP/s; tf32 GEMM: {tf.get('tf32', 0) / 1e12:.0f} "
-                  "TFLOP/s", ""]
+                  (f"- bf16 GEMM: {tf.get('bf16', 0) / 1e12:.0f} TFLOP/s; tf32 GEMM: {tf.get('tf32', 0) / 1e12:.0f} "
+                   "TFLOP/s"), ""]
+    lines += ["## Targets (issue 4)", "",
+              ("speed-up = baseline time / our time; \"not measured\" when either time is missing (the note says "
+               "why)."), "",
+              "| target | goal | measured | met | ours (ms) | baseline (ms) | note |",
+              "|---|---:|---:|---|---:|---:|---|"]
+    for t in results["targets"]:
+        measured = "not measured" if t["measured"] is None else f"{t['measured']:.2f}x"
+        met = "not measured" if t["met"] is None else ("yes" if t["met"] else "NO")
+        note = t["note"] or f"ours: {t['ours']}; baseline: {t['baseline']}"
+        note = note.replace("|", "/").replace("\n", " ")[:400]
+        lines.append(f"| {t['name']} | >= {t['target']:g}x | {measured} | {met} | {_fmt(t['ours_ms'], '.4f')} | "
+                     f"{_fmt(t['baseline_ms'], '.4f')} | {note} |")
+    lines.append("")
     ops = results.get("ops", [])
     if ops:
-        lines += ["## Ops", "", "% of floor = floor time / measured time, floor = max(FLOPs / peak, min bytes / "
-                  "bandwidth) with the measured ceilings.", "",
+        lines += ["## Ops", "", ("% of floor = floor time / measured time, floor = max(FLOPs / peak, min bytes / "
+                                 "bandwidth) with the measured ceilings."), "",
                   "| family | shape | op | impl | time (ms) | GB/s | TFLOP/s | % of floor | vs eager | vs compile |",
                   "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in ops:
@@ -393,11 +674,13 @@ def write_report(results: dict, out_dir: str) -> dict:
                          f"{r['params']:,} |")
         lines.append("")
     if results.get("latency"):
-        lines += ["## Batch-1 latency (bf16, eval)", "", "| model | r | backend | eager (ms) | CUDA graph (ms) |",
-                  "|---|---:|---|---:|---:|"]
+        lines += ["## Batch-1 latency (bf16, eval)", "",
+                  "| model | r | backend | compile | eager (ms) | CUDA graph (ms) | compiled (ms) | compile time (s) |",
+                  "|---|---:|---|---|---:|---:|---:|---:|"]
         for r in results["latency"]:
-            lines.append(f"| {r['model']} | {r['share_rate']} | {r['backend']} | {r['eager_ms']:.3f} | "
-                         f"{r['cuda_graph_ms']:.3f} |")
+            lines.append(f"| {r['model']} | {r['share_rate']} | {r['backend']} | {r.get('compile') or '-'} | "
+                         f"{_fmt(r.get('eager_ms'), '.3f')} | {_fmt(r.get('cuda_graph_ms'), '.3f')} | "
+                         f"{_fmt(r.get('compiled_ms'), '.3f')} | {_fmt(r.get('compile_s'), '.0f')} |")
         lines.append("")
     if results.get("skipped"):
         lines += ["## Skipped", ""] + [f"- {s['piece']}: {s['reason'][:300]}" for s in results["skipped"]] + [""]
@@ -471,14 +754,26 @@ def write_plots(results: dict, out_dir: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------ main
 
+GROUPS = ("ceilings", "ops", "train", "latency", "targets")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; returns 0 when every piece ran, 1 when some failed, 2 without CUDA."""
     p = argparse.ArgumentParser(prog="python -m bench.gpu_suite", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=None, help="output directory (default bench/results/<gpu>-<date>)")
     p.add_argument("--max-autotune", action="store_true", help="also time torch.compile(mode='max-autotune')")
     p.add_argument("--quick", action="store_true", help="smaller ceilings buffers, fewer train steps")
-    p.add_argument("--only", default=None, help="comma list of: ceilings,ops,train,latency")
+    p.add_argument("--only", default=None, help=f"comma list of: {','.join(GROUPS)} (default: all; 'targets' is the "
+                   "depthwise-conv comparison, plus the issue-4 latency pieces when 'latency' is not selected)")
+    p.add_argument("--no-max-autotune-latency", action="store_true",
+                   help=f"skip the torch.compile(mode='max-autotune') batch-1 latency of {ISSUE4_LATENCY[0]} "
+                   f"r={ISSUE4_LATENCY[1]} (minutes of compiling; its target then shows 'not measured')")
+    p.add_argument("--max-autotune-latency-timeout", type=float, default=600.0, metavar="S",
+                   help="stop that compile after S seconds, recorded as a failed piece (default 600; 0: no limit)")
     args = p.parse_args(argv)
+    only = {g for g in (args.only.split(",") if args.only else GROUPS) if g}
+    if only - set(GROUPS):
+        p.error(f"--only: unknown group(s) {', '.join(sorted(only - set(GROUPS)))}; known: {', '.join(GROUPS)}")
     if not torch.cuda.is_available():
         print("bench.gpu_suite needs a CUDA GPU, and torch.cuda.is_available() is False on this machine "
               f"(torch {torch.__version__}). On the CPU use `spin bench --analytic` for the floors and "
@@ -487,7 +782,6 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     from bench import common
-    only = set(args.only.split(",")) if args.only else {"ceilings", "ops", "train", "latency"}
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     out_dir = args.out or os.path.join(RESULTS_ROOT, f"{gpu_slug()}-{date}")
     results = {"device": torch.cuda.get_device_name(), "date": date, "torch": torch.__version__,
@@ -516,6 +810,21 @@ def main(argv: list[str] | None = None) -> int:
             if "latency" in only:
                 for backend in backends:
                     suite.piece(f"latency/{name}/r{rate}/{backend}", latency, suite, name, rate, backend)
+    lat_name, lat_rate = ISSUE4_LATENCY
+    if "targets" in only:
+        for shape in DWCONV_SHAPES:
+            suite.piece(f"targets/dwconv/{dwconv_shape_id(*shape)}", dwconv_compare, suite, shape, ceilings)
+        if "latency" not in only:
+            for backend in ("reference", "cuda"):
+                suite.piece(f"latency/{lat_name}/r{lat_rate}/{backend}", latency, suite, lat_name, lat_rate, backend)
+    if "latency" in only or "targets" in only:
+        piece = f"latency/{lat_name}/r{lat_rate}/compile-max-autotune"
+        if args.no_max_autotune_latency:
+            results["skipped"].append({"piece": piece, "reason": "--no-max-autotune-latency"})
+        else:
+            # Minutes of compiling, last: write what is measured so far first, so a kill here loses nothing else.
+            write_report(results, out_dir)
+            suite.piece(piece, compile_latency, suite, lat_name, lat_rate, args.max_autotune_latency_timeout)
     paths = write_report(results, out_dir)
     print(f"[gpu_suite] wrote {paths['json']}, {paths['report']} and {len(paths['plots'])} plots; "
           f"{len(results['failed'])} piece(s) failed")
