@@ -16,9 +16,10 @@ The pass counts are the budget the kernels are held to (DESIGN.md §2): fused fo
 layer, ≤ 8 for the SPIN variant, backward ≤ 2.5× the forward. They are modelled, not measured: the GPU suite
 compares measured times against the floors computed here.
 
-The second half of the module is the *kernel resource report*: AOT-compile Triton kernels for sm_90 without a GPU
-and read registers, spills, shared memory, whether a GEMM uses wgmma, and theoretical occupancy
-(:func:`compile_triton_kernel`, :func:`kernel_report`).
+The second half of the module is the *kernel resource report* (:func:`kernel_report`): every Triton kernel
+AOT-compiled for sm_90 without a GPU by :func:`spin_kernels.triton.aot.compile_kernel`, and the CUDA extension's
+kernels read with cuobjdump: registers, spills, shared memory, whether a GEMM uses wgmma, theoretical occupancy.
+The ``ptxas -v`` / ``cuobjdump`` parsers and the occupancy rules live here.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -690,91 +692,12 @@ def parse_resource_usage(text: str) -> dict:
     return out
 
 
-def _run(cmd: Sequence[str]) -> str:
-    """Run a tool, returning stdout+stderr; a failure raises RuntimeError naming the command."""
+def run_tool(cmd: Sequence[str]) -> str:
+    """Run a CUDA tool, returning stdout+stderr; a failure raises RuntimeError naming the command."""
     p = subprocess.run(list(cmd), capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:2])} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
     return p.stdout + p.stderr
-
-
-def analyze_binary(ptx: str | None, cubin: bytes | None, *, num_warps: int, dynamic_smem: int = 0,
-                   arch: str = "sm_90a") -> dict:
-    """Resource usage of one compiled kernel from its PTX and/or cubin.
-
-    Registers and spills come from re-running the bundled ``ptxas -v`` on the PTX (the cubin alone does not record
-    spills), shared memory from the compiler's dynamic size plus the static size in the cubin, and the tensor-core
-    path from ``wgmma`` in PTX / ``HGMMA`` in SASS.
-    """
-    info: dict = {"num_warps": num_warps, "dynamic_smem": dynamic_smem}
-    with tempfile.TemporaryDirectory() as tmp:
-        if ptx is not None and triton_nvidia_bin("ptxas"):
-            ptx_path = os.path.join(tmp, "k.ptx")
-            with open(ptx_path, "w") as f:
-                f.write(ptx)
-            v = parse_ptxas_verbose(_run([triton_nvidia_bin("ptxas"), f"-arch={arch}", "-v", ptx_path, "-o",
-                                          os.path.join(tmp, "ptxas.cubin")]))
-            if v:
-                fn = next(iter(v.values()))
-                info.update({k: fn.get(k, 0) for k in ("registers", "spill_stores", "spill_loads", "stack")})
-                info["static_smem"] = fn.get("static_smem", 0)
-        sass = ""
-        if cubin is not None and triton_nvidia_bin("cuobjdump"):
-            cubin_path = os.path.join(tmp, "k.cubin")
-            with open(cubin_path, "wb") as f:
-                f.write(cubin)
-            ru = parse_resource_usage(_run([triton_nvidia_bin("cuobjdump"), "--dump-resource-usage", cubin_path]))
-            if ru:
-                fn = next(iter(ru.values()))
-                info.setdefault("registers", fn["registers"])
-                info.setdefault("stack", fn["stack"])
-                info["static_smem"] = fn["static_smem"]
-            sass = _run([triton_nvidia_bin("cuobjdump"), "-sass", cubin_path])
-    info["wgmma_ptx"] = bool(ptx and "wgmma" in ptx)
-    info["hgmma_sass"] = "HGMMA" in sass
-    info["mma_sass"] = bool(re.search(r"\bHMMA\b", sass))
-    info["wgmma"] = info["wgmma_ptx"] or info["hgmma_sass"]
-    info["spills"] = info.get("spill_stores", 0) + info.get("spill_loads", 0)
-    info["shared_mem"] = dynamic_smem + info.get("static_smem", 0)
-    info.update(theoretical_occupancy(info.get("registers", 0), info["shared_mem"], num_warps))
-    return info
-
-
-def compile_triton_kernel(fn, signature: Mapping, constexprs: Mapping | None = None, *, arch: int = 90,
-                          num_warps: int | None = None, num_stages: int | None = None) -> dict:
-    """AOT-compile one ``@triton.jit`` kernel for ``sm_<arch>`` (no GPU needed) and report its resources.
-
-    Args:
-        fn: the jit function; signature: ``{arg: "*bf16" | "i32" | "constexpr" ...}`` as ``ASTSource`` takes it;
-        constexprs: values of the constexpr arguments; num_warps / num_stages: compile options.
-    """
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
-
-    if not isinstance(fn, JITFunction):
-        raise ValueError(f"fn: expected a @triton.jit function, got {type(fn).__name__}"
-                         + ("; TRITON_INTERPRET=1 was set when it was defined — AOT compilation needs the real "
-                            "JIT, so run without TRITON_INTERPRET" if os.environ.get("TRITON_INTERPRET") else ""))
-    if not isinstance(signature, Mapping) or not signature:
-        raise ValueError("signature: expected a non-empty mapping of argument name -> Triton type")
-    constexprs = dict(constexprs or {})
-    sig = dict(signature)
-    for k in constexprs:
-        sig.setdefault(k, "constexpr")
-    options = {}
-    if num_warps is not None:
-        options["num_warps"] = num_warps
-    if num_stages is not None:
-        options["num_stages"] = num_stages
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options or None)
-    md = k.metadata
-    info = analyze_binary(k.asm.get("ptx"), k.asm.get("cubin"), num_warps=md.num_warps,
-                          dynamic_smem=int(getattr(md, "shared", 0) or 0), arch=f"sm_{arch}a")
-    info.update({"num_stages": md.num_stages, "arch": f"sm_{arch}", "source": "triton"})
-    return info
 
 
 def find_extension_so(package_dir: str | None = None) -> str | None:
@@ -834,7 +757,7 @@ def ptxas_spills_of_binary(so_path: str) -> dict:
             if not m:
                 continue
             try:
-                text = _run([ptxas, f"-arch={m.group(1)}", "-v", ptx_file, "-o", os.devnull])
+                text = run_tool([ptxas, f"-arch={m.group(1)}", "-v", ptx_file, "-o", os.devnull])
             except RuntimeError:
                 continue   # e.g. a PTX ISA newer than this ptxas: the cuobjdump numbers still stand
             for fn, info in parse_ptxas_verbose(text).items():
@@ -859,8 +782,8 @@ def cuda_extension_report(so_path: str | None = None, ptxas_log: str | None = No
     if not tool:
         return [{"name": os.path.basename(so_path), "error": "cuobjdump not found"}]
     try:
-        usage = parse_resource_usage(_run([tool, "--dump-resource-usage", so_path]))
-        sass = _run([tool, "-sass", so_path])
+        usage = parse_resource_usage(run_tool([tool, "--dump-resource-usage", so_path]))
+        sass = run_tool([tool, "-sass", so_path])
     except RuntimeError as e:
         return [{"name": os.path.basename(so_path), "error": str(e)}]
     spills = ptxas_spills_of_binary(so_path)
@@ -913,12 +836,14 @@ def collect_aot_kernels() -> list[dict]:
 
 
 def kernel_report(kernels: Sequence[Mapping] | None = None, *, include_cuda: bool = True,
-                  so_path: str | None = None, ptxas_log: str | None = None) -> list[dict]:
-    """Compile every kernel of ``kernels`` (default ``spin_kernels.triton.AOT_KERNELS``) for sm_90 and report.
+                  so_path: str | None = None, ptxas_log: str | None = None, capability: int = 90) -> list[dict]:
+    """Compile every kernel of ``kernels`` (default ``spin_kernels.triton.AOT_KERNELS``) for ``sm_<capability>``
+    (default sm_90) and report their resources, followed by the CUDA extension's kernels with ``include_cuda``.
 
-    Each entry is ``dict(name, fn, signature, constexprs, is_gemm[, num_warps, num_stages])``. A kernel that fails
-    to compile is reported with its error; the rest still run. GEMM kernels without wgmma are flagged ``ok=False``,
-    as are kernels that spill. ``so_path`` / ``ptxas_log`` point at the CUDA extension (default: the built
+    Each entry is a kernel spec, ``dict(name, fn, signature, constexprs, is_gemm[, options, num_warps, num_stages,
+    div16])``, compiled by :func:`spin_kernels.triton.aot.compile_kernel`. A kernel that fails to compile is
+    reported with its error; the rest still run. GEMM kernels without wgmma are flagged ``ok=False``, as are kernels
+    that spill. ``so_path`` / ``ptxas_log`` point at the CUDA extension (default: the built
     ``spin_kernels/_C*.so``) and an optional ``nvcc -Xptxas -v`` build log.
     """
     if kernels is None:
@@ -931,13 +856,17 @@ def kernel_report(kernels: Sequence[Mapping] | None = None, *, include_cuda: boo
         if not isinstance(entry, Mapping) or "fn" not in entry or "signature" not in entry:
             raise ValueError(f"kernels[{i}]: expected dict(name, fn, signature, constexprs, is_gemm), got {entry!r}")
         name = entry.get("name") or getattr(entry["fn"], "__name__", f"kernel{i}")
-        row = {"name": name, "is_gemm": bool(entry.get("is_gemm", False))}
+        row = {"name": name, "kernel": getattr(entry["fn"], "__name__", None),
+               "is_gemm": bool(entry.get("is_gemm", False))}
+        t0 = time.perf_counter()
         try:
-            row.update(compile_triton_kernel(entry["fn"], entry["signature"], entry.get("constexprs"),
-                                             num_warps=entry.get("num_warps"), num_stages=entry.get("num_stages")))
+            # imported here: it imports Triton and every kernel module, needed only when there are kernels
+            from .triton.aot import compile_kernel
+            row.update(compile_kernel(entry, capability))
             row["ok"] = row["spills"] == 0 and (row["wgmma"] or not row["is_gemm"])
         except Exception as e:  # noqa: BLE001 - one failing kernel must not hide the others
             row.update({"error": f"{type(e).__name__}: {e}", "ok": False})
+        row["compile_s"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
     if include_cuda:
         for r in cuda_extension_report(so_path, ptxas_log):

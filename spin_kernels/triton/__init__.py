@@ -5,15 +5,10 @@ shared-run weight grad), ``bn`` (BatchNorm finalize: Chan merge, affine, running
 fused BN/act backward, prologue helpers).
 
 ``AOT_KERNELS`` lists every shipped GPU configuration for the kernels report and tests/triton/test_aot.py:
-dict(name, fn, signature, constexprs, options, is_gemm). Compile one with :func:`compile_aot` (sm_90, no GPU
-needed) and read registers / spills with :func:`resource_usage`.
+dict(name, fn, signature, constexprs, options, is_gemm). :func:`spin_kernels.triton.aot.compile_kernel` compiles
+one for sm_90 (no GPU needed) and reads its registers, spills, shared memory and wgmma use.
 """
 from __future__ import annotations
-
-import os
-import re
-import subprocess
-import tempfile
 
 from . import attention, bn, dwconv, layernorm, pointwise, vit_gemm
 
@@ -99,39 +94,3 @@ def _bf16_gemms():
 
 CONVMIXER_AOT_KERNELS = _build() + _bf16_gemms()
 AOT_KERNELS = CONVMIXER_AOT_KERNELS + attention.AOT_KERNELS + layernorm.AOT_KERNELS + vit_gemm.AOT_KERNELS
-
-
-def compile_aot(entry, capability=90):
-    """Compile one AOT_KERNELS entry for sm_<capability> (no GPU needed). Returns the CompiledKernel."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    src = triton.compiler.ASTSource(entry["fn"], entry["signature"], entry["constexprs"])
-    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=entry.get("options", {}))
-
-
-def _tool(name):
-    import triton
-
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
-
-
-def resource_usage(compiled) -> dict:
-    """Registers, spill bytes, shared memory and tensor-core use of a compiled kernel (ptxas -v on its PTX)."""
-    ptx = compiled.asm["ptx"]
-    arch = re.search(r"\.target\s+(sm_\w+)", ptx).group(1)
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        res = subprocess.run([_tool("ptxas"), "-v", f"--gpu-name={arch}", path, "-o", os.path.join(d, "k.cubin")],
-                             capture_output=True, text=True, check=True)
-    log = res.stdout + res.stderr
-    regs = re.search(r"Used (\d+) registers", log)
-    spill_st = re.search(r"(\d+) bytes spill stores", log)
-    spill_ld = re.search(r"(\d+) bytes spill loads", log)
-    return dict(registers=int(regs.group(1)) if regs else None,
-                spill_stores=int(spill_st.group(1)) if spill_st else 0,
-                spill_loads=int(spill_ld.group(1)) if spill_ld else 0,
-                shared=getattr(compiled.metadata, "shared", None),
-                wgmma="wgmma" in ptx, ptxas_log=log)

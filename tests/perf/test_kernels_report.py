@@ -17,19 +17,9 @@ import pytest
 pytest.importorskip("triton")
 
 from spin_kernels import perf  # noqa: E402
+from spin_kernels.triton.aot import report_in_subprocess  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-
-_CHILD = r"""
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from _aot_kernels import KERNELS
-from spin_kernels import perf
-rows = perf.kernel_report(KERNELS, include_cuda=False)
-text = perf.format_kernel_report(rows)
-print("REPORT-JSON" + json.dumps({"rows": rows, "text": text}, default=str))
-"""
 
 needs_tools = pytest.mark.skipif(perf.triton_nvidia_bin("ptxas") is None or perf.triton_nvidia_bin("cuobjdump")
                                  is None, reason="Triton's bundled ptxas / cuobjdump are not available")
@@ -37,13 +27,8 @@ needs_tools = pytest.mark.skipif(perf.triton_nvidia_bin("ptxas") is None or perf
 
 @functools.lru_cache(maxsize=None)
 def _report():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    p = subprocess.run([sys.executable, "-c", _CHILD, HERE], capture_output=True, text=True, env=env, cwd=ROOT,
-                       timeout=600, check=False)
-    line = [ln for ln in p.stdout.splitlines() if ln.startswith("REPORT-JSON")]
-    assert line, f"kernel report child failed:\n{p.stderr[-3000:]}"
-    data = json.loads(line[-1][len("REPORT-JSON"):])
-    return {r["name"]: r for r in data["rows"]}, data["text"]
+    rows = report_in_subprocess(kernels="_aot_kernels:KERNELS", pythonpath=[HERE], timeout=600)
+    return rows, perf.format_kernel_report(list(rows.values()))
 
 
 @needs_tools
