@@ -50,7 +50,9 @@ kernels-report: install
 #   make gpu-sanitize compute-sanitizer memcheck + racecheck on the small CUDA cases
 #   make gpu-bench   the benchmark suite -> bench/results/<gpu>-<date>/
 GPU_PY ?= python3
-GPU_SANITIZE_CASES ?= tests/cuda -k "small_models and bfloat16 and 2 or test_kernel_against_reference and 64"
+# the GPU instances (-m gpu) of small cases of every CUDA kernel: depthwise fwd / backward-data / weight grad, the
+# shared run (kernel and a small model)
+GPU_SANITIZE_CASES ?= -m gpu tests/cuda -k "(small_models and spin_convmixer_768_32 and dtype0) or (test_kernel_against_reference and 64) or (test_backward_data_and_weight and shape0) or (test_forward_with_input_prologue and shape0)"
 
 gpu: gpu-build gpu-test gpu-sanitize gpu-bench
 

@@ -233,7 +233,9 @@ at::Tensor shared_run_forward(const at::Tensor& x, const at::Tensor& w, const at
   SPIN_DEVICE_GUARD(x);
   at::Tensor out = x.clone(), u = at::empty_like(x);
   const at::Tensor wc = w.reshape({C, C}).contiguous(), wb = channel_vector(w_bias, x, "w_bias");
-  const at::Tensor filt = dw_weight.to(at::kFloat).contiguous();
+  // [L, C, k, k] in channels-last memory = [L, k, k, C] tap-major, what the kernel reads; no copy when the caller
+  // keeps it that way (spin_kernels.ops.convmixer_cuda caches it so)
+  const at::Tensor filt = dw_weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor db = per_layer(dw_bias, L, C, "dw_bias", x), a1 = per_layer(s1, L, C, "s1", x),
                    b1 = per_layer(t1, L, C, "t1", x), a2 = per_layer(s2, L, C, "s2", x),
                    b2 = per_layer(t2, L, C, "t2", x);

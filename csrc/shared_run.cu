@@ -32,6 +32,8 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowPad = 8;  // elements of padding per resident row: staggers banks across rows
+constexpr int kKSteps = 4;  // k-steps (of 16) whose A fragments are loaded together
+static_assert(kSliceN % (16 * kKSteps) == 0, "C % kSliceN == 0 must imply C % (16 * kKSteps) == 0");
 
 template <typename T> struct Mma;
 #ifdef SPIN_EMULATE
@@ -91,7 +93,7 @@ __device__ void depthwise_half(const SharedRunArgs& p, int layer) {
       for (int kx = 0; kx < k; ++kx) {
         const int ix = ox + kx - r;
         if (ix < 0 || ix >= p.W) continue;
-        acc = fmaf(to_f32(x[((n * p.H + iy) * p.W + ix) * C + c]), filt[c * kk + ky * k + kx], acc);
+        acc = fmaf(to_f32(x[((n * p.H + iy) * p.W + ix) * C + c]), filt[(ky * k + kx) * C + c], acc);
       }
     }
     u[i] = from_f32<T>(to_f32(x[i]) + s1[c] * activate(acc, p.act) + t1[c]);
@@ -118,14 +120,26 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, i
     float acc[kSliceN / 8][4];
 #pragma unroll
     for (int nt = 0; nt < kSliceN / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-    for (int k0 = 0; k0 < C; k0 += 16) {
-      const uint32_t a[4] = {load_pair(row_lo, k0 + 2 * t, ok_lo), load_pair(row_hi, k0 + 2 * t, ok_hi),
-                             load_pair(row_lo, k0 + 2 * t + 8, ok_lo), load_pair(row_hi, k0 + 2 * t + 8, ok_hi)};
+    // kKSteps k-steps of A fragments are loaded before their MMAs: the loads (L2 round trips at small batch) of
+    // a group are in flight together instead of one latency per k-step. C % (16 * kKSteps) == 0 (C % 64 == 0).
+    for (int k0 = 0; k0 < C; k0 += 16 * kKSteps) {
+      uint32_t a[kKSteps][4];
 #pragma unroll
-      for (int nt = 0; nt < kSliceN / 8; ++nt) {
-        const T* wrow = ws + (nt * 8 + g) * ldw + k0 + 2 * t;
-        Mma<T>::run(acc[nt], a, *reinterpret_cast<const uint32_t*>(wrow),
-                    *reinterpret_cast<const uint32_t*>(wrow + 8));
+      for (int s = 0; s < kKSteps; ++s) {
+        const int kc = k0 + 16 * s + 2 * t;
+        a[s][0] = load_pair(row_lo, kc, ok_lo);
+        a[s][1] = load_pair(row_hi, kc, ok_hi);
+        a[s][2] = load_pair(row_lo, kc + 8, ok_lo);
+        a[s][3] = load_pair(row_hi, kc + 8, ok_hi);
+      }
+#pragma unroll
+      for (int s = 0; s < kKSteps; ++s) {
+#pragma unroll
+        for (int nt = 0; nt < kSliceN / 8; ++nt) {
+          const T* wrow = ws + (nt * 8 + g) * ldw + k0 + 16 * s + 2 * t;
+          Mma<T>::run(acc[nt], a[s], *reinterpret_cast<const uint32_t*>(wrow),
+                      *reinterpret_cast<const uint32_t*>(wrow + 8));
+        }
       }
     }
     // Epilogue: element (row g / g+8, column 2t / 2t+1) of each 16x8 accumulator tile.

@@ -10,7 +10,8 @@ struct SharedRunArgs {
   void* u;                // [M, C] scratch: the residual stream after the depthwise half of each layer
   const void* w;          // [C, C] shared pointwise weight (out x in), same dtype as x
   const float* w_bias;    // [C] shared pointwise bias
-  const float* dw_weight; // [L, C, k*k] per-layer depthwise filters (fp32)
+  const float* dw_weight; // [L, k*k, C] per-layer depthwise filters (fp32), tap-major: a warp reads a tap of
+                          // 32 consecutive channels in one coalesced load
   const float* dw_bias;   // [L, C]
   const float* s1;        // [L, C] folded eval-mode BN1:  BN1(v) = s1 * v + t1
   const float* t1;        // [L, C]

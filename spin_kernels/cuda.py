@@ -197,8 +197,9 @@ def resource_usage(library: str | None = None) -> list[dict]:
 def shared_run_forward(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, *, act: str, spin_residual: bool):
     """Eval-mode ConvMixer layers sharing the pointwise ``w`` in one cooperative launch (CUDA, fp16/bf16).
 
-    ``x`` [B, H, W, C] channels-last; ``w`` [C, C(, 1, 1)]; per-layer ``dw_weight`` [L, C, k, k], ``dw_bias``
-    and folded BatchNorms ``s1, t1, s2, t2`` [L, C] (BN(v) = s * v + t). Returns the output of the L layers.
+    ``x`` [B, H, W, C] channels-last; ``w`` [C, C(, 1, 1)]; per-layer ``dw_weight`` [L, C, k, k] (used without a
+    copy when fp32 in channels-last memory), ``dw_bias`` and folded BatchNorms ``s1, t1, s2, t2`` [L, C]
+    (BN(v) = s * v + t). Returns the output of the L layers.
     """
     ext = _require(x, "x")
     if act not in ("relu", "gelu"):

@@ -87,7 +87,9 @@ def run_parameters(model, dtype) -> list[tuple]:
         folded1 = [fold_bn(b.norm1) for b in layers]
         folded2 = [fold_bn(b.norm2) for b in layers]
         runs.append((pw.weight.to(dtype).contiguous(), pw.bias.float().contiguous(),
-                     torch.stack([b.depthwise.weight.float() for b in layers]).squeeze(2).contiguous(),
+                     # [L, C, k, k] stored tap-major (channels-last), the kernel's layout: no per-call copy
+                     torch.stack([b.depthwise.weight.float() for b in layers]).squeeze(2).contiguous(
+                         memory_format=torch.channels_last),
                      torch.stack([b.depthwise.bias.float() for b in layers]),
                      torch.stack([s for s, _ in folded1]), torch.stack([t for _, t in folded1]),
                      torch.stack([s for s, _ in folded2]), torch.stack([t for _, t in folded2])))

@@ -67,3 +67,48 @@ def test_kernel_against_reference(kdev, dtype, B, H, W, C, k, layers, act, spin)
     expected = shared_run(x, *args, act=act, spin_residual=spin)
     low = shared_run(x, *args, act=act, spin_residual=spin, dtype=dtype)  # PyTorch's own error in this dtype
     assert rel_err(got, expected) <= max({torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype], 2 * rel_err(low, expected))
+
+
+@pytest.mark.parametrize("C", [768, 1024, 1536])
+def test_issue_channel_counts(kdev, C):
+    """The channel counts the kernel is for (C = 768 / 1024 / 1536: 12-24 resident W slices of 96-194 KiB):
+    batch 1 and 16 at 224 px / patch 7 (32 x 32) on a GPU; a small activation on the emulated GPU, sized so that
+    each slice gets its own CTA (SMs = slices / CTAs per SM)."""
+    from spin_kernels import cuda_emulation
+    from spin_kernels.reference.shared_run import shared_run
+
+    if kdev == "cpu":
+        per_sm = {768: 2, 1024: 1, 1536: 1}[C]  # 228 KiB of shared memory per SM / the slice's footprint
+        cuda_emulation.enable(True, sm_count=C // 64 // per_sm)
+        shapes = [(1, 3, 5)]
+    else:
+        shapes = [(1, 32, 32), (16, 32, 32)]
+    torch.manual_seed(4)
+    k, layers = 7, 2
+    for B, H, W in shapes:
+        x = torch.randn(B, H, W, C, device=kdev).to(torch.bfloat16)
+        w = (torch.randn(C, C, device=kdev) / C ** 0.5).to(torch.bfloat16)
+        args = (w, torch.randn(C, device=kdev) * 0.1, torch.randn(layers, C, k, k, device=kdev) / k,
+                torch.randn(layers, C, device=kdev) * 0.1, torch.rand(layers, C, device=kdev) + 0.5,
+                torch.randn(layers, C, device=kdev) * 0.1, torch.rand(layers, C, device=kdev) * 0.5 + 0.25,
+                torch.randn(layers, C, device=kdev) * 0.1)
+        got = cuda.shared_run_forward(x, *args, act="gelu", spin_residual=True)
+        expected = shared_run(x, *args, act="gelu", spin_residual=True)
+        low = shared_run(x, *args, act="gelu", spin_residual=True, dtype=torch.bfloat16)
+        assert rel_err(got, expected) <= max(2e-2, 2 * rel_err(low, expected)), (B, H, W)
+
+
+def test_too_few_resident_ctas_is_a_clear_error():
+    """Emulated GPU with one SM: a C = 1536 run needs 24 co-resident CTAs (one per W slice) and cannot launch."""
+    from spin_kernels import cuda_emulation
+
+    cuda_emulation.enable(True, sm_count=1)
+    try:
+        C = 1536
+        x = torch.randn(1, 2, 2, C).to(torch.bfloat16)
+        args = (torch.randn(C, C).to(torch.bfloat16), torch.zeros(C), torch.zeros(1, C, 3, 3), torch.zeros(1, C),
+                torch.ones(1, C), torch.zeros(1, C), torch.ones(1, C), torch.zeros(1, C))
+        with pytest.raises(RuntimeError, match="too many blocks in cooperative launch"):
+            cuda.shared_run_forward(x, *args, act="relu", spin_residual=False)
+    finally:
+        cuda_emulation.enable(False)
