@@ -61,7 +61,8 @@ def load(verbose: bool = False):
         raise RuntimeError("the CUDA emulation needs the CUDA headers (cuda_fp16.h): install the CUDA toolkit or "
                            "the nvidia-cuda-runtime wheel")
     digest = source_hash()
-    root = Path(os.environ.get("SPIN_EMULATION_CACHE", Path.home() / ".cache" / "spin_kernels" / "emulation"))
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = Path(os.environ.get("SPIN_EMULATION_CACHE") or cache / "spin_kernels" / "emulation")
     build_dir = root / digest
     build_dir.mkdir(parents=True, exist_ok=True)
     # The .cu files compile as C++: a one-line wrapper per file keeps the kernels' single source of truth.

@@ -2,11 +2,20 @@
 import json
 import os
 import re
+import time
 
 import pytest
 import torch
 
 from bench import gpu_suite
+
+
+def _fake_bench(fn, warmup=0, rep=0):
+    """Stand-in for do_bench_ms on the CPU: one warm call, then one timed call (ms)."""
+    fn()
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1e3
 
 
 def test_exits_with_message_without_cuda(capsys, monkeypatch):
@@ -64,17 +73,9 @@ def test_write_report(tmp_path):
 def test_op_pieces_run_on_cpu_smoke(monkeypatch, tmp_path):
     """Run the suite's op pieces at the CPU's tiny shapes (eager only, a simple timer instead of do_bench), so a
     GPU run does not discover plumbing bugs; kernels that need a GPU are recorded as failed, not raised."""
-    import time
-
     from bench import common
 
-    def fake_bench(fn, warmup=0, rep=0):
-        fn()
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-
-    monkeypatch.setattr(gpu_suite, "do_bench_ms", fake_bench)
+    monkeypatch.setattr(gpu_suite, "do_bench_ms", _fake_bench)
     results = {"ops": [], "failed": [], "skipped": []}
     suite = gpu_suite.Suite(results, verbose=False)
     from spin_kernels import perf
@@ -207,16 +208,8 @@ def test_targets_listed_when_nothing_was_measured(tmp_path):
 def test_dwconv_compare_cpu_smoke(monkeypatch):
     """The native side runs at a tiny shape on the CPU; the CUDA kernels cannot, and are a failed piece (the
     target then is not measured), not a crash."""
-    import time
-
-    def fake_bench(fn, warmup=0, rep=0):
-        fn()
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-
     from spin_kernels import perf
-    monkeypatch.setattr(gpu_suite, "do_bench_ms", fake_bench)
+    monkeypatch.setattr(gpu_suite, "do_bench_ms", _fake_bench)
     results = {"ops": [], "failed": [], "skipped": []}
     suite = gpu_suite.Suite(results, verbose=False)
     shape = (2, 16, 8, 7)
@@ -243,7 +236,6 @@ def test_compile_latency_failure_is_isolated():
 
 
 def test_time_limit_stops_a_piece():
-    import time
     results = {"failed": []}
     suite = gpu_suite.Suite(results, verbose=False)
 
