@@ -7,10 +7,11 @@
 //
 // Work split. CTA i owns the output-channel slice n0 = (i % slices) * 64 of W and keeps W[n0:n0+64, :] in
 // shared memory (64 x C bf16/fp16 = 96 KiB for C = 768) for every layer of the run — W is read from HBM once per
-// launch instead of once per layer. CTAs with the same slice split the M = B*H*W rows: each warp computes 16
-// rows x 64 channels with mma.sync m16n8k16 (fp32 accumulate), A fragments loaded from u (L2-resident at small
-// batch), B fragments from the resident slice. The depthwise half is a grid-stride loop over (row, channel
-// pairs) of all CTAs, fp32 arithmetic, reading x's k x k neighbourhood from L2.
+// launch instead of once per layer. CTAs with the same slice split the M = B*H*W rows in 16-row tiles; the four
+// warps of a CTA split each tile's K (split-K, partials reduced through 12 KiB of shared memory) and compute
+// 16 rows x 64 channels with mma.sync m16n8k16 (fp32 accumulate), A fragments loaded from u (L2-resident at
+// small batch), B fragments from the resident slice. The depthwise half is a grid-stride loop over (row,
+// channel) of all CTAs, fp32 arithmetic, reading x's k x k neighbourhood from L2 and tap-major filters.
 //
 // Bytes per layer: x read ~once (+halo hits in L2), u written once and read twice (pointwise A operand, SPIN
 // residual), x written once; W only at launch; per-layer vectors 6 x C x 4 B and filters C x k^2 x 4 B.
@@ -100,9 +101,24 @@ __device__ void depthwise_half(const SharedRunArgs& p, int layer) {
   }
 }
 
-// x = s2 * act(u W^T + b) + t2 (+ u): each warp owns 16-row tiles of its CTA's row group, 64 resident channels.
+// Partial accumulators one warp hands to the others per row tile: the n-tiles it does not finish itself.
+constexpr int kNTiles = kSliceN / 8;                 // 16 x 8 accumulator tiles per 16-row tile
+constexpr int kOwnNTiles = kNTiles / kWarps;         // n-tiles each warp reduces and writes (2)
+constexpr int kSharedNTiles = kNTiles - kOwnNTiles;  // n-tiles each warp passes on (6)
+static_assert(kNTiles % kWarps == 0, "each warp finishes the same number of n-tiles");
+
+// Slot of n-tile nt among the kSharedNTiles that `warp` passes on (its own kOwnNTiles are skipped).
+__device__ __forceinline__ int shared_slot(int nt, int warp) {
+  return nt < warp * kOwnNTiles ? nt : nt - kOwnNTiles;
+}
+
+// x = s2 * act(u W^T + b) + t2 (+ u) for the CTA's 64 resident channels. The CTA's four warps share each 16-row
+// tile, split-K: warp w multiplies k-steps [w K/4, (w+1) K/4) for all 64 channels, the partial tiles meet in
+// shared memory and warp w reduces (in warp order: deterministic) and writes n-tiles 2w, 2w+1. At batch 1 there
+// are fewer row tiles than warps, so splitting K — not rows — keeps every warp busy and shortens the chain of
+// dependent loads each warp waits on by 4x.
 template <typename T>
-__device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, int slice, int group,
+__device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, float* red, int slice, int group,
                                int groups) {
   const T* u = static_cast<const T*>(p.u);
   T* x = static_cast<T*>(p.x);
@@ -111,40 +127,65 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, i
   const int n0 = slice * kSliceN;
   const float* s2 = p.s2 + static_cast<size_t>(layer) * C;
   const float* t2 = p.t2 + static_cast<size_t>(layer) * C;
-  const int row_tiles = (M + 15) / 16;
-  for (int tile = group * kWarps + warp; tile < row_tiles; tile += groups * kWarps) {
+  const int row_tiles = (M + 15) / 16, ksteps = C / 16;
+  const int k_begin = 16 * (warp * ksteps / kWarps), k_end = 16 * ((warp + 1) * ksteps / kWarps);
+  for (int tile = group; tile < row_tiles; tile += groups) {  // uniform across the CTA: barriers inside are safe
     const int m_lo = tile * 16 + g, m_hi = m_lo + 8;
     const bool ok_lo = m_lo < M, ok_hi = m_hi < M;
     const T* row_lo = u + static_cast<size_t>(ok_lo ? m_lo : 0) * C;
     const T* row_hi = u + static_cast<size_t>(ok_hi ? m_hi : 0) * C;
-    float acc[kSliceN / 8][4];
+    float acc[kNTiles][4];
 #pragma unroll
-    for (int nt = 0; nt < kSliceN / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    for (int nt = 0; nt < kNTiles; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
     // kKSteps k-steps of A fragments are loaded before their MMAs: the loads (L2 round trips at small batch) of
-    // a group are in flight together instead of one latency per k-step. C % (16 * kKSteps) == 0 (C % 64 == 0).
-    for (int k0 = 0; k0 < C; k0 += 16 * kKSteps) {
+    // a group are in flight together instead of one latency per k-step.
+    for (int k0 = k_begin; k0 < k_end; k0 += 16 * kKSteps) {
       uint32_t a[kKSteps][4];
 #pragma unroll
       for (int s = 0; s < kKSteps; ++s) {
         const int kc = k0 + 16 * s + 2 * t;
-        a[s][0] = load_pair(row_lo, kc, ok_lo);
-        a[s][1] = load_pair(row_hi, kc, ok_hi);
-        a[s][2] = load_pair(row_lo, kc + 8, ok_lo);
-        a[s][3] = load_pair(row_hi, kc + 8, ok_hi);
+        const bool in = k0 + 16 * s < k_end;  // uniform across the warp
+        a[s][0] = load_pair(row_lo, kc, ok_lo && in);
+        a[s][1] = load_pair(row_hi, kc, ok_hi && in);
+        a[s][2] = load_pair(row_lo, kc + 8, ok_lo && in);
+        a[s][3] = load_pair(row_hi, kc + 8, ok_hi && in);
       }
 #pragma unroll
       for (int s = 0; s < kKSteps; ++s) {
+        if (k0 + 16 * s >= k_end) break;
 #pragma unroll
-        for (int nt = 0; nt < kSliceN / 8; ++nt) {
+        for (int nt = 0; nt < kNTiles; ++nt) {
           const T* wrow = ws + (nt * 8 + g) * ldw + k0 + 16 * s + 2 * t;
           Mma<T>::run(acc[nt], a[s], *reinterpret_cast<const uint32_t*>(wrow),
                       *reinterpret_cast<const uint32_t*>(wrow + 8));
         }
       }
     }
-    // Epilogue: element (row g / g+8, column 2t / 2t+1) of each 16x8 accumulator tile.
+    // Hand the n-tiles other warps finish to shared memory: red[warp][slot][lane][4].
 #pragma unroll
-    for (int nt = 0; nt < kSliceN / 8; ++nt) {
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      if (nt / kOwnNTiles == warp) continue;
+      float* dst = red + ((warp * kSharedNTiles + shared_slot(nt, warp)) * 32 + lane) * 4;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) dst[i] = acc[nt][i];
+    }
+    __syncthreads();
+    // Reduce this warp's n-tiles over the four K quarters in warp order, then the epilogue: element
+    // (row g / g+8, column 2t / 2t+1) of each 16x8 tile.
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      if (nt / kOwnNTiles != warp) continue;  // warp-uniform; nt stays a compile-time index into acc
+      float sum[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int src = 0; src < kWarps; ++src) {
+        if (src == warp) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) sum[i] += acc[nt][i];
+        } else {
+          const float* part = red + ((src * kSharedNTiles + shared_slot(nt, src)) * 32 + lane) * 4;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) sum[i] += part[i];
+        }
+      }
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int m = half ? m_hi : m_lo;
@@ -152,18 +193,20 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, i
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int n = n0 + nt * 8 + 2 * t + j;
-          float v = s2[n] * activate(acc[nt][2 * half + j] + p.w_bias[n], p.act) + t2[n];
+          float v = s2[n] * activate(sum[2 * half + j] + p.w_bias[n], p.act) + t2[n];
           if (p.spin_residual) v += to_f32(u[static_cast<size_t>(m) * C + n]);
           x[static_cast<size_t>(m) * C + n] = from_f32<T>(v);
         }
       }
     }
+    __syncthreads();  // red is rewritten by the next tile
   }
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1) shared_run_kernel(SharedRunArgs p) {
   T* ws = dynamic_smem<T>();  // [kSliceN][C + kRowPad], resident for the whole run
+  float* red = reinterpret_cast<float*>(ws + kSliceN * (p.C + kRowPad));  // split-K partials, see pointwise_half
   const int slices = p.C / kSliceN;
   const int slice = blockIdx.x % slices, group = blockIdx.x / slices, groups = gridDim.x / slices;
   const T* w = static_cast<const T*>(p.w);
@@ -177,7 +220,7 @@ __global__ void __launch_bounds__(kThreads, 1) shared_run_kernel(SharedRunArgs p
   for (int layer = 0; layer < p.num_layers; ++layer) {
     depthwise_half<T>(p, layer);
     grid.sync();  // u complete everywhere before any row's GEMM reads it
-    pointwise_half<T>(p, layer, ws, slice, group, groups);
+    pointwise_half<T>(p, layer, ws, red, slice, group, groups);
     grid.sync();  // x complete before the next layer's depthwise half reads neighbours
   }
 }
@@ -201,7 +244,11 @@ cudaError_t launch(const SharedRunArgs& args, cudaStream_t stream, int* grid_cta
 
 }  // namespace
 
-size_t shared_run_smem_bytes(int C) { return static_cast<size_t>(kSliceN) * (C + kRowPad) * 2; }
+size_t shared_run_smem_bytes(int C) {
+  // the resident slice (16-bit elements; C + kRowPad keeps the float partials after it 16-byte aligned) and the
+  // split-K partials: kWarps x kSharedNTiles tiles of 32 lanes x 4 floats (12 KiB)
+  return static_cast<size_t>(kSliceN) * (C + kRowPad) * 2 + static_cast<size_t>(kWarps) * kSharedNTiles * 32 * 4 * 4;
+}
 
 cudaError_t shared_run_forward(int dtype, const SharedRunArgs& args, cudaStream_t stream, int* grid_ctas) {
   if (args.C % kSliceN != 0 || args.k % 2 == 0 || args.num_layers < 1) return cudaErrorInvalidValue;

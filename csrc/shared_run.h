@@ -25,7 +25,7 @@ struct SharedRunArgs {
 // Channels of W's output dimension each CTA keeps resident (C must be a multiple of this).
 constexpr int kSliceN = 64;
 
-// Shared memory per CTA for channel count C (the resident slice, padded rows).
+// Shared memory per CTA for channel count C (the resident slice with padded rows, and 12 KiB of split-K partials).
 size_t shared_run_smem_bytes(int C);
 
 // Launches cooperatively with as many CTAs as can be co-resident (occupancy API); returns

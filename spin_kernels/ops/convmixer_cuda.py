@@ -58,8 +58,16 @@ def eval_features(model, images: torch.Tensor) -> torch.Tensor | None:
         return None
     x = model.stem(images).to(dtype).permute(0, 2, 3, 1).contiguous()
     act, spin = model.arch["act"], model.arch["spin_residual"]
-    for run in run_parameters(model, dtype):
-        x = cuda.shared_run_forward(x, *run, act=act, spin_residual=spin)
+    for i, run in enumerate(run_parameters(model, dtype)):
+        try:
+            x = cuda.shared_run_forward(x, *run, act=act, spin_residual=spin)
+        except RuntimeError as e:
+            # Too few co-resident CTAs for one per W slice (a small GPU or MIG slice): every run has the same
+            # width, so the first launch decides; the caller takes the per-layer path.
+            if i > 0 or "cooperative launch" not in str(e):
+                raise
+            warn_once("convmixer_cuda:resident", f"weights-resident CUDA kernel not used: {e}")
+            return None
     return x.permute(0, 3, 1, 2)
 
 

@@ -1,4 +1,5 @@
-"""Weights-resident shared-run kernel (eval-mode ConvMixer) against the float64 reference model (GPU only)."""
+"""Weights-resident shared-run kernel (eval-mode ConvMixer) against the float64 reference: on the GPU and on the
+host emulation of the same kernel source (tests/cuda/conftest.py)."""
 from unittest import mock
 
 import pytest
@@ -7,8 +8,6 @@ import torch
 import spin_kernels as sk
 from spin_kernels import cuda
 from spin_kernels.testing import randomise_batchnorm, rel_err
-
-
 
 
 def compare(name, dtype, batch, img, share_rate, dev="cuda", **arch):
@@ -36,9 +35,15 @@ def test_small_models(kdev, dtype, share_rate, name):
             patch_size=8)
 
 
-@pytest.mark.gpu
-def test_spin_convmixer_768_32_r2():
-    compare("spin_convmixer_768_32", torch.bfloat16, batch=2, img=224, share_rate=2)
+def test_spin_convmixer_768_32_r2(kdev):
+    """The whole model (C = 768, k = 3, patch 14, 32 layers in 16 runs of 2): at 224 px (16 x 16 activations) on a
+    GPU; at 56 px (4 x 4) on the emulated GPU, with the 6 SMs its 12 resident W slices need (2 per SM)."""
+    from spin_kernels import cuda_emulation
+
+    if kdev == "cpu":
+        cuda_emulation.enable(True, sm_count=6)
+    compare("spin_convmixer_768_32", torch.bfloat16, batch=2 if kdev == "cuda" else 1,
+            img=224 if kdev == "cuda" else 56, share_rate=2, dev=kdev)
 
 
 @pytest.mark.gpu
@@ -110,5 +115,26 @@ def test_too_few_resident_ctas_is_a_clear_error():
                 torch.ones(1, C), torch.zeros(1, C), torch.ones(1, C), torch.zeros(1, C))
         with pytest.raises(RuntimeError, match="too many blocks in cooperative launch"):
             cuda.shared_run_forward(x, *args, act="relu", spin_residual=False)
+    finally:
+        cuda_emulation.enable(False)
+
+
+def test_model_falls_back_when_the_gpu_is_too_small():
+    """An emulated one-SM GPU holds 1 CTA of a C = 1536 run that needs 24: the eval model warns once and takes the
+    per-layer path, with the same logits as the reference."""
+    from spin_kernels import cuda_emulation
+
+    cuda_emulation.enable(True, sm_count=1)
+    try:
+        torch.manual_seed(0)
+        model = sk.create_model("convmixer_1536_20", dim=1536, depth=2, patch_size=16, kernel_size=3,
+                                num_classes=4, backend="cuda").eval()
+        ref = sk.create_model("convmixer_1536_20", dim=1536, depth=2, patch_size=16, kernel_size=3,
+                              num_classes=4).eval()
+        ref.load_state_dict(model.state_dict())
+        x = torch.randn(1, 3, 32, 32)
+        with pytest.warns(UserWarning, match="too many blocks in cooperative launch"):
+            got = model.to(torch.bfloat16)(x.to(torch.bfloat16))
+        assert rel_err(got, ref.double()(x.double())) <= 2e-2
     finally:
         cuda_emulation.enable(False)
