@@ -212,8 +212,10 @@ at::Tensor per_layer(const at::Tensor& t, int64_t L, int64_t C, const char* name
   return t.reshape({L, C}).to(at::kFloat).contiguous();
 }
 
-// Eval-mode ConvMixer run sharing the pointwise weight: returns the run's output [B, H, W, C] (x is not modified).
-at::Tensor shared_run_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_bias,
+// Eval-mode ConvMixer runs, each sharing one pointwise weight, in one launch: returns the output [B, H, W, C]
+// (x is not modified). ws / w_biases hold one [C, C] weight and [C] bias per run, run_lengths its layer count.
+at::Tensor shared_run_forward(const at::Tensor& x, const std::vector<at::Tensor>& ws,
+                              const std::vector<at::Tensor>& w_biases, const std::vector<int64_t>& run_lengths,
                               const at::Tensor& dw_weight, const at::Tensor& dw_bias, const at::Tensor& s1,
                               const at::Tensor& t1, const at::Tensor& s2, const at::Tensor& t2, int64_t act,
                               bool spin_residual) {
@@ -222,31 +224,61 @@ at::Tensor shared_run_forward(const at::Tensor& x, const at::Tensor& w, const at
                    "x: the shared-run kernel computes in float16 or bfloat16, got ", x.scalar_type());
   const int64_t C = x.size(3);
   TORCH_CHECK(C % spin::kSliceN == 0, "x: C = ", C, " must be a multiple of ", spin::kSliceN);
-  TORCH_CHECK(w.device() == x.device() && w.scalar_type() == x.scalar_type(), "w: expected ", x.scalar_type(),
-              " on ", x.device());
-  TORCH_CHECK(w.numel() == C * C, "w: expected the [C, C] pointwise weight with C = ", C, ", got ", w.sizes());
+  const int64_t R = static_cast<int64_t>(run_lengths.size());
+  TORCH_CHECK(R >= 1 && R <= spin::kMaxRuns, "run_lengths: expected 1 to ", spin::kMaxRuns, " runs, got ", R);
+  TORCH_CHECK(static_cast<int64_t>(ws.size()) == R && static_cast<int64_t>(w_biases.size()) == R,
+              "w, w_bias: expected one per run (", R, "), got ", ws.size(), " and ", w_biases.size());
   TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(1) == C && dw_weight.size(2) == dw_weight.size(3),
               "dw_weight: expected [L, C, k, k], got ", dw_weight.sizes());
   const int64_t L = dw_weight.size(0), k = dw_weight.size(3);
   TORCH_CHECK(k % 2 == 1 && k <= 9, "dw_weight: kernel size must be odd and at most 9, got ", k);
   TORCH_CHECK(act == 1 || act == 2, "act: expected 1 (relu) or 2 (gelu), got ", act);
   SPIN_DEVICE_GUARD(x);
+  spin::SharedRunArgs args{};
+  std::vector<at::Tensor> keep;  // contiguous per-run weights / biases, alive until the launch is queued
+  int64_t layers = 0;
+  args.run_start[0] = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    TORCH_CHECK(run_lengths[r] >= 1, "run_lengths: every run needs at least one layer, run ", r, " has ",
+                run_lengths[r]);
+    layers += run_lengths[r];
+    args.run_start[r + 1] = static_cast<int>(layers);
+    const at::Tensor& w = ws[r];
+    TORCH_CHECK(w.device() == x.device() && w.scalar_type() == x.scalar_type(), "w[", r, "]: expected ",
+                x.scalar_type(), " on ", x.device(), ", got ", w.scalar_type(), " on ", w.device());
+    TORCH_CHECK(w.numel() == C * C, "w[", r, "]: expected the [C, C] pointwise weight with C = ", C, ", got ",
+                w.sizes());
+    keep.push_back(w.reshape({C, C}).contiguous());
+    args.w[r] = keep.back().data_ptr();
+    keep.push_back(channel_vector(w_biases[r], x, "w_bias"));
+    args.w_bias[r] = keep.back().data_ptr<float>();
+  }
+  TORCH_CHECK(layers == L, "run_lengths: the runs cover ", layers, " layers, dw_weight has ", L);
   at::Tensor out = x.clone(), u = at::empty_like(x);
-  const at::Tensor wc = w.reshape({C, C}).contiguous(), wb = channel_vector(w_bias, x, "w_bias");
   // [L, C, k, k] in channels-last memory = [L, k, k, C] tap-major, what the kernel reads; no copy when the caller
   // keeps it that way (spin_kernels.ops.convmixer_cuda caches it so)
   const at::Tensor filt = dw_weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor db = per_layer(dw_bias, L, C, "dw_bias", x), a1 = per_layer(s1, L, C, "s1", x),
                    b1 = per_layer(t1, L, C, "t1", x), a2 = per_layer(s2, L, C, "s2", x),
                    b2 = per_layer(t2, L, C, "t2", x);
-  spin::SharedRunArgs args{out.data_ptr(), u.data_ptr(), wc.data_ptr(), wb.data_ptr<float>(),
-                           filt.data_ptr<float>(), db.data_ptr<float>(), a1.data_ptr<float>(),
-                           b1.data_ptr<float>(), a2.data_ptr<float>(), b2.data_ptr<float>(),
-                           static_cast<int>(L), static_cast<int>(x.size(0)), static_cast<int>(x.size(1)),
-                           static_cast<int>(x.size(2)), static_cast<int>(C), static_cast<int>(k),
-                           static_cast<int>(act), spin_residual};
-  check_cuda(spin::shared_run_forward(x.scalar_type() == at::kHalf ? 1 : 2, args,
-                                      current_stream(), nullptr),
+  args.x = out.data_ptr();
+  args.u = u.data_ptr();
+  args.num_runs = static_cast<int>(R);
+  args.dw_weight = filt.data_ptr<float>();
+  args.dw_bias = db.data_ptr<float>();
+  args.s1 = a1.data_ptr<float>();
+  args.t1 = b1.data_ptr<float>();
+  args.s2 = a2.data_ptr<float>();
+  args.t2 = b2.data_ptr<float>();
+  args.num_layers = static_cast<int>(L);
+  args.B = static_cast<int>(x.size(0));
+  args.H = static_cast<int>(x.size(1));
+  args.W = static_cast<int>(x.size(2));
+  args.C = static_cast<int>(C);
+  args.k = static_cast<int>(k);
+  args.act = static_cast<int>(act);
+  args.spin_residual = spin_residual;
+  check_cuda(spin::shared_run_forward(x.scalar_type() == at::kHalf ? 1 : 2, args, current_stream(), nullptr),
              "shared_run_forward");
   return out;
 }
@@ -272,7 +304,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("du"), py::arg("q"), py::arg("vec6"), py::arg("act"), py::arg("h"), py::arg("res"), py::arg("a"),
         py::arg("b"), py::arg("act_in"), py::arg("kernel_size"), py::arg("partial_ctas") = 264);
   m.def("shared_run_forward", &shared_run_forward,
-        "eval-mode ConvMixer run with the shared pointwise weight resident in shared memory (cooperative launch)",
-        py::arg("x"), py::arg("w"), py::arg("w_bias"), py::arg("dw_weight"), py::arg("dw_bias"), py::arg("s1"),
-        py::arg("t1"), py::arg("s2"), py::arg("t2"), py::arg("act"), py::arg("spin_residual"));
+        "eval-mode ConvMixer runs, each run's shared pointwise weight resident in shared memory, in one "
+        "cooperative launch",
+        py::arg("x"), py::arg("w"), py::arg("w_bias"), py::arg("run_lengths"), py::arg("dw_weight"),
+        py::arg("dw_bias"), py::arg("s1"), py::arg("t1"), py::arg("s2"), py::arg("t2"), py::arg("act"),
+        py::arg("spin_residual"));
 }

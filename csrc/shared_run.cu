@@ -3,7 +3,9 @@
 // Computes, for each of the run's L layers (all sharing the pointwise W, b):
 //   depthwise half:  u = x + s1 * act(dwconv_l(x) + dwb_l) + t1        (per-layer filters, folded BN1)
 //   pointwise half:  x = s2 * act(u W^T + b) + t2   (+ u for SPIN's layer)      (folded BN2)
-// in ONE cooperative launch: grid.sync() separates the halves, x and u ping-pong through L2.
+// in ONE cooperative launch: grid.sync() separates the halves, x and u ping-pong through L2. One launch may
+// cover several consecutive runs (up to kMaxRuns: a whole trunk); each CTA then reloads its W slice at every
+// run boundary, so the trunk costs one launch instead of one per run.
 //
 // Work split. CTA i owns the output-channel slice n0 = (i % slices) * 64 of W and keeps W[n0:n0+64, :] in
 // shared memory (64 x C bf16/fp16 = 96 KiB for C = 768) for every layer of the run — W is read from HBM once per
@@ -118,8 +120,8 @@ __device__ __forceinline__ int shared_slot(int nt, int warp) {
 // are fewer row tiles than warps, so splitting K — not rows — keeps every warp busy and shortens the chain of
 // dependent loads each warp waits on by 4x.
 template <typename T>
-__device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, float* red, int slice, int group,
-                               int groups) {
+__device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, const float* w_bias, float* red,
+                               int slice, int group, int groups) {
   const T* u = static_cast<const T*>(p.u);
   T* x = static_cast<T*>(p.x);
   const int C = p.C, M = p.B * p.H * p.W, ldw = C + kRowPad;
@@ -193,7 +195,7 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, f
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int n = n0 + nt * 8 + 2 * t + j;
-          float v = s2[n] * activate(sum[2 * half + j] + p.w_bias[n], p.act) + t2[n];
+          float v = s2[n] * activate(sum[2 * half + j] + w_bias[n], p.act) + t2[n];
           if (p.spin_residual) v += to_f32(u[static_cast<size_t>(m) * C + n]);
           x[static_cast<size_t>(m) * C + n] = from_f32<T>(v);
         }
@@ -209,19 +211,22 @@ __global__ void __launch_bounds__(kThreads, 1) shared_run_kernel(SharedRunArgs p
   float* red = reinterpret_cast<float*>(ws + kSliceN * (p.C + kRowPad));  // split-K partials, see pointwise_half
   const int slices = p.C / kSliceN;
   const int slice = blockIdx.x % slices, group = blockIdx.x / slices, groups = gridDim.x / slices;
-  const T* w = static_cast<const T*>(p.w);
   const int ldw = p.C + kRowPad;
-  for (int i = threadIdx.x; i < kSliceN * p.C; i += blockDim.x) {
-    const int n = i / p.C, kx = i % p.C;
-    ws[n * ldw + kx] = w[static_cast<size_t>(slice * kSliceN + n) * p.C + kx];
-  }
-  __syncthreads();
   cg::grid_group grid = cg::this_grid();
-  for (int layer = 0; layer < p.num_layers; ++layer) {
-    depthwise_half<T>(p, layer);
-    grid.sync();  // u complete everywhere before any row's GEMM reads it
-    pointwise_half<T>(p, layer, ws, red, slice, group, groups);
-    grid.sync();  // x complete before the next layer's depthwise half reads neighbours
+  for (int run = 0; run < p.num_runs; ++run) {
+    // Load this run's slice of W (after the grid.sync that ended the previous run's last layer: ws is free).
+    const T* w = static_cast<const T*>(p.w[run]);
+    for (int i = threadIdx.x; i < kSliceN * p.C; i += blockDim.x) {
+      const int n = i / p.C, kx = i % p.C;
+      ws[n * ldw + kx] = w[static_cast<size_t>(slice * kSliceN + n) * p.C + kx];
+    }
+    __syncthreads();
+    for (int layer = p.run_start[run]; layer < p.run_start[run + 1]; ++layer) {
+      depthwise_half<T>(p, layer);
+      grid.sync();  // u complete everywhere before any row's GEMM reads it
+      pointwise_half<T>(p, layer, ws, p.w_bias[run], red, slice, group, groups);
+      grid.sync();  // x complete before the next layer's depthwise half reads neighbours
+    }
   }
 }
 
@@ -252,6 +257,13 @@ size_t shared_run_smem_bytes(int C) {
 
 cudaError_t shared_run_forward(int dtype, const SharedRunArgs& args, cudaStream_t stream, int* grid_ctas) {
   if (args.C % kSliceN != 0 || args.k % 2 == 0 || args.num_layers < 1) return cudaErrorInvalidValue;
+  if (args.num_runs < 1 || args.num_runs > kMaxRuns || args.run_start[0] != 0 ||
+      args.run_start[args.num_runs] != args.num_layers) {
+    return cudaErrorInvalidValue;
+  }
+  for (int r = 0; r < args.num_runs; ++r) {
+    if (args.run_start[r + 1] <= args.run_start[r]) return cudaErrorInvalidValue;
+  }
   switch (dtype) {
     case 1: return launch<__half>(args, stream, grid_ctas);
     case 2: return launch<__nv_bfloat16>(args, stream, grid_ctas);

@@ -1,15 +1,21 @@
 // The weights-resident shared run (inference): one cooperative launch runs every layer of a ConvMixer run whose
-// layers share the pointwise weight W, keeping each CTA's slice of W in shared memory for the whole run.
+// layers share the pointwise weight W, keeping each CTA's slice of W in shared memory for the whole run — or
+// several consecutive runs (a whole trunk), reloading the slice at each run boundary.
 #pragma once
 #include "runtime.h"
 
 namespace spin {
 
+// Most runs one launch covers (the per-run pointers travel in the kernel's parameter block).
+constexpr int kMaxRuns = 64;
+
 struct SharedRunArgs {
   void* x;                // [M, C] layer input, overwritten by each layer's output (M = B*H*W, channels-last)
   void* u;                // [M, C] scratch: the residual stream after the depthwise half of each layer
-  const void* w;          // [C, C] shared pointwise weight (out x in), same dtype as x
-  const float* w_bias;    // [C] shared pointwise bias
+  const void* w[kMaxRuns];        // per run: [C, C] shared pointwise weight (out x in), same dtype as x
+  const float* w_bias[kMaxRuns];  // per run: [C] shared pointwise bias
+  int run_start[kMaxRuns + 1];    // run r covers layers [run_start[r], run_start[r + 1])
+  int num_runs;
   const float* dw_weight; // [L, k*k, C] per-layer depthwise filters (fp32), tap-major: a warp reads a tap of
                           // 32 consecutive channels in one coalesced load
   const float* dw_bias;   // [L, C]

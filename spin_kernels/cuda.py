@@ -194,15 +194,26 @@ def resource_usage(library: str | None = None) -> list[dict]:
     return rows
 
 
-def shared_run_forward(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, *, act: str, spin_residual: bool):
-    """Eval-mode ConvMixer layers sharing the pointwise ``w`` in one cooperative launch (CUDA, fp16/bf16).
+MAX_RUNS_PER_LAUNCH = 64  # csrc/shared_run.h kMaxRuns
 
-    ``x`` [B, H, W, C] channels-last; ``w`` [C, C(, 1, 1)]; per-layer ``dw_weight`` [L, C, k, k] (used without a
-    copy when fp32 in channels-last memory), ``dw_bias`` and folded BatchNorms ``s1, t1, s2, t2`` [L, C]
-    (BN(v) = s * v + t). Returns the output of the L layers.
+
+def shared_run_forward(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, *, act: str, spin_residual: bool,
+                       run_lengths=None):
+    """Eval-mode ConvMixer layers in one cooperative launch (CUDA, fp16/bf16), each run of layers keeping its
+    shared pointwise weight resident in shared memory.
+
+    ``x`` [B, H, W, C] channels-last; ``w`` [C, C(, 1, 1)] and ``w_bias`` [C] for one run of all L layers, or
+    lists of R of them with ``run_lengths`` (R ints summing to L, R ≤ 64) for consecutive runs — a whole trunk in
+    one launch; per-layer ``dw_weight`` [L, C, k, k] (used without a copy when fp32 in channels-last memory),
+    ``dw_bias`` and folded BatchNorms ``s1, t1, s2, t2`` [L, C] (BN(v) = s * v + t). Returns the output of the
+    L layers.
     """
     ext = _require(x, "x")
     if act not in ("relu", "gelu"):
         raise ValueError(f"act: expected 'relu' or 'gelu', got {act!r}")
-    return ext.shared_run_forward(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, ACT_CODES[act],
-                                  bool(spin_residual))
+    if run_lengths is None:
+        if isinstance(w, (list, tuple)):
+            raise ValueError("run_lengths: required when w is a list of per-run weights")
+        w, w_bias, run_lengths = [w], [w_bias], [dw_weight.shape[0]]
+    return ext.shared_run_forward(x, list(w), list(w_bias), [int(n) for n in run_lengths], dw_weight, dw_bias,
+                                  s1, t1, s2, t2, ACT_CODES[act], bool(spin_residual))

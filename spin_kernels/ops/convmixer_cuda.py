@@ -1,7 +1,8 @@
 """Eval-mode ConvMixer trunk on the weights-resident CUDA kernel (DESIGN.md §2, lever 3).
 
-``eval_features(model, images)`` runs the stem with PyTorch, then one cooperative launch per run of layers that
-share the pointwise weight (``model.pw_plan.runs``), with eval-mode BatchNorms folded into per-channel affines.
+``eval_features(model, images)`` runs the stem with PyTorch, then the whole trunk in one cooperative launch: each
+run of layers that share the pointwise weight (``model.pw_plan.runs``) keeps its W slices resident in shared
+memory, reloaded at run boundaries; eval-mode BatchNorms are folded into per-channel affines.
 It returns None — and the caller takes another path — whenever the case is outside what the kernel supports;
 each reason is reported once.
 """
@@ -58,12 +59,12 @@ def eval_features(model, images: torch.Tensor) -> torch.Tensor | None:
         return None
     x = model.stem(images).to(dtype).permute(0, 2, 3, 1).contiguous()
     act, spin = model.arch["act"], model.arch["spin_residual"]
-    for i, run in enumerate(run_parameters(model, dtype)):
+    for i, (*params, run_lengths) in enumerate(launch_parameters(model, dtype)):
         try:
-            x = cuda.shared_run_forward(x, *run, act=act, spin_residual=spin)
+            x = cuda.shared_run_forward(x, *params, act=act, spin_residual=spin, run_lengths=run_lengths)
         except RuntimeError as e:
-            # Too few co-resident CTAs for one per W slice (a small GPU or MIG slice): every run has the same
-            # width, so the first launch decides; the caller takes the per-layer path.
+            # Too few co-resident CTAs for one per W slice (a small GPU or MIG slice): every launch has the same
+            # width, so the first one decides; the caller takes the per-layer path.
             if i > 0 or "cooperative launch" not in str(e):
                 raise
             warn_once("convmixer_cuda:resident", f"weights-resident CUDA kernel not used: {e}")
@@ -78,8 +79,10 @@ def _version_key(model, dtype) -> tuple:
     return (dtype,) + tuple((t.data_ptr(), t._version) for t in tensors)
 
 
-def run_parameters(model, dtype) -> list[tuple]:
-    """Per run: (W, b, dw filters [L,C,k,k], dw bias, s1, t1, s2, t2), folded and stacked once, then cached.
+def launch_parameters(model, dtype) -> list[tuple]:
+    """The trunk as few launches as possible (cuda.MAX_RUNS_PER_LAUNCH runs each; one for any usual depth):
+    per launch (Ws, bs, dw filters [L,C,k,k], dw bias, s1, t1, s2, t2, run_lengths) — the per-run pointwise
+    weights and biases as lists, the per-layer tensors stacked, BatchNorms folded — computed once, then cached.
 
     At batch 1 the stacking and BN folding would otherwise cost more launches than the whole trunk, so they are
     recomputed only when a parameter or running statistic changes (tracked by tensor version counters).
@@ -88,18 +91,22 @@ def run_parameters(model, dtype) -> list[tuple]:
     cache = getattr(model, "_persistent_run_cache", None)
     if cache is not None and cache[0] == key:
         return cache[1]
-    runs = []
-    for start, stop in model.pw_plan.runs:
-        layers = [model.blocks[l] for l in range(start, stop)]
-        pw = layers[0].pointwise
+    runs = model.pw_plan.runs
+    launches = []
+    for first in range(0, len(runs), cuda.MAX_RUNS_PER_LAUNCH):
+        chunk = runs[first:first + cuda.MAX_RUNS_PER_LAUNCH]
+        layers = [model.blocks[l] for start, stop in chunk for l in range(start, stop)]
+        pws = [model.blocks[start].pointwise for start, _ in chunk]
         folded1 = [fold_bn(b.norm1) for b in layers]
         folded2 = [fold_bn(b.norm2) for b in layers]
-        runs.append((pw.weight.to(dtype).contiguous(), pw.bias.float().contiguous(),
-                     # [L, C, k, k] stored tap-major (channels-last), the kernel's layout: no per-call copy
-                     torch.stack([b.depthwise.weight.float() for b in layers]).squeeze(2).contiguous(
-                         memory_format=torch.channels_last),
-                     torch.stack([b.depthwise.bias.float() for b in layers]),
-                     torch.stack([s for s, _ in folded1]), torch.stack([t for _, t in folded1]),
-                     torch.stack([s for s, _ in folded2]), torch.stack([t for _, t in folded2])))
-    model._persistent_run_cache = (key, runs)
-    return runs
+        launches.append((
+            [pw.weight.to(dtype).contiguous() for pw in pws], [pw.bias.float().contiguous() for pw in pws],
+            # [L, C, k, k] stored tap-major (channels-last), the kernel's layout: no per-call copy
+            torch.stack([b.depthwise.weight.float() for b in layers]).squeeze(2).contiguous(
+                memory_format=torch.channels_last),
+            torch.stack([b.depthwise.bias.float() for b in layers]),
+            torch.stack([s for s, _ in folded1]), torch.stack([t for _, t in folded1]),
+            torch.stack([s for s, _ in folded2]), torch.stack([t for _, t in folded2]),
+            [stop - start for start, stop in chunk]))
+    model._persistent_run_cache = (key, launches)
+    return launches

@@ -21,7 +21,7 @@ def compare(name, dtype, batch, img, share_rate, dev="cuda", **arch):
     model = model.to(dev).to(dtype)
     with mock.patch.object(cuda, "shared_run_forward", wraps=cuda.shared_run_forward) as kernel:
         feats = model.forward_features(x.to(dtype))
-    assert kernel.call_count == len(model.pw_plan.runs)  # one persistent launch per run, no fallback
+    assert kernel.call_count == 1  # the whole trunk in one persistent launch, no fallback
     got = model.forward_head(feats)
     assert torch.isfinite(got).all()
     assert rel_err(got, expected) <= max(2e-2, 2 * rel_err(torch_low, expected))
@@ -138,3 +138,27 @@ def test_model_falls_back_when_the_gpu_is_too_small():
         assert rel_err(got, ref.double()(x.double())) <= 2e-2
     finally:
         cuda_emulation.enable(False)
+
+
+@pytest.mark.parametrize("run_lengths", [[2, 1, 3], [1, 1]])
+def test_several_runs_in_one_launch(kdev, run_lengths):
+    """Consecutive runs with their own pointwise weights in one launch: each CTA reloads its W slice at every run
+    boundary (a stale slice would give the previous run's result)."""
+    from spin_kernels.reference.shared_run import shared_run
+
+    torch.manual_seed(5)
+    B, H, W, C, k, L = 2, 7, 9, 128, 5, sum(run_lengths)
+    x = torch.randn(B, H, W, C, device=kdev).to(torch.float16)
+    ws = [(torch.randn(C, C, device=kdev) / C ** 0.5).to(torch.float16) for _ in run_lengths]
+    bs = [torch.randn(C, device=kdev) * 0.1 for _ in run_lengths]
+    per_layer = (torch.randn(L, C, k, k, device=kdev) / k, torch.randn(L, C, device=kdev) * 0.1,
+                 torch.rand(L, C, device=kdev) + 0.5, torch.randn(L, C, device=kdev) * 0.1,
+                 torch.rand(L, C, device=kdev) * 0.5 + 0.25, torch.randn(L, C, device=kdev) * 0.1)
+    got = cuda.shared_run_forward(x, ws, bs, *per_layer, act="gelu", spin_residual=False, run_lengths=run_lengths)
+    expected = shared_run(x, ws, bs, *per_layer, act="gelu", spin_residual=False, run_lengths=run_lengths)
+    low = shared_run(x, ws, bs, *per_layer, act="gelu", spin_residual=False, run_lengths=run_lengths,
+                     dtype=torch.float16)
+    assert rel_err(got, expected) <= max(5e-3, 2 * rel_err(low, expected))
+    with pytest.raises(RuntimeError, match="run_lengths: the runs cover"):
+        cuda.shared_run_forward(x, ws, bs, *per_layer, act="gelu", spin_residual=False,
+                                run_lengths=[n + 1 for n in run_lengths])

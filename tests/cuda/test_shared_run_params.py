@@ -1,12 +1,12 @@
-"""The folded, stacked run parameters fed to the persistent kernel reproduce the eval-mode model (CPU)."""
+"""The folded, stacked launch parameters fed to the persistent kernel reproduce the eval-mode model (CPU)."""
 import pytest
 import torch
 
 import spin_kernels as sk
 from spin_kernels.testing import randomise_batchnorm, rel_err
-from spin_kernels.ops.convmixer_cuda import run_parameters
+from spin_kernels import cuda
+from spin_kernels.ops.convmixer_cuda import launch_parameters
 from spin_kernels.reference.shared_run import shared_run
-
 
 
 @pytest.mark.parametrize("name, mapping", [("spin_convmixer_768_32", "sequential"), ("convmixer_1536_20", "strided"),
@@ -16,20 +16,30 @@ def test_runs_reproduce_the_model(name, mapping):
     model = randomise_batchnorm(sk.create_model(name, dim=16, depth=6, kernel_size=5, patch_size=4, num_classes=3,
                                       share_rate=2 if isinstance(mapping, str) else 1, mapping=mapping)).eval()
     images = torch.randn(2, 3, 20, 20)
-    runs = run_parameters(model, torch.float32)
-    assert len(runs) == len(model.pw_plan.runs)
+    launches = launch_parameters(model, torch.float32)
+    assert len(launches) == 1 and launches[0][-1] == [stop - start for start, stop in model.pw_plan.runs]
     x = model.stem(images).permute(0, 2, 3, 1)
-    for run in runs:
-        x = shared_run(x, *run, act=model.arch["act"], spin_residual=model.arch["spin_residual"])
+    for *params, run_lengths in launches:
+        x = shared_run(x, *params, act=model.arch["act"], spin_residual=model.arch["spin_residual"],
+                       run_lengths=run_lengths)
     expected = model.forward_features(images).double().permute(0, 2, 3, 1)
     assert rel_err(x, expected) < 1e-6
 
 
 def test_cache_follows_parameter_changes():
     model = sk.create_model("spin_convmixer_768_32", dim=16, depth=4, patch_size=4, share_rate=2).eval()
-    first = run_parameters(model, torch.float32)
-    assert run_parameters(model, torch.float32) is first  # cached
+    first = launch_parameters(model, torch.float32)
+    assert launch_parameters(model, torch.float32) is first  # cached
     with torch.no_grad():
         model.norm2[1].running_var.mul_(2.0)
-    again = run_parameters(model, torch.float32)
+    again = launch_parameters(model, torch.float32)
     assert again is not first and not torch.equal(again[0][6], first[0][6])
+
+
+def test_deep_unshared_trunks_split_into_launches(monkeypatch):
+    """More runs than one launch carries (csrc kMaxRuns) split into consecutive launches covering every layer."""
+    monkeypatch.setattr(cuda, "MAX_RUNS_PER_LAUNCH", 4)
+    model = sk.create_model("spin_convmixer_768_32", dim=16, depth=10, patch_size=4, share_rate=1).eval()
+    launches = launch_parameters(model, torch.float32)
+    assert [launch[-1] for launch in launches] == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1]]
+    assert [len(launch[0]) for launch in launches] == [4, 4, 2] and [launch[2].shape[0] for launch in launches] == [4, 4, 2]
