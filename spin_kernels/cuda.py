@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import importlib
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported lazily: `spin info` reports on this module before anything heavy loads
+    import torch
 
 
 @lru_cache(maxsize=None)
@@ -35,7 +39,7 @@ def status() -> dict:
 ACT_CODES = {"none": 0, "relu": 1, "gelu": 2}
 
 
-def runs_here(t: "torch.Tensor") -> bool:
+def runs_here(t: torch.Tensor) -> bool:
     """Whether the CUDA kernels can take tensor ``t``: a CUDA tensor with the extension usable, or a CPU tensor
     while the host emulation is enabled (:mod:`spin_kernels.cuda_emulation`, for tests without a GPU)."""
     from . import cuda_emulation
@@ -45,7 +49,7 @@ def runs_here(t: "torch.Tensor") -> bool:
     return t.device.type == "cuda" and status()["usable"]
 
 
-def _require(h: "torch.Tensor", name: str = "h"):
+def _require(h: torch.Tensor, name: str = "h"):
     """The extension module that runs on tensor ``h``'s device; a clear error when there is none."""
     import torch
 
@@ -123,8 +127,6 @@ def dwconv_backward_weight(dz, h, kernel_size: int, a=None, b=None, partial_ctas
 
 def merge_stats(stats):
     """Merge per-tile (count, mean, M2) [3, tiles, C] into per-channel (count, mean, biased variance)."""
-    import torch
-
     count, mean, m2 = stats.double().unbind(0)
     n = count.sum(0)
     total_mean = (count * mean).sum(0) / n

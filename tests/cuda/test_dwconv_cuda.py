@@ -1,6 +1,4 @@
 """CUDA depthwise conv: GPU numerics against the float64 reference, and CPU-side build / error behaviour."""
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F

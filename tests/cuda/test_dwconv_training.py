@@ -119,7 +119,7 @@ def test_forward_with_input_prologue_and_activation_stats(kdev, dtype, shape, k,
 @pytest.mark.parametrize("shape, k, act_in, act", CASES)
 def test_backward_data_and_weight(kdev, dtype, shape, k, act_in, act):
     torch.manual_seed(3)
-    B, H, W, C = shape
+    C = shape[-1]
     du, q, hz, res = (torch.randn(shape, device=kdev).to(dtype) for _ in range(4))
     w = (torch.randn(C, 1, k, k, device=kdev) / k).to(dtype)
     vec6 = _vec6(C, kdev)
