@@ -27,17 +27,13 @@ def backend_status() -> dict[str, dict]:
                              "GPU (set TRITON_INTERPRET=1 to run its kernels in the CPU interpreter)"}
     except Exception as e:  # noqa: BLE001 - ImportError or a broken install: report either
         out["triton"] = {"available": False, "why": f"triton is not importable ({type(e).__name__}: {e})"}
-    try:
-        from .. import _C  # noqa: F401  (the compiled extension; absent until csrc/ is built)
+    from .. import cuda
 
-        out["cuda"] = ({"available": True, "why": "spin_kernels._C is built and a GPU is present"} if gpu else
-                       {"available": False, "why": "spin_kernels._C is built but there is no GPU to run it"})
-    except Exception as e:  # noqa: BLE001
-        reason = f"spin_kernels._C is not importable ({type(e).__name__}: {e})"
-        if not torch.version.cuda:
-            reason += "; torch is a CPU build"
-        out["cuda"] = {"available": False, "why": reason + "; build it with `pip install -e . --no-build-isolation` "
-                       "where nvcc is available"}
+    st = cuda.status()  # built / loadable / usable, and why not
+    why = "spin_kernels._C is built and a GPU is present" if st["usable"] else st["reason"]
+    if st["loadable"] and not gpu:
+        why += " (spin_kernels.cuda_emulation.enable() runs its kernels on CPU tensors, for tests)"
+    out["cuda"] = {"available": st["usable"], "why": why}
     return out
 
 
