@@ -7,7 +7,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <type_traits>
 
 namespace spin {
 
@@ -50,6 +49,11 @@ __device__ __forceinline__ T* dynamic_smem() {
 #endif
 }
 
+// The kernel's parameter types drive the launch helpers' argument conversions (std::type_identity_t is C++20;
+// this header also builds as C++17, the default of older torch extension builds).
+template <typename T> struct NoDeduceT { using type = T; };
+template <typename T> using NoDeduce = typename NoDeduceT<T>::type;
+
 // Allow `bytes` of dynamic shared memory for `kernel` (above the 48 KiB default).
 template <typename... P>
 cudaError_t allow_dynamic_smem(void (*kernel)(P...), size_t bytes) {
@@ -63,7 +67,7 @@ cudaError_t allow_dynamic_smem(void (*kernel)(P...), size_t bytes) {
 // kernel<<<grid, block, smem, stream>>>(args...); returns the launch error.
 template <typename... P>
 cudaError_t launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                          std::type_identity_t<P>... args) {
+                          NoDeduce<P>... args) {
 #ifdef SPIN_EMULATE
   (void)stream;
   return spin_emu::launch(kernel, grid, block, smem, /*cooperative=*/false, args...);
@@ -76,7 +80,7 @@ cudaError_t launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t sm
 // Cooperative launch (every CTA co-resident, grid-wide sync allowed) of kernel(args...).
 template <typename... P>
 cudaError_t launch_cooperative(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                               std::type_identity_t<P>... args) {
+                               NoDeduce<P>... args) {
 #ifdef SPIN_EMULATE
   (void)stream;
   return spin_emu::launch(kernel, grid, block, smem, /*cooperative=*/true, args...);

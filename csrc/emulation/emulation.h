@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 
 #include <barrier>
+#include <type_traits>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
