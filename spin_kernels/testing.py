@@ -20,3 +20,34 @@ def randomise_batchnorm(model: torch.nn.Module, shift: float = 0.3) -> torch.nn.
             m.weight.uniform_(0.5, 1.5)
             m.bias.normal_(0, shift)
     return model
+
+
+class GuardedTensor:
+    """An output buffer for a kernel under test, poisoned with NaN and fenced by sentinel guard zones.
+
+    ``tensor`` is a contiguous ``shape`` view into a larger allocation whose ``guard`` elements before and after
+    hold a sentinel; :meth:`check` raises AssertionError if the kernel wrote outside the view (an out-of-bounds
+    store) and :meth:`unwritten` counts elements still NaN (a store that never happened). The view starts
+    ``guard`` elements in: keep ``guard * element_size`` a multiple of 16 for kernels that need aligned rows.
+    """
+
+    SENTINEL = 12345.0
+
+    def __init__(self, shape, dtype=torch.float32, device="cpu", guard: int = 64):
+        n = 1
+        for s in shape:
+            n *= s
+        self._buf = torch.full((n + 2 * guard,), self.SENTINEL, dtype=dtype, device=device)
+        self._guard, self._n = guard, n
+        self.tensor = self._buf[guard:guard + n].view(shape)
+        self.tensor.fill_(float("nan"))
+
+    def check(self) -> None:
+        """Assert that both guard zones still hold the sentinel."""
+        before, after = self._buf[:self._guard], self._buf[self._guard + self._n:]
+        bad = int((before != self.SENTINEL).sum()) + int((after != self.SENTINEL).sum())
+        assert bad == 0, f"{bad} element(s) written outside the output tensor (out-of-bounds store)"
+
+    def unwritten(self) -> int:
+        """Elements of the view still NaN."""
+        return int(torch.isnan(self.tensor).sum())

@@ -13,7 +13,7 @@ from spin_kernels import cuda
 from spin_kernels.models.convmixer import ConvMixer
 from spin_kernels.ops import dwconv_cuda
 from spin_kernels.sharing import SharingPlan
-from spin_kernels.testing import rel_err
+from spin_kernels.testing import GuardedTensor, rel_err
 
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 TF32 = 5e-4  # whole models on a GPU: the Triton pointwise GEMMs run in tf32 (DESIGN.md §5)
@@ -104,9 +104,11 @@ def test_forward_with_input_prologue_and_activation_stats(kdev, dtype, shape, k,
     h, res = torch.randn(shape, device=kdev).to(dtype), torch.randn(shape, device=kdev).to(dtype)
     w = (torch.randn(C, 1, k, k, device=kdev) / k).to(dtype)
     bias, a, b = torch.randn(C, device=kdev), torch.rand(C, device=kdev) + 0.5, torch.randn(C, device=kdev)
-    out = torch.full(shape, float("nan"), device=kdev, dtype=dtype)  # poisoned: every element must be written
-    q, stats = cuda.dwconv_forward(h, w, bias, a, b, act="none", res=res, act_in=act_in, stats_act=act, out=out)
-    assert q.data_ptr() == out.data_ptr()
+    out = GuardedTensor(shape, dtype, kdev)  # NaN-poisoned, fenced: every element written, nothing outside
+    q, stats = cuda.dwconv_forward(h, w, bias, a, b, act="none", res=res, act_in=act_in, stats_act=act,
+                                   out=out.tensor)
+    assert q.data_ptr() == out.tensor.data_ptr() and out.unwritten() == 0
+    out.check()
     expected = _conv64(_x64(h, res, a, b, act_in), w) + bias.double()
     assert rel_err(q, expected) <= TOL[dtype]
     n, mean, var = cuda.merge_stats(stats)
@@ -124,10 +126,11 @@ def test_backward_data_and_weight(kdev, dtype, shape, k, act_in, act):
     w = (torch.randn(C, 1, k, k, device=kdev) / k).to(dtype)
     vec6 = _vec6(C, kdev)
     xvec = torch.stack([torch.rand(C) + 0.5, torch.randn(C), torch.randn(C) * 0.1, torch.rand(C) + 0.5]).to(kdev)
-    dx_out = torch.full(shape, float("nan"), device=kdev, dtype=dtype)
+    dx_out = GuardedTensor(shape, dtype, kdev)
     dx, dhz, sums = cuda.dwconv_backward_data(du, w, hz, xvec, q=q, vec6=vec6, act=act, act_in=act_in,
-                                              write_dx=True, write_dhz=True, dx_out=dx_out)
-    assert dx.data_ptr() == dx_out.data_ptr()
+                                              write_dx=True, write_dhz=True, dx_out=dx_out.tensor)
+    assert dx.data_ptr() == dx_out.tensor.data_ptr() and dx_out.unwritten() == 0
+    dx_out.check()
     dq = _dq64(du, q, vec6, act)
     dx64 = du.double() + _conv64(dq, w.flip(-1, -2))
     hzd = hz.double().requires_grad_()
