@@ -38,33 +38,30 @@ constexpr int kRowPad = 8;  // elements of padding per resident row: staggers ba
 constexpr int kKSteps = 4;  // k-steps (of 16) whose A fragments are loaded together
 static_assert(kSliceN % (16 * kKSteps) == 0, "C % kSliceN == 0 must imply C % (16 * kKSteps) == 0");
 
-template <typename T> struct Mma;
+// D += A B on tensor cores for one warp's m16n8k16 tile (fp32 accumulators; fragment layout in emulation.h).
+// The PTX element type of each storage type; one asm body below serves both.
+template <typename T> struct MmaType;
+template <> struct MmaType<__nv_bfloat16> { static constexpr bool kBf16 = true; };
+template <> struct MmaType<__half> { static constexpr bool kBf16 = false; };
+
+#define SPIN_MMA_M16N8K16(ELEM)                                                                       \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." ELEM "." ELEM ".f32 {%0,%1,%2,%3}, "          \
+               "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                                              \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                          \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+
+template <typename T>
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #ifdef SPIN_EMULATE
-template <typename T> struct Mma {
-  static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    spin_emu::mma_m16n8k16(d, a, b0, b1, std::is_same_v<T, __nv_bfloat16>);
-  }
-};
+  spin_emu::mma_m16n8k16(d, a, b0, b1, MmaType<T>::kBf16);
 #else
-template <> struct Mma<__nv_bfloat16> {
-  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  if constexpr (MmaType<T>::kBf16) {
+    SPIN_MMA_M16N8K16("bf16");
+  } else {
+    SPIN_MMA_M16N8K16("f16");
   }
-};
-template <> struct Mma<__half> {
-  __device__ __forceinline__ static void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
 #endif
+}
 
 // Two consecutive elements of a row as one 32-bit register (0 when the row is out of range).
 template <typename T>
@@ -158,8 +155,8 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, c
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
           const T* wrow = ws + (nt * 8 + g) * ldw + k0 + 16 * s + 2 * t;
-          Mma<T>::run(acc[nt], a[s], *reinterpret_cast<const uint32_t*>(wrow),
-                      *reinterpret_cast<const uint32_t*>(wrow + 8));
+          mma_m16n8k16<T>(acc[nt], a[s], *reinterpret_cast<const uint32_t*>(wrow),
+                          *reinterpret_cast<const uint32_t*>(wrow + 8));
         }
       }
     }
