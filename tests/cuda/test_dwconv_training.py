@@ -63,6 +63,22 @@ def test_model_trains_through_cuda_depthwise(kdev, spin, act, rate, k):
     assert rel_err(model(x.float()), ref_model(x)) <= tol
 
 
+def test_half_precision_model_features(kdev):
+    """fp16 trunk (training mode) through the CUDA depthwise kernels: features within fp16 tolerance of float64."""
+    from spin_kernels.ops import convmixer as ops
+    from spin_kernels.reference import convmixer_ops
+
+    torch.manual_seed(1)
+    ref_model = _model(True, "gelu", 2, 7).double().train().to(kdev)
+    model = copy.deepcopy(ref_model).half()
+    model.backend = "cuda"
+    x = torch.randn(2, 3, 12, 10, dtype=torch.float64, device=kdev)
+    with mock.patch.object(dwconv_cuda, "dw_fwd", wraps=dwconv_cuda.dw_fwd) as fwd:
+        f = ops.convmixer_features(model, x.half())
+    assert fwd.call_count == 4 and f.dtype == torch.float16
+    assert rel_err(f, convmixer_ops.convmixer_features_ref(ref_model, x)) <= TOL[torch.float16]
+
+
 # ----------------------------------------------------------------------------- kernel entry points, one by one
 def _x64(h, res, a, b, act_in):
     """float64 x = [res] + a * act_in(h) + b."""
