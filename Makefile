@@ -8,7 +8,7 @@ TORCHVISION_PIN ?= torchvision==0.29.1
 PYTEST_ARGS     ?=
 export MAX_JOBS ?= 2
 
-.PHONY: install test demo fashion-mnist bench bench-analytic kernels-report gpu gpu-build gpu-test gpu-sanitize gpu-bench lint clean
+.PHONY: install test demo fashion-mnist bench bench-analytic kernels-report gpu gpu-build gpu-test gpu-sanitize gpu-targets gpu-bench gpu-bench-e2e lint clean
 
 install: $(STAMP)
 
@@ -48,13 +48,16 @@ kernels-report: install
 #   make gpu-build   compile spin_kernels._C against that machine's torch (--no-build-isolation --no-deps)
 #   make gpu-test    the GPU tests (bf16/fp16/fp32 at real sizes)
 #   make gpu-sanitize compute-sanitizer memcheck + racecheck on the small CUDA cases
-#   make gpu-bench   the benchmark suite -> bench/results/<gpu>-<date>/
+#   make gpu-targets issue 4's targets (batch-1 latency vs compile max-autotune / eager, dwconv vs native)
+#   make gpu-bench   ceilings and per-op benchmarks;  make gpu-bench-e2e  training steps and batch-1 latency
+# The bench stages write bench/results/<gpu>-<date>/{targets,ops,e2e}/ (results.json, report.md, plots).
+# In that order, build + tests + sanitizer + targets + ops fit one session's 30 GPU minutes.
 GPU_PY ?= python3
 # the GPU instances (-m gpu) of small cases of every CUDA kernel: depthwise fwd / backward-data / weight grad, the
 # shared run (kernel and a small model)
 GPU_SANITIZE_CASES ?= -m gpu tests/cuda -k "(small_models and spin_convmixer_768_32 and dtype0) or (test_kernel_against_reference and 64) or (test_backward_data_and_weight and shape0) or (test_forward_with_input_prologue and shape0)"
 
-gpu: gpu-build gpu-test gpu-sanitize gpu-bench
+gpu: gpu-build gpu-test gpu-sanitize gpu-targets gpu-bench gpu-bench-e2e
 
 gpu-build:
 	MAX_JOBS=16 $(GPU_PY) -m pip install -q -e . --no-build-isolation --no-deps
@@ -67,8 +70,14 @@ gpu-sanitize:
 	compute-sanitizer --tool memcheck --error-exitcode 1 $(GPU_PY) -m pytest -q -p no:cacheprovider $(GPU_SANITIZE_CASES)
 	compute-sanitizer --tool racecheck --error-exitcode 1 $(GPU_PY) -m pytest -q -p no:cacheprovider $(GPU_SANITIZE_CASES)
 
+gpu-targets:
+	$(GPU_PY) -m bench.gpu_suite --only targets --part targets --max-autotune-latency-timeout 420
+
 gpu-bench:
-	$(GPU_PY) -m bench.gpu_suite
+	$(GPU_PY) -m bench.gpu_suite --only ceilings,ops --part ops
+
+gpu-bench-e2e:
+	$(GPU_PY) -m bench.gpu_suite --only train,latency --no-max-autotune-latency --part e2e
 
 lint: install
 	$(PY) -m pip install -q ruff

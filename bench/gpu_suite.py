@@ -760,7 +760,9 @@ GROUPS = ("ceilings", "ops", "train", "latency", "targets")
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; returns 0 when every piece ran, 1 when some failed, 2 without CUDA."""
     p = argparse.ArgumentParser(prog="python -m bench.gpu_suite", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=None, help="output directory (default bench/results/<gpu>-<date>)")
+    p.add_argument("--out", default=None, help="output directory (default bench/results/<gpu>-<date>[/<part>])")
+    p.add_argument("--part", default=None, help="subdirectory of the default output directory, so that stages run "
+                   "as separate commands (make gpu-targets, gpu-bench, gpu-bench-e2e) keep their own results")
     p.add_argument("--max-autotune", action="store_true", help="also time torch.compile(mode='max-autotune')")
     p.add_argument("--quick", action="store_true", help="smaller ceilings buffers, fewer train steps")
     p.add_argument("--only", default=None, help=f"comma list of: {','.join(GROUPS)} (default: all; 'targets' is the "
@@ -783,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import common
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
-    out_dir = args.out or os.path.join(RESULTS_ROOT, f"{gpu_slug()}-{date}")
+    out_dir = args.out or os.path.join(RESULTS_ROOT, f"{gpu_slug()}-{date}", args.part or "")
     results = {"device": torch.cuda.get_device_name(), "date": date, "torch": torch.__version__,
                "triton": triton.__version__, "cuda": torch.version.cuda, "host": platform.node(),
                "ceilings": None, "ops": [], "train": [], "latency": [], "skipped": [], "failed": []}
