@@ -84,3 +84,31 @@ def load_x_tile(hz_ptr, res_ptr, offs, mask, ax, bx, ACT_IN: tl.constexpr, HAS_R
     if HAS_RES:
         x += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     return tl.where(mask, x, 0.0)
+
+
+@triton.jit
+def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program ``pid`` in grouped ordering: GROUP_M row blocks sweep the column blocks together,
+    so the operand tiles they share stay in L2 (Triton tutorial 03's swizzle)."""
+    width = GROUP_M * num_pid_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def store_tile_stats(part_ptr, tile, n_tiles, offs_c, cmask, C, v, vmask, rmask):
+    """Store one tile's partial BatchNorm statistics of ``v`` [rows, cols] (fp32) into ``part`` [3, n_tiles, C]:
+    count of valid rows (``rmask``), mean and M2 over the valid elements (``vmask``) — merged later with Chan's
+    formula (spin_kernels.triton.bn)."""
+    g = tl.where(vmask, v, 0.0)
+    n = tl.sum(rmask.to(tl.float32), axis=0)
+    mean = tl.sum(g, axis=0) / n
+    d = tl.where(vmask, g - mean[None, :], 0.0)
+    m2 = tl.sum(d * d, axis=0)
+    tl.store(part_ptr + tile * C + offs_c, mean * 0.0 + n, mask=cmask)
+    tl.store(part_ptr + (n_tiles + tile) * C + offs_c, mean, mask=cmask)
+    tl.store(part_ptr + (2 * n_tiles + tile) * C + offs_c, m2, mask=cmask)

@@ -55,17 +55,22 @@ def attn_dropout_mask_kernel(mask_ptr, N, seed, p_drop, BLOCK: tl.constexpr):
 #             writes o (N*D per head) and lse (4*N bytes per head). No N x N matrix leaves registers.
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
+def head_bases(qkv_ptr, bh, H, stride_qb, D: tl.constexpr):
+    """(batch, head, q, k, v base pointers) of program axis ``bh`` = batch * H + head in packed qkv rows
+    [B, N, 3 * H * D] (q, k, v read in place)."""
+    b = bh // H
+    h = bh % H
+    q_base = qkv_ptr + b.to(tl.int64) * stride_qb + h * D
+    return b, h, q_base, q_base + H * D, q_base + 2 * H * D
+
+
+@triton.jit
 def attn_fwd_kernel(qkv_ptr, o_ptr, lse_ptr, N, H, qk_scale,
                     stride_qb, stride_qn, stride_ob, stride_on, seed, p_drop,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    C = H * D
-    q_base = qkv_ptr + b.to(tl.int64) * stride_qb + h * D
-    k_base = q_base + C
-    v_base = q_base + 2 * C
+    b, h, q_base, k_base, v_base = head_bases(qkv_ptr, bh, H, stride_qb, D)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     m_mask = offs_m < N
@@ -141,12 +146,8 @@ def attn_bwd_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, N, H, qk_scal
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     kind = tl.program_id(2)
-    b = bh // H
-    h = bh % H
+    b, h, q_base, k_base, v_base = head_bases(qkv_ptr, bh, H, stride_qb, D)
     C = H * D
-    q_base = qkv_ptr + b.to(tl.int64) * stride_qb + h * D
-    k_base = q_base + C
-    v_base = q_base + 2 * C
     dq_base = dqkv_ptr + b.to(tl.int64) * stride_qb + h * D
     do_base = do_ptr + b.to(tl.int64) * stride_ob + h * D
     lse_base = lse_ptr + bh.to(tl.int64) * N

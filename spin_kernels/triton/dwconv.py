@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ACT_CODES, act_fwd, act_grad, bn_act_bwd, load_vec6, load_x_tile
+from ._common import ACT_CODES, act_fwd, act_grad, bn_act_bwd, load_vec6, load_x_tile, store_tile_stats
 
 
 @triton.jit
@@ -69,14 +69,7 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
     offs_o = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
     tl.store(q_ptr + offs_o, q, mask=omask)
     if EMIT_STATS:
-        g = tl.where(omask, act_fwd(q.to(tl.float32), ACT), 0.0)
-        n = tl.sum(pmask.to(tl.float32), axis=0)
-        mean = tl.sum(g, axis=0) / n
-        d = tl.where(omask, g - mean[None, :], 0.0)
-        m2 = tl.sum(d * d, axis=0)
-        tl.store(part_ptr + pid * C + offs_c, mean * 0.0 + n, mask=cmask)
-        tl.store(part_ptr + (n_tiles + pid) * C + offs_c, mean, mask=cmask)
-        tl.store(part_ptr + (2 * n_tiles + pid) * C + offs_c, m2, mask=cmask)
+        store_tile_stats(part_ptr, pid, n_tiles, offs_c, cmask, C, act_fwd(q.to(tl.float32), ACT), omask, pmask)
 
 
 @triton.jit

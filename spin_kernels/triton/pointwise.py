@@ -32,18 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ACT_CODES, act_fwd, bn_act_bwd_tile, load_x_tile
-
-
-@triton.jit
-def _grouped(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    width = GROUP_M * num_pid_n
-    group = pid // width
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
-    return pid_m, pid_n
+from ._common import ACT_CODES, act_fwd, bn_act_bwd_tile, grouped_pid, load_x_tile, store_tile_stats
 
 
 @triton.jit
@@ -55,7 +44,7 @@ def pw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, q_ptr, a1_ptr, b1_ptr, w_ptr,
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = _grouped(pid, num_pid_m, num_pid_n, GROUP_M)
+    pid_m, pid_n = grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mmask = offs_m < M
@@ -83,14 +72,7 @@ def pw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, q_ptr, a1_ptr, b1_ptr, w_ptr,
     omask = mmask[:, None] & nmask[None, :]
     tl.store(z_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :], z, mask=omask)
     if EMIT_STATS:
-        h = tl.where(omask, act_fwd(z.to(tl.float32), ACT), 0.0)
-        cnt = tl.sum(mmask.to(tl.float32), axis=0)
-        mean = tl.sum(h, axis=0) / cnt
-        d = tl.where(omask, h - mean[None, :], 0.0)
-        m2 = tl.sum(d * d, axis=0)
-        tl.store(part_ptr + pid_m * N + offs_n, mean * 0.0 + cnt, mask=nmask)
-        tl.store(part_ptr + (num_pid_m + pid_m) * N + offs_n, mean, mask=nmask)
-        tl.store(part_ptr + (2 * num_pid_m + pid_m) * N + offs_n, m2, mask=nmask)
+        store_tile_stats(part_ptr, pid_m, num_pid_m, offs_n, nmask, N, act_fwd(z.to(tl.float32), ACT), omask, mmask)
 
 
 @triton.jit
@@ -101,7 +83,7 @@ def pw_bwd_dx_kernel(g_ptr, z_ptr, zvec_ptr, w_ptr, r_ptr, q_ptr, qvec_ptr, du_p
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_k = tl.cdiv(K, BLOCK_K)
-    pid_m, pid_k = _grouped(pid, num_pid_m, num_pid_k, GROUP_M)
+    pid_m, pid_k = grouped_pid(pid, num_pid_m, num_pid_k, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     mmask = offs_m < M
