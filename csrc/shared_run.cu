@@ -69,34 +69,52 @@ __device__ __forceinline__ uint32_t load_pair(const T* row, int col, bool valid)
   return valid ? *reinterpret_cast<const uint32_t*>(row + col) : 0u;
 }
 
-// u = x + s1 * act(dwconv(x) + dwb) + t1 over all (row, channel) of the activation, grid-stride.
+// Two consecutive channels of a 16-bit activation as floats (one 32-bit load).
+template <typename T>
+__device__ __forceinline__ void load2(const T* p, float& lo, float& hi) {
+  const uint32_t raw = *reinterpret_cast<const uint32_t*>(p);
+  const T* e = reinterpret_cast<const T*>(&raw);
+  lo = to_f32(e[0]);
+  hi = to_f32(e[1]);
+}
+
+// u = x + s1 * act(dwconv(x) + dwb) + t1 over all (pixel, channel pair) of the activation, grid-stride: each
+// thread owns two adjacent channels (32-bit activation loads, 64-bit filter loads; a warp covers 64 channels).
 template <typename T>
 __device__ void depthwise_half(const SharedRunArgs& p, int layer) {
   const T* x = static_cast<const T*>(p.x);
   T* u = static_cast<T*>(p.u);
-  const int C = p.C, k = p.k, r = k / 2, kk = k * k;
+  const int C = p.C, k = p.k, r = k / 2, kk = k * k, pairs = C / 2;
   const float* filt = p.dw_weight + static_cast<size_t>(layer) * C * kk;
   const float* dwb = p.dw_bias + static_cast<size_t>(layer) * C;
   const float* s1 = p.s1 + static_cast<size_t>(layer) * C;
   const float* t1 = p.t1 + static_cast<size_t>(layer) * C;
-  const size_t total = static_cast<size_t>(p.B) * p.H * p.W * C;
+  const size_t total = static_cast<size_t>(p.B) * p.H * p.W * pairs;
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const int c = static_cast<int>(i % C);
-    const size_t pix = i / C;
+    const int c = 2 * static_cast<int>(i % pairs);
+    const size_t pix = i / pairs;
     const int ox = static_cast<int>(pix % p.W), oy = static_cast<int>((pix / p.W) % p.H);
     const size_t n = pix / (static_cast<size_t>(p.W) * p.H);
-    float acc = dwb[c];
+    float acc0 = dwb[c], acc1 = dwb[c + 1];
     for (int ky = 0; ky < k; ++ky) {
       const int iy = oy + ky - r;
       if (iy < 0 || iy >= p.H) continue;
       for (int kx = 0; kx < k; ++kx) {
         const int ix = ox + kx - r;
         if (ix < 0 || ix >= p.W) continue;
-        acc = fmaf(to_f32(x[((n * p.H + iy) * p.W + ix) * C + c]), filt[(ky * k + kx) * C + c], acc);
+        float v0, v1;
+        load2(x + ((n * p.H + iy) * p.W + ix) * C + c, v0, v1);
+        const float2 f = *reinterpret_cast<const float2*>(filt + (ky * k + kx) * C + c);
+        acc0 = fmaf(v0, f.x, acc0);
+        acc1 = fmaf(v1, f.y, acc1);
       }
     }
-    u[i] = from_f32<T>(to_f32(x[i]) + s1[c] * activate(acc, p.act) + t1[c]);
+    float x0, x1;
+    load2(x + pix * C + c, x0, x1);
+    const T out[2] = {from_f32<T>(x0 + s1[c] * activate(acc0, p.act) + t1[c]),
+                      from_f32<T>(x1 + s1[c + 1] * activate(acc1, p.act) + t1[c + 1])};
+    *reinterpret_cast<uint32_t*>(u + pix * C + c) = *reinterpret_cast<const uint32_t*>(out);
   }
 }
 
