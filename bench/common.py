@@ -5,6 +5,7 @@ shapes and the reference path only, so the harness itself is exercised by `pytes
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -103,6 +104,15 @@ def compiled(fn, mode: str):
     return torch.compile(fn) if mode == "default" else torch.compile(fn, mode=mode)
 
 
+# The implementations a micro-benchmark times an op with: ``eager`` and ``compile-<mode>`` for each compile mode.
+IMPLS = ["eager"] + [f"compile-{m}" for m in compile_modes()]
+
+
+def as_impl(fn, impl: str):
+    """``fn`` as implementation ``impl`` runs it: itself for ``eager``, torch.compile'd for ``compile-<mode>``."""
+    return fn if impl == "eager" else compiled(fn, impl.split("-", 1)[1])
+
+
 def fused_backends() -> list[str]:
     """Backends other than the reference that could run here (tests skip the ones that fall back)."""
     return ["triton", "cuda"] if ON_GPU else []
@@ -127,6 +137,12 @@ def build_small_model(name: str, backend: str, shape) -> torch.nn.Module:
     if ON_GPU and isinstance(shape, ConvMixerShape):
         m = m.to(memory_format=torch.channels_last)
     return m
+
+
+def first_block(shape, *, train: bool) -> torch.nn.Module:
+    """The first block of a :func:`build_small_model` reference model of ``shape``, in training mode if ``train``
+    else in eval mode."""
+    return build_small_model(shape.model, "reference", shape).train(train).blocks[0]
 
 
 def runs_fused(model, x) -> str | None:
@@ -163,3 +179,42 @@ def record(benchmark, row: "perf.OpCost | None", *, which: str = "min", phase_fl
         benchmark.extra_info.update({"median_s": median, "gb_per_s": nbytes / median / 1e9,
                                      "tflop_per_s": flops / median / 1e12,
                                      "pct_of_h100_floor": perf.pct_of_floor(median, floor) if ON_GPU else None})
+
+
+def time_and_record(benchmark, run_bench, fn, row: perf.OpCost | None, *, no_grad: bool = False, **info) -> None:
+    """Time ``fn`` with ``run_bench`` (synchronized; under torch.no_grad() if ``no_grad``), then :func:`record`
+    ``row`` with ``info`` (``which``, ``phase_flops`` and the labels such as ``op`` / ``impl`` / ``shape``)."""
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
+        run_bench(synchronized(fn))
+    record(benchmark, row, **info)
+
+
+def bench_forward(benchmark, run_bench, block, x, impl: str, row: perf.OpCost, **info) -> None:
+    """Time a no-grad forward of ``block`` on ``x`` as ``impl`` runs it and record ``row``."""
+    time_and_record(benchmark, run_bench, as_impl(lambda: block(x), impl), row, no_grad=True, impl=impl, **info)
+
+
+def bench_fwd_bwd(benchmark, run_bench, block, x, impl: str, rows: dict, **info) -> None:
+    """Time one forward + backward of ``block`` on ``x`` (made to require grad; a random output gradient) as
+    ``impl`` runs it, and record it at the ``layer_fwd`` + ``layer_bwd`` FLOPs of ``rows`` (perf rows by name)."""
+    x.requires_grad_(True)
+    grad = torch.randn_like(x)
+
+    def step():
+        block(x).backward(grad)
+
+    fwd = rows["layer_fwd"]
+    time_and_record(benchmark, run_bench, as_impl(step, impl), fwd, phase_flops=fwd.flops + rows["layer_bwd"].flops,
+                    impl=impl, **info)
+
+
+def bench_model_forward(benchmark, run_bench, model, x, backend: str, fn, layer_row: perf.OpCost, **info) -> None:
+    """Time ``fn`` (a no-grad forward of ``model``, a two-layer :func:`build_small_model` of ``backend``, on ``x``)
+    and record it at twice ``layer_row``'s FLOPs. Skips the test where a fused ``backend`` falls back on ``x``."""
+    if backend != "reference":
+        reason = runs_fused(model, x)
+        if reason:
+            import pytest  # here, not at the top: the GPU suite imports this module and does not need pytest
+            pytest.skip(f"backend {backend} does not run fused here: {reason[:200]}")
+    time_and_record(benchmark, run_bench, fn, layer_row, no_grad=True, phase_flops=2 * layer_row.flops,
+                    impl=backend, **info)

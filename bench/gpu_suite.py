@@ -622,6 +622,48 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def _md_table(title: str, columns: list[str], align: str, rows: list, fmt_row, intro: str | None = None) -> list[str]:
+    """Lines of one report.md section: ``## title``, an optional intro paragraph, then a Markdown table with the
+    header ``columns`` (``align``: one letter a column, "l" left or "r" right), a row ``fmt_row(r)`` for each of
+    ``rows``, and a closing blank line."""
+    lines = [f"## {title}", ""]
+    if intro:
+        lines += [intro, ""]
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return lines + [_md_row(columns), rule] + [fmt_row(r) for r in rows] + [""]
+
+
+def _md_row(cells: list) -> str:
+    """One Markdown table row: ``cells`` (each written as str() writes it) between pipes."""
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def _target_row(t: dict) -> str:
+    measured = "not measured" if t["measured"] is None else f"{t['measured']:.2f}x"
+    met = "not measured" if t["met"] is None else ("yes" if t["met"] else "NO")
+    note = t["note"] or f"ours: {t['ours']}; baseline: {t['baseline']}"
+    note = note.replace("|", "/").replace("\n", " ")[:400]
+    return _md_row([t["name"], f">= {t['target']:g}x", measured, met, _fmt(t["ours_ms"], ".4f"),
+                    _fmt(t["baseline_ms"], ".4f"), note])
+
+
+def _op_row(r: dict) -> str:
+    return _md_row([r["family"], r["shape"], r["op"], r["impl"], f"{r['ms']:.4f}", f"{r['gb_per_s']:.0f}",
+                    f"{r['tflop_per_s']:.1f}", f"{r['pct_of_floor']:.0f}%", _fmt(r.get("speedup_vs_eager"), ".2f"),
+                    _fmt(r.get("speedup_vs_compile"), ".2f")])
+
+
+def _train_row(r: dict) -> str:
+    return _md_row([r["model"], r["share_rate"], r["backend"], r["compile"], f"{r['ms_per_step']:.1f}",
+                    f"{r['img_per_s']:.0f}", f"{r['peak_mem_gib']:.2f}", f"{r['params']:,}"])
+
+
+def _latency_row(r: dict) -> str:
+    return _md_row([r["model"], r["share_rate"], r["backend"], r.get("compile") or "-",
+                    *(_fmt(r.get(k), ".3f") for k in ("eager_ms", "cuda_graph_ms", "compiled_ms")),
+                    _fmt(r.get("compile_s"), ".0f")])
+
+
 def write_report(results: dict, out_dir: str) -> dict:
     """Write results.json, report.md and the plots into ``out_dir``; returns the written paths."""
     os.makedirs(out_dir, exist_ok=True)
@@ -640,48 +682,25 @@ def write_report(results: dict, out_dir: str) -> dict:
                   f"- copy bandwidth: {c.get('hbm_bytes_per_s', 0) / 1e12:.2f} TB/s (read + write)",
                   (f"- bf16 GEMM: {tf.get('bf16', 0) / 1e12:.0f} TFLOP/s; tf32 GEMM: {tf.get('tf32', 0) / 1e12:.0f} "
                    "TFLOP/s"), ""]
-    lines += ["## Targets (issue 4)", "",
-              ("speed-up = baseline time / our time; \"not measured\" when either time is missing (the note says "
-               "why)."), "",
-              "| target | goal | measured | met | ours (ms) | baseline (ms) | note |",
-              "|---|---:|---:|---|---:|---:|---|"]
-    for t in results["targets"]:
-        measured = "not measured" if t["measured"] is None else f"{t['measured']:.2f}x"
-        met = "not measured" if t["met"] is None else ("yes" if t["met"] else "NO")
-        note = t["note"] or f"ours: {t['ours']}; baseline: {t['baseline']}"
-        note = note.replace("|", "/").replace("\n", " ")[:400]
-        lines.append(f"| {t['name']} | >= {t['target']:g}x | {measured} | {met} | {_fmt(t['ours_ms'], '.4f')} | "
-                     f"{_fmt(t['baseline_ms'], '.4f')} | {note} |")
-    lines.append("")
-    ops = results.get("ops", [])
-    if ops:
-        lines += ["## Ops", "", ("% of floor = floor time / measured time, floor = max(FLOPs / peak, min bytes / "
-                                 "bandwidth) with the measured ceilings."), "",
-                  "| family | shape | op | impl | time (ms) | GB/s | TFLOP/s | % of floor | vs eager | vs compile |",
-                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-        for r in ops:
-            lines.append(f"| {r['family']} | {r['shape']} | {r['op']} | {r['impl']} | {r['ms']:.4f} | "
-                         f"{r['gb_per_s']:.0f} | {r['tflop_per_s']:.1f} | {r['pct_of_floor']:.0f}% | "
-                         f"{_fmt(r.get('speedup_vs_eager'), '.2f')} | {_fmt(r.get('speedup_vs_compile'), '.2f')} |")
-        lines.append("")
+    lines += _md_table("Targets (issue 4)",
+                       ["target", "goal", "measured", "met", "ours (ms)", "baseline (ms)", "note"], "lrrlrrl",
+                       results["targets"], _target_row,
+                       intro=("speed-up = baseline time / our time; \"not measured\" when either time is missing "
+                              "(the note says why)."))
+    if results.get("ops"):
+        columns = ["family", "shape", "op", "impl", "time (ms)", "GB/s", "TFLOP/s", "% of floor", "vs eager",
+                   "vs compile"]
+        lines += _md_table("Ops", columns, "llllrrrrrr", results["ops"], _op_row,
+                           intro=("% of floor = floor time / measured time, floor = max(FLOPs / peak, min bytes / "
+                                  "bandwidth) with the measured ceilings."))
     if results.get("train"):
-        lines += ["## Training step (batch 64, bf16 autocast, SGD)", "",
-                  "| model | r | backend | compile | ms/step | img/s | peak mem (GiB) | params |",
-                  "|---|---:|---|---|---:|---:|---:|---:|"]
-        for r in results["train"]:
-            lines.append(f"| {r['model']} | {r['share_rate']} | {r['backend']} | {r['compile']} | "
-                         f"{r['ms_per_step']:.1f} | {r['img_per_s']:.0f} | {r['peak_mem_gib']:.2f} | "
-                         f"{r['params']:,} |")
-        lines.append("")
+        columns = ["model", "r", "backend", "compile", "ms/step", "img/s", "peak mem (GiB)", "params"]
+        lines += _md_table("Training step (batch 64, bf16 autocast, SGD)", columns, "lrllrrrr", results["train"],
+                           _train_row)
     if results.get("latency"):
-        lines += ["## Batch-1 latency (bf16, eval)", "",
-                  "| model | r | backend | compile | eager (ms) | CUDA graph (ms) | compiled (ms) | compile time (s) |",
-                  "|---|---:|---|---|---:|---:|---:|---:|"]
-        for r in results["latency"]:
-            lines.append(f"| {r['model']} | {r['share_rate']} | {r['backend']} | {r.get('compile') or '-'} | "
-                         f"{_fmt(r.get('eager_ms'), '.3f')} | {_fmt(r.get('cuda_graph_ms'), '.3f')} | "
-                         f"{_fmt(r.get('compiled_ms'), '.3f')} | {_fmt(r.get('compile_s'), '.0f')} |")
-        lines.append("")
+        columns = ["model", "r", "backend", "compile", "eager (ms)", "CUDA graph (ms)", "compiled (ms)",
+                   "compile time (s)"]
+        lines += _md_table("Batch-1 latency (bf16, eval)", columns, "lrllrrrr", results["latency"], _latency_row)
     if results.get("skipped"):
         lines += ["## Skipped", ""] + [f"- {s['piece']}: {s['reason'][:300]}" for s in results["skipped"]] + [""]
     if results.get("failed"):

@@ -7,8 +7,6 @@ import torch.nn.functional as F
 from bench import common
 from spin_kernels import perf
 
-IMPLS = ["eager"] + [f"compile-{m}" for m in common.compile_modes()]
-
 
 def _rows(shape, train=False):
     rows = perf.convmixer_layer_costs(shape.batch, shape.dim, shape.hw, shape.kernel_size, common.DTYPE_NAME,
@@ -21,33 +19,28 @@ def _act_input(shape):
     return x.contiguous(memory_format=torch.channels_last) if common.ON_GPU else x
 
 
-def _impl(fn, impl):
-    return fn if impl == "eager" else common.compiled(fn, impl.split("-", 1)[1])
-
-
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", common.IMPLS)
 @pytest.mark.parametrize("shape", common.CONVMIXER_SHAPES, ids=lambda s: s.id)
 def test_dwconv(benchmark, run_bench, shape, impl):
     x = _act_input(shape)
     w = torch.randn(shape.dim, 1, shape.kernel_size, shape.kernel_size, device=common.DEVICE, dtype=common.DTYPE)
     b = torch.randn(shape.dim, device=common.DEVICE, dtype=common.DTYPE)
-    fn = _impl(lambda: F.conv2d(x, w, b, padding="same", groups=shape.dim), impl)
-    run_bench(common.synchronized(fn))
-    common.record(benchmark, _rows(shape)["dwconv"], op="dwconv", impl=impl, shape=shape.id)
+    fn = common.as_impl(lambda: F.conv2d(x, w, b, padding="same", groups=shape.dim), impl)
+    common.time_and_record(benchmark, run_bench, fn, _rows(shape)["dwconv"], op="dwconv", impl=impl, shape=shape.id)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", common.IMPLS)
 @pytest.mark.parametrize("shape", common.CONVMIXER_SHAPES, ids=lambda s: s.id)
 def test_pointwise(benchmark, run_bench, shape, impl):
     x = _act_input(shape)
     w = torch.randn(shape.dim, shape.dim, 1, 1, device=common.DEVICE, dtype=common.DTYPE) / shape.dim ** 0.5
     b = torch.randn(shape.dim, device=common.DEVICE, dtype=common.DTYPE)
-    fn = _impl(lambda: F.conv2d(x, w, b), impl)
-    run_bench(common.synchronized(fn))
-    common.record(benchmark, _rows(shape)["pointwise_gemm"], op="pointwise_gemm", impl=impl, shape=shape.id)
+    fn = common.as_impl(lambda: F.conv2d(x, w, b), impl)
+    common.time_and_record(benchmark, run_bench, fn, _rows(shape)["pointwise_gemm"], op="pointwise_gemm", impl=impl,
+                           shape=shape.id)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", common.IMPLS)
 @pytest.mark.parametrize("shape", common.CONVMIXER_SHAPES, ids=lambda s: s.id)
 def test_batchnorm_train(benchmark, run_bench, shape, impl):
     x = _act_input(shape)
@@ -55,46 +48,26 @@ def test_batchnorm_train(benchmark, run_bench, shape, impl):
     rv = torch.ones(shape.dim, device=common.DEVICE)
     w = torch.ones(shape.dim, device=common.DEVICE, dtype=common.DTYPE)
     b = torch.zeros(shape.dim, device=common.DEVICE, dtype=common.DTYPE)
-    fn = _impl(lambda: F.batch_norm(x, rm, rv, w, b, training=True), impl)
-    run_bench(common.synchronized(fn))
+    fn = common.as_impl(lambda: F.batch_norm(x, rm, rv, w, b, training=True), impl)
     # eager BN in training mode: a stats pass then an apply pass (3 activation passes)
-    common.record(benchmark, _rows(shape, train=True)["bn1"], which="eager", op="bn_train", impl=impl,
-                  shape=shape.id)
+    common.time_and_record(benchmark, run_bench, fn, _rows(shape, train=True)["bn1"], which="eager", op="bn_train",
+                           impl=impl, shape=shape.id)
 
 
-def _layer(shape):
-    m = common.build_small_model(shape.model, "reference", shape)
-    return m.blocks[0], m
-
-
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", common.IMPLS)
 @pytest.mark.parametrize("shape", common.CONVMIXER_SHAPES, ids=lambda s: s.id)
 def test_layer_forward(benchmark, run_bench, shape, impl):
-    layer, model = _layer(shape)
-    model.train()
-    x = _act_input(shape)
-    fn = _impl(lambda: layer(x), impl)
-    with torch.no_grad():
-        run_bench(common.synchronized(fn))
-    common.record(benchmark, _rows(shape)["layer_fwd"], which="min", op="layer_fwd", impl=impl, shape=shape.id)
+    layer = common.first_block(shape, train=True)
+    common.bench_forward(benchmark, run_bench, layer, _act_input(shape), impl, _rows(shape)["layer_fwd"],
+                         op="layer_fwd", shape=shape.id)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", common.IMPLS)
 @pytest.mark.parametrize("shape", common.CONVMIXER_SHAPES, ids=lambda s: s.id)
 def test_layer_forward_backward(benchmark, run_bench, shape, impl):
-    layer, model = _layer(shape)
-    model.train()
-    x = _act_input(shape).requires_grad_(True)
-    grad = torch.randn_like(x)
-
-    def step():
-        layer(x).backward(grad)
-
-    fn = step if impl == "eager" else _impl(step, impl)
-    run_bench(common.synchronized(fn))
-    rows = _rows(shape, train=True)
-    common.record(benchmark, rows["layer_fwd"], phase_flops=rows["layer_fwd"].flops + rows["layer_bwd"].flops,
-                  op="layer_fwd_bwd", impl=impl, shape=shape.id)
+    layer = common.first_block(shape, train=True)
+    common.bench_fwd_bwd(benchmark, run_bench, layer, _act_input(shape), impl, _rows(shape, train=True),
+                         op="layer_fwd_bwd", shape=shape.id)
 
 
 @pytest.mark.parametrize("backend", ["reference"] + common.fused_backends())
@@ -105,11 +78,5 @@ def test_trunk_forward(benchmark, run_bench, shape, backend):
     model.train()
     img = shape.hw * model.stem[0].kernel_size[0]
     x = torch.randn(shape.batch, 3, img, img, device=common.DEVICE, dtype=common.DTYPE)
-    if backend != "reference":
-        reason = common.runs_fused(model, x)
-        if reason:
-            pytest.skip(f"backend {backend} does not run fused here: {reason[:200]}")
-    with torch.no_grad():
-        run_bench(common.synchronized(lambda: model.forward_features(x)))
-    row = _rows(shape)["layer_fwd"]
-    common.record(benchmark, row, phase_flops=2 * row.flops, op="trunk2_fwd", impl=backend, shape=shape.id)
+    common.bench_model_forward(benchmark, run_bench, model, x, backend, lambda: model.forward_features(x),
+                               _rows(shape)["layer_fwd"], op="trunk2_fwd", shape=shape.id)

@@ -41,14 +41,7 @@ def save_heatmap(matrix, path: str, *, title: str = "", labels: Sequence | None 
                 ax.add_patch(Rectangle((start - 0.5, start - 0.5), i - start, i - start, fill=False,
                                        edgecolor="cyan", linewidth=1.2))
                 start = i
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    _ensure_dir(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title=title, xlabel=xlabel, ylabel=ylabel)
 
 
 def save_bars(values, path: str, *, title: str = "", xlabel: str = "layer", ylabel: str = "") -> str:
@@ -57,14 +50,7 @@ def save_bars(values, path: str, *, title: str = "", xlabel: str = "layer", ylab
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3), dpi=110)
     ax.bar(np.arange(len(v)), np.nan_to_num(v))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    _ensure_dir(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title=title, xlabel=xlabel, ylabel=ylabel)
 
 
 def save_pareto(rows: Sequence[dict], cost_key: str, path: str, *, acc_key: str = "top1", front_key: str | None = None,
@@ -99,14 +85,19 @@ def save_pareto(rows: Sequence[dict], cost_key: str, path: str, *, acc_key: str 
         if log_x and min(pts[i][cost_key] for i in range(len(pts))) > 0:
             ax.set_xscale("log")
         ax.legend(fontsize=7)
-    ax.set_xlabel(xlabel or cost_key)
-    ax.set_ylabel(f"{acc_key} (%)")
-    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
+    return _finish(fig, ax, path, title=title, xlabel=xlabel or cost_key, ylabel=f"{acc_key} (%)")
+
+
+def _finish(fig, ax, path: str, *, title: str, xlabel: str, ylabel: str) -> str:
+    """Label ``ax``, write ``fig`` to ``path`` (creating its folder) and close it. Returns ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     _ensure_dir(path)
     fig.savefig(path)
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 

@@ -66,6 +66,16 @@ def bn_finalize_ref(h: Tensor, gamma, beta, eps, running_mean=None, running_var=
     return torch.stack([mean, var, invstd, a, beta - mean * a])
 
 
+def _norm_stats(h: Tensor, running_mean: Tensor, running_var: Tensor, eps: float, training: bool):
+    """(mean, var, invstd) a BatchNorm normalises rows ``h`` [M, C] with: the batch's (biased var) in training,
+    the running statistics (cast to ``h``'s dtype) in eval."""
+    if training:
+        mean, var = h.mean(0), h.var(0, unbiased=False)
+    else:
+        mean, var = running_mean.to(h.dtype), running_var.to(h.dtype)
+    return mean, var, torch.rsqrt(var + eps)
+
+
 def convmixer_run_ref(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_invstd: Tensor, in_w: Tensor,
                       in_b: Tensor, dw_w: List[Tensor], dw_b: List[Tensor], pw_w: Tensor, pw_b: Tensor,
                       n1_w: List[Tensor], n1_b: List[Tensor], n1_rm: List[Tensor], n1_rv: List[Tensor],
@@ -87,19 +97,11 @@ def convmixer_run_ref(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_
     for i in range(R):
         q = dwconv_ref(x, dw_w[i], dw_b[i], B, H, W)
         g = act_ref(q, act)
-        if training:
-            m1, v1 = g.mean(0), g.var(0, unbiased=False)
-        else:
-            m1, v1 = n1_rm[i].to(g.dtype), n1_rv[i].to(g.dtype)
-        i1 = torch.rsqrt(v1 + eps1)
+        m1, v1, i1 = _norm_stats(g, n1_rm[i], n1_rv[i], eps1, training)
         u = x + (g - m1) * i1 * n1_w[i] + n1_b[i]
         z = u @ pw_w.reshape(pw_w.shape[0], -1).t() + pw_b
         h = act_ref(z, act)
-        if training:
-            m2, v2 = h.mean(0), h.var(0, unbiased=False)
-        else:
-            m2, v2 = n2_rm[i].to(h.dtype), n2_rv[i].to(h.dtype)
-        i2 = torch.rsqrt(v2 + eps2)
+        m2, v2, i2 = _norm_stats(h, n2_rm[i], n2_rv[i], eps2, training)
         Zs.append(z)
         Qs.append(q)
         Us.append(u)
