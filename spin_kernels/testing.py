@@ -51,3 +51,13 @@ class GuardedTensor:
     def unwritten(self) -> int:
         """Elements of the view still NaN."""
         return int(torch.isnan(self.tensor).sum())
+
+
+def nan_fenced(t: torch.Tensor, guard: int = 64) -> torch.Tensor:
+    """A contiguous copy of ``t`` inside a larger buffer whose ``guard`` elements before and after are NaN: a
+    kernel that reads outside its input turns its output NaN, which the test's comparison then catches. Keep
+    ``guard * element_size`` a multiple of 16 for kernels that need aligned rows."""
+    buf = torch.full((t.numel() + 2 * guard,), float("nan"), dtype=t.dtype, device=t.device)
+    view = buf[guard:guard + t.numel()].view(t.shape)
+    view.copy_(t)
+    return view

@@ -13,7 +13,7 @@ from spin_kernels import cuda
 from spin_kernels.models.convmixer import ConvMixer
 from spin_kernels.ops import dwconv_cuda
 from spin_kernels.sharing import SharingPlan
-from spin_kernels.testing import GuardedTensor, rel_err
+from spin_kernels.testing import GuardedTensor, nan_fenced, rel_err
 
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 TF32 = 5e-4  # whole models on a GPU: the Triton pointwise GEMMs run in tf32 (DESIGN.md §5)
@@ -117,7 +117,8 @@ CASES = [((2, 9, 13, 32), 3, "gelu", "relu"), ((1, 11, 7, 48), 7, "relu", "gelu"
 def test_forward_with_input_prologue_and_activation_stats(kdev, dtype, shape, k, act_in, act):
     torch.manual_seed(2)
     B, H, W, C = shape
-    h, res = torch.randn(shape, device=kdev).to(dtype), torch.randn(shape, device=kdev).to(dtype)
+    # inputs fenced by NaN: a read outside them would poison the output
+    h, res = (nan_fenced(torch.randn(shape, device=kdev).to(dtype)) for _ in range(2))
     w = (torch.randn(C, 1, k, k, device=kdev) / k).to(dtype)
     bias, a, b = torch.randn(C, device=kdev), torch.rand(C, device=kdev) + 0.5, torch.randn(C, device=kdev)
     out = GuardedTensor(shape, dtype, kdev)  # NaN-poisoned, fenced: every element written, nothing outside
@@ -138,7 +139,7 @@ def test_forward_with_input_prologue_and_activation_stats(kdev, dtype, shape, k,
 def test_backward_data_and_weight(kdev, dtype, shape, k, act_in, act):
     torch.manual_seed(3)
     C = shape[-1]
-    du, q, hz, res = (torch.randn(shape, device=kdev).to(dtype) for _ in range(4))
+    du, q, hz, res = (nan_fenced(torch.randn(shape, device=kdev).to(dtype)) for _ in range(4))
     w = (torch.randn(C, 1, k, k, device=kdev) / k).to(dtype)
     vec6 = _vec6(C, kdev)
     xvec = torch.stack([torch.rand(C) + 0.5, torch.randn(C), torch.randn(C) * 0.1, torch.rand(C) + 0.5]).to(kdev)
