@@ -9,10 +9,13 @@
 //   backward weight: dweight = sum over pixels of dq * shifted x, dbias = sum dq  (fp32, two-pass deterministic)
 //
 // Tiling: one CTA computes an 8 x 8 pixel tile for a chunk of 8 x (16 bytes of channels) = 32 fp32 / 64 half
-// channels. Block = 8 (channel vectors) x 8 (tile rows) threads. The operand tile plus its (k-1) halo is staged
-// once in shared memory in fp32 — after the prologue (affine, or the BN backward), so zero padding applies to the
-// rebuilt tensor — loaded with 16-byte vector loads along C; the chunk's k*k filter taps sit in shared memory too.
-// Each thread accumulates one tile row (8 pixels x its channel vector) in registers, all in fp32.
+// channels. Block = 8 (channel vectors) x 8 (tile rows) x 4 (column pairs) = 256 threads: the staged tile is what
+// limits CTAs per SM (k = 9, 16-bit: ~86 KiB, 2 CTAs), so each CTA brings 8 warps to hide latency. The operand
+// tile plus its (k-1) halo is staged once in shared memory in fp32 — after the prologue (affine, or the BN
+// backward), so zero padding applies to the rebuilt tensor — loaded with 16-byte vector loads along C; the
+// chunk's k*k filter taps sit in shared memory too. Each thread accumulates 2 pixels x its channel vector in
+// registers, all in fp32; per-tile statistics merge the 32 thread partials of each channel vector in a fixed
+// order.
 //
 // Bytes per CTA (forward): (8 + k - 1)^2 pixels x chunk of each prologue operand (h, res; halo re-read from L2 by
 // neighbours: for k = 9 that is 4x the tile, so HBM traffic stays ~1 read + 1 write per element when L2 holds the
@@ -104,6 +107,13 @@ __device__ __forceinline__ TileCoord tile_coord(int tile, const DwShape& s) {
   return {tile / per_image, (rem / tiles_w) * kTileH, (rem % tiles_w) * kTileW};
 }
 
+// Pixels of a tile row each thread owns, and the thread's linear index / row-and-column group.
+constexpr int kPix = kTileW / kSplitW;
+constexpr int kGroups = kTileH * kSplitW;  // thread partials per channel vector
+
+__device__ __forceinline__ int thread_group() { return threadIdx.z * kTileH + threadIdx.y; }
+__device__ __forceinline__ int thread_linear() { return thread_group() * kThreadsC + threadIdx.x; }
+
 __device__ __forceinline__ size_t offset(const DwShape& s, int n, int y, int x, int c) {
   return ((static_cast<size_t>(n) * s.H + y) * s.W + x) * s.C + c;
 }
@@ -131,26 +141,26 @@ __device__ __forceinline__ void stage_tile(float* tile, const Loader& load, cons
   }
 }
 
-// The convolution of one CTA: stage the operand tile and the filter taps, then each thread's row of
-// kTileW pixels x V channels in acc. Leaves a __syncthreads() owed before smem is reused.
+// The convolution of one CTA: stage the operand tile and the filter taps, then each thread's kPix pixels of
+// row ty (columns tz*kPix ...) x V channels in acc. Leaves a __syncthreads() owed before smem is reused.
 template <typename T, typename Loader>
 __device__ __forceinline__ void conv_tile(float* smem, const Loader& load, const T* w, const DwShape& s,
-                                          TileCoord tc, int c0, bool flip, float (&acc)[kTileW][Vec<T>::N]) {
+                                          TileCoord tc, int c0, bool flip, float (&acc)[kPix][Vec<T>::N]) {
   constexpr int V = Vec<T>::N;
   constexpr int CB = kThreadsC * V;
   const int k = s.k, kk = k * k, IW = kTileW + k - 1, IH = kTileH + k - 1;
   float* tile = smem;                // [IH * IW][CB]
   float* wsm = tile + IH * IW * CB;  // [k * k][CB]
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int tid = ty * kThreadsC + tx, nthreads = kThreadsC * kTileH;
-  for (int i = tid; i < kk * CB; i += nthreads) {
+  const int tx = threadIdx.x, ty = threadIdx.y, px0 = threadIdx.z * kPix;
+  const int tid = thread_linear();
+  for (int i = tid; i < kk * CB; i += kCtaThreads) {
     const int t = i / CB, c = c0 + i % CB;
     wsm[i] = c < s.C ? to_f32(w[static_cast<size_t>(c) * kk + (flip ? kk - 1 - t : t)]) : 0.f;
   }
-  stage_tile<T>(tile, load, s, tc, c0, k / 2, tid, nthreads);
+  stage_tile<T>(tile, load, s, tc, c0, k / 2, tid, kCtaThreads);
   __syncthreads();
 #pragma unroll
-  for (int px = 0; px < kTileW; ++px)
+  for (int px = 0; px < kPix; ++px)
 #pragma unroll
     for (int j = 0; j < V; ++j) acc[px][j] = 0.f;
   for (int ky = 0; ky < k; ++ky) {
@@ -158,40 +168,41 @@ __device__ __forceinline__ void conv_tile(float* smem, const Loader& load, const
       float wv[V];
 #pragma unroll
       for (int j = 0; j < V; ++j) wv[j] = wsm[(ky * k + kx) * CB + tx * V + j];
-      const float* row = tile + ((ty + ky) * IW + kx) * CB + tx * V;
+      const float* row = tile + ((ty + ky) * IW + kx + px0) * CB + tx * V;
 #pragma unroll
-      for (int px = 0; px < kTileW; ++px)
+      for (int px = 0; px < kPix; ++px)
 #pragma unroll
         for (int j = 0; j < V; ++j) acc[px][j] = fmaf(row[px * CB + j], wv[j], acc[px][j]);
     }
   }
 }
 
-// Writes NV per-thread values to smem, then row 0 of the CTA adds the kTileH rows in a fixed order (plain sums)
-// into out[v * stride + base + j]. The caller has synchronised since smem was last read.
+// Writes NV per-thread values to smem, then the threads of group 0 add the kGroups partials of their channel
+// vector in a fixed order (plain sums) into out[v * stride + base + j]. The caller has synchronised since smem
+// was last read.
 template <int NV, int V>
-__device__ __forceinline__ void reduce_rows_to(float* smem, const float (&vals)[NV][V], float* out, size_t stride,
-                                               size_t base, bool valid) {
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  float* part = smem + (ty * kThreadsC + tx) * NV * V;
+__device__ __forceinline__ void reduce_groups_to(float* smem, const float (&vals)[NV][V], float* out, size_t stride,
+                                                 size_t base, bool valid) {
+  const int tx = threadIdx.x;
+  float* part = smem + thread_linear() * NV * V;
 #pragma unroll
   for (int v = 0; v < NV; ++v)
 #pragma unroll
     for (int j = 0; j < V; ++j) part[v * V + j] = vals[v][j];
   __syncthreads();
-  if (ty != 0 || !valid) return;
+  if (thread_group() != 0 || !valid) return;
 #pragma unroll
   for (int v = 0; v < NV; ++v)
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       float sum = 0.f;
-      for (int row = 0; row < kTileH; ++row) sum += smem[(row * kThreadsC + tx) * NV * V + v * V + j];
+      for (int grp = 0; grp < kGroups; ++grp) sum += smem[(grp * kThreadsC + tx) * NV * V + v * V + j];
       out[v * stride + base + j] = sum;
     }
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreadsC * kTileH)
+__global__ void __launch_bounds__(kCtaThreads)
 dw_forward_kernel(DwInput in, const T* __restrict__ w, const float* __restrict__ bias,
                   const float* __restrict__ post, int act, int stats_act, T* __restrict__ y, float* __restrict__ stats,
                   DwShape s, bool flip, int num_tiles) {
@@ -200,19 +211,19 @@ dw_forward_kernel(DwInput in, const T* __restrict__ w, const float* __restrict__
   float* smem = dynamic_smem<float>();
   const TileCoord tc = tile_coord(blockIdx.x, s);
   const int c0 = blockIdx.y * CB;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  float acc[kTileW][V];
+  const int tx = threadIdx.x;
+  float acc[kPix][V];
   conv_tile<T>(smem, InputLoader<T>{in}, w, s, tc, c0, flip, acc);
 
   // Epilogue: bias, activation, post-scale, store; Welford statistics of stats_act(stored value).
-  const int c = c0 + tx * V, oy = tc.oy0 + ty;
+  const int c = c0 + tx * V, oy = tc.oy0 + threadIdx.y, ox0 = tc.ox0 + threadIdx.z * kPix;
   const bool cvalid = c < s.C;
   float cnt = 0.f, mean[V], m2[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) mean[j] = m2[j] = 0.f;
 #pragma unroll
-  for (int px = 0; px < kTileW; ++px) {
-    const int ox = tc.ox0 + px;
+  for (int px = 0; px < kPix; ++px) {
+    const int ox = ox0 + px;
     if (!(cvalid && oy < s.H && ox < s.W)) continue;
     float o[V];
 #pragma unroll
@@ -233,9 +244,9 @@ dw_forward_kernel(DwInput in, const T* __restrict__ w, const float* __restrict__
   }
   if (stats == nullptr) return;  // uniform across the CTA: no thread skips a barrier below
 
-  // Merge the kTileH row partials of each channel vector (Chan et al.), in a fixed order.
+  // Merge the kGroups thread partials of each channel vector (Chan et al.), in a fixed order.
   __syncthreads();  // the tile buffer is reused
-  float* part = smem + (ty * kThreadsC + tx) * (1 + 2 * V);
+  float* part = smem + thread_linear() * (1 + 2 * V);
   part[0] = cnt;
 #pragma unroll
   for (int j = 0; j < V; ++j) {
@@ -243,12 +254,12 @@ dw_forward_kernel(DwInput in, const T* __restrict__ w, const float* __restrict__
     part[1 + V + j] = m2[j];
   }
   __syncthreads();
-  if (ty != 0 || !cvalid) return;
+  if (thread_group() != 0 || !cvalid) return;
   float n_acc = 0.f, m_acc[V], q_acc[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) m_acc[j] = q_acc[j] = 0.f;
-  for (int row = 0; row < kTileH; ++row) {
-    const float* p = smem + (row * kThreadsC + tx) * (1 + 2 * V);
+  for (int grp = 0; grp < kGroups; ++grp) {
+    const float* p = smem + (grp * kThreadsC + tx) * (1 + 2 * V);
     const float nb = p[0];
     if (nb == 0.f) continue;
     const float n_new = n_acc + nb;
@@ -269,8 +280,10 @@ dw_forward_kernel(DwInput in, const T* __restrict__ w, const float* __restrict__
   }
 }
 
+// (kCtaThreads, 2): left to itself ptxas caps the fp32 instance at 64 registers and spills; 2 CTAs per SM is
+// what the staged tile allows at k = 9 anyway.
 template <typename T>
-__global__ void __launch_bounds__(kThreadsC * kTileH)
+__global__ void __launch_bounds__(kCtaThreads, 2)
 dw_backward_data_kernel(DwGradOutput g, const T* __restrict__ w, const T* __restrict__ hz,
                         const float* __restrict__ xvec, int act_in, T* __restrict__ dx, T* __restrict__ dhz,
                         float* __restrict__ sums, DwShape s, int num_tiles) {
@@ -279,19 +292,18 @@ dw_backward_data_kernel(DwGradOutput g, const T* __restrict__ w, const T* __rest
   float* smem = dynamic_smem<float>();
   const TileCoord tc = tile_coord(blockIdx.x, s);
   const int c0 = blockIdx.y * CB;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  float acc[kTileW][V];
+  float acc[kPix][V];
   conv_tile<T>(smem, GradLoader<T>{g, s.C}, w, s, tc, c0, /*flip=*/true, acc);
 
-  // Epilogue: dx = du + conv_flip(dq); dhz; per-row sums of dx and dx * xhat_in.
-  const int c = c0 + tx * V, oy = tc.oy0 + ty;
+  // Epilogue: dx = du + conv_flip(dq); dhz; per-thread sums of dx and dx * xhat_in.
+  const int c = c0 + threadIdx.x * V, oy = tc.oy0 + threadIdx.y, ox0 = tc.ox0 + threadIdx.z * kPix;
   const bool cvalid = c < s.C;
   float part[2][V];
 #pragma unroll
   for (int j = 0; j < V; ++j) part[0][j] = part[1][j] = 0.f;
 #pragma unroll
-  for (int px = 0; px < kTileW; ++px) {
-    const int ox = tc.ox0 + px;
+  for (int px = 0; px < kPix; ++px) {
+    const int ox = ox0 + px;
     if (!(cvalid && oy < s.H && ox < s.W)) continue;
     const size_t off = offset(s, tc.n, oy, ox, c);
     float du[V], h[V], o[V];
@@ -313,16 +325,16 @@ dw_backward_data_kernel(DwGradOutput g, const T* __restrict__ w, const T* __rest
   }
   if (sums == nullptr) return;  // uniform across the CTA
   __syncthreads();              // the tile buffer is reused
-  reduce_rows_to<2, V>(smem, part, sums, static_cast<size_t>(num_tiles) * s.C,
+  reduce_groups_to<2, V>(smem, part, sums, static_cast<size_t>(num_tiles) * s.C,
                        static_cast<size_t>(blockIdx.x) * s.C + c, cvalid);
 }
 
 // Most filter taps one thread owns in the weight-gradient kernel (k <= 9): taps are dealt round-robin to the
-// kTileH thread rows, so each thread keeps at most this many tap accumulators in registers.
-constexpr int kMaxTapsPerThread = (81 + kTileH - 1) / kTileH;
+// kGroups thread groups, so each thread keeps at most this many tap accumulators in registers.
+constexpr int kMaxTapsPerThread = (81 + kGroups - 1) / kGroups;
 
 template <typename T>
-__global__ void __launch_bounds__(kThreadsC * kTileH)
+__global__ void __launch_bounds__(kCtaThreads)
 dw_wgrad_partial_kernel(DwGradOutput g, DwInput in, float* __restrict__ ws, DwShape s, int num_tiles) {
   constexpr int V = Vec<T>::N;
   constexpr int CB = kThreadsC * V;
@@ -331,8 +343,7 @@ dw_wgrad_partial_kernel(DwGradOutput g, DwInput in, float* __restrict__ ws, DwSh
   float* tile = smem;                // [IH * IW][CB]   x with halo
   float* dzs = tile + IH * IW * CB;  // [kTileH * kTileW][CB]   dq
   const int c0 = blockIdx.y * CB;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int tid = ty * kThreadsC + tx, nthreads = kThreadsC * kTileH;
+  const int tx = threadIdx.x, grp = thread_group(), tid = thread_linear();
   const InputLoader<T> load_x{in};
   const GradLoader<T> load_dq{g, s.C};
 
@@ -347,12 +358,12 @@ dw_wgrad_partial_kernel(DwGradOutput g, DwInput in, float* __restrict__ ws, DwSh
   for (int t_id = blockIdx.x; t_id < num_tiles; t_id += gridDim.x) {
     const TileCoord tc = tile_coord(t_id, s);
     __syncthreads();  // the previous tile's buffers are no longer read
-    stage_tile<T>(tile, load_x, s, tc, c0, k / 2, tid, nthreads);
-    stage_tile<T>(dzs, load_dq, s, tc, c0, 0, tid, nthreads);
+    stage_tile<T>(tile, load_x, s, tc, c0, k / 2, tid, kCtaThreads);
+    stage_tile<T>(dzs, load_dq, s, tc, c0, 0, tid, kCtaThreads);
     __syncthreads();
 #pragma unroll
     for (int ti = 0; ti < kMaxTapsPerThread; ++ti) {
-      const int t = ty + ti * kTileH;
+      const int t = grp + ti * kGroups;
       if (t < kk) {  // a guard, not a break: acc[ti] must keep compile-time indices to stay in registers
         const int ky = t / k, kx = t % k;
 #pragma unroll 1
@@ -366,7 +377,7 @@ dw_wgrad_partial_kernel(DwGradOutput g, DwInput in, float* __restrict__ ws, DwSh
         }
       }
     }
-    if (ty == 0) {
+    if (grp == 0) {
       for (int pix = 0; pix < kTileH * kTileW; ++pix)
 #pragma unroll
         for (int j = 0; j < V; ++j) dbias[j] += dzs[pix * CB + tx * V + j];
@@ -378,13 +389,13 @@ dw_wgrad_partial_kernel(DwGradOutput g, DwInput in, float* __restrict__ ws, DwSh
   float* out = ws + static_cast<size_t>(blockIdx.x) * (kk + 1) * s.C;
 #pragma unroll
   for (int ti = 0; ti < kMaxTapsPerThread; ++ti) {
-    const int t = ty + ti * kTileH;
+    const int t = grp + ti * kGroups;
     if (t < kk) {
 #pragma unroll
       for (int j = 0; j < V; ++j) out[static_cast<size_t>(t) * s.C + c + j] = acc[ti][j];
     }
   }
-  if (ty == 0) {
+  if (grp == 0) {
 #pragma unroll
     for (int j = 0; j < V; ++j) out[static_cast<size_t>(kk) * s.C + c + j] = dbias[j];
   }
@@ -414,7 +425,10 @@ int chunk_channels() {
 template <typename T>
 size_t conv_smem_bytes(const DwShape& s) {
   const int IW = kTileW + s.k - 1, IH = kTileH + s.k - 1;
-  return static_cast<size_t>(IH * IW + s.k * s.k) * chunk_channels<T>() * sizeof(float);
+  const size_t conv = static_cast<size_t>(IH * IW + s.k * s.k) * chunk_channels<T>() * sizeof(float);
+  // the epilogues reuse it for one partial per thread: Welford (1 + 2V floats) or two sums (2V floats)
+  const size_t partials = static_cast<size_t>(kCtaThreads) * (1 + 2 * Vec<T>::N) * sizeof(float);
+  return conv > partials ? conv : partials;
 }
 
 template <typename T>
@@ -426,7 +440,7 @@ cudaError_t launch_forward(const DwInput& in, const void* weight, const float* b
   cudaError_t err = allow_dynamic_smem(kernel, smem);
   if (err != cudaSuccess) return err;
   const int tiles = dw_num_tiles(s);
-  dim3 grid(tiles, (s.C + CB - 1) / CB), block(kThreadsC, kTileH);
+  dim3 grid(tiles, (s.C + CB - 1) / CB), block(kThreadsC, kTileH, kSplitW);
   return launch_kernel(kernel, grid, block, smem, stream, in, static_cast<const T*>(weight), bias, post, act,
                        stats_act, static_cast<T*>(y), stats, s, flip, tiles);
 }
@@ -440,7 +454,7 @@ cudaError_t launch_backward_data(const DwGradOutput& g, const void* weight, cons
   cudaError_t err = allow_dynamic_smem(kernel, smem);
   if (err != cudaSuccess) return err;
   const int tiles = dw_num_tiles(s);
-  dim3 grid(tiles, (s.C + CB - 1) / CB), block(kThreadsC, kTileH);
+  dim3 grid(tiles, (s.C + CB - 1) / CB), block(kThreadsC, kTileH, kSplitW);
   return launch_kernel(kernel, grid, block, smem, stream, g, static_cast<const T*>(weight),
                        static_cast<const T*>(hz), xvec, act_in, static_cast<T*>(dx), static_cast<T*>(dhz), sums, s,
                        tiles);
@@ -454,7 +468,7 @@ cudaError_t launch_wgrad(const DwGradOutput& g, const DwInput& in, float* dweigh
   auto kernel = dw_wgrad_partial_kernel<T>;
   cudaError_t err = allow_dynamic_smem(kernel, smem);
   if (err != cudaSuccess) return err;
-  dim3 grid(partial_ctas, (s.C + CB - 1) / CB), block(kThreadsC, kTileH);
+  dim3 grid(partial_ctas, (s.C + CB - 1) / CB), block(kThreadsC, kTileH, kSplitW);
   err = launch_kernel(kernel, grid, block, smem, stream, g, in, ws, s, dw_num_tiles(s));
   if (err != cudaSuccess) return err;
   const int kk = s.k * s.k, n = (kk + 1) * s.C;

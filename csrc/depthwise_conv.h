@@ -15,10 +15,13 @@ struct DwShape {
   int B, H, W, C, k;
 };
 
-// Output tile of one CTA: kTileH x kTileW pixels, kThreadsC threads along C, each owning 16 bytes of channels.
+// Output tile of one CTA: kTileH x kTileW pixels x (kThreadsC x 16 bytes) of channels. Threads: kThreadsC along C
+// (each owning 16 bytes of channels) x kTileH rows x kSplitW column groups of kTileW / kSplitW pixels.
 constexpr int kTileH = 8;
 constexpr int kTileW = 8;
 constexpr int kThreadsC = 8;
+constexpr int kSplitW = 4;
+constexpr int kCtaThreads = kThreadsC * kTileH * kSplitW;
 
 // Number of spatial tiles (the first dimension of the partial statistics).
 int dw_num_tiles(const DwShape& s);
