@@ -18,8 +18,23 @@ def extension():
         return None
 
 
+_status: dict | None = None
+
+
 def status() -> dict:
-    """``{"built": bool, "loadable": bool, "usable": bool, "reason": str}`` for `spin info` and fallbacks."""
+    """``{"built": bool, "loadable": bool, "usable": bool, "reason": str}`` for `spin info` and fallbacks.
+
+    Probed once per process (neither the extension nor the GPUs change under a running process) and then read
+    from a module global: inside ``torch.compile`` the probe (an import) could not be traced, the cached answer
+    can. Models probe it when given a backend that may use the kernels, i.e. before any tracing starts.
+    """
+    global _status
+    if _status is None:
+        _status = _probe()
+    return _status
+
+
+def _probe() -> dict:
     import torch
 
     try:

@@ -133,6 +133,10 @@ class IsotropicModel(nn.Module):
     def backend(self, value: str):
         self.requested_backend = value
         self._backend = resolve_backend(value)
+        if self._backend in ("cuda", "auto") or value in ("cuda", "auto"):
+            from .. import cuda
+
+            cuda.status()  # probe the CUDA extension now, outside any torch.compile trace of forward
         self._bind_backend()
 
     def _bind_backend(self):

@@ -185,3 +185,33 @@ def test_bad_arguments_name_themselves(kdev):
         cuda.dwconv_backward_data(h, w, h, torch.zeros(3, 16, device=kdev))
     with pytest.raises(RuntimeError, match="partial_ctas"):
         cuda.dwconv_backward_weight(h, h, 3, partial_ctas=0)
+
+
+def test_status_is_traceable_once_probed():
+    """The backend decision reads cuda.status() inside forward: under torch.compile(fullgraph=True) that must be a
+    cached constant, not an import (models probe it when their backend is set)."""
+    cuda.status()
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x):
+        return x * 2 if cuda.status()["usable"] else x + 1
+
+    x = torch.ones(3)
+    assert torch.equal(f(x), x * 2 if cuda.status()["usable"] else x + 1)
+
+
+def test_compiled_training_step_with_cuda_depthwise(kdev):
+    """A fullgraph-compiled training step of a backend='cuda' model: the CUDA depthwise kernels run inside the
+    traced custom op, and the gradients match eager's."""
+    torch.manual_seed(6)
+    model = _model(True, "gelu", 2, 5).float().train().to(kdev)
+    model.backend = "cuda"
+    twin = copy.deepcopy(model)
+    x = torch.randn(2, 3, 10, 8, device=kdev)
+    step = torch.compile(lambda m, inp: m(inp).square().sum(), fullgraph=True, backend="aot_eager")
+    with mock.patch.object(dwconv_cuda, "dw_bwd", wraps=dwconv_cuda.dw_bwd) as bwd:
+        step(model, x).backward()
+    assert bwd.call_count == 4
+    twin(x).square().sum().backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
+        assert rel_err(p.grad, q.grad) <= 1e-6, name
