@@ -118,8 +118,13 @@ class ConvMixer(IsotropicModel):
                      if num_classes > 0 else nn.Identity())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, in_chans, H, W] -> trunk output [B, dim, H/p, W/p]."""
-        if self._persistent is not None and not self.training and (x.is_cuda or cuda_emulation.enabled()):
+        """Images [B, in_chans, H, W] -> trunk output [B, dim, H/p, W/p].
+
+        Under ``torch.compile`` the weights-resident persistent kernel is skipped (its parameter folding and
+        cache are host code): the traced model runs the per-layer fused path instead.
+        """
+        if (self._persistent is not None and not self.training and (x.is_cuda or cuda_emulation.enabled())
+                and not torch.compiler.is_compiling()):
             out = self._persistent(self, x)  # None when the case is outside the persistent kernel's reach
             if out is not None:
                 return out

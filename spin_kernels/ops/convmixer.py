@@ -421,7 +421,7 @@ def convmixer_features(model, images: Tensor) -> Tensor:
 
     B, C, H, W = z.shape
     M = B * H * W
-    z_in = z.permute(0, 2, 3, 1).reshape(M, C)
+    z_in = z.permute(0, 2, 3, 1).reshape(M, C).contiguous()  # at B = 1 reshape may return a strided view
     if training:
         hf = _act(z_in.float(), act)
         in_mean = hf.mean(0)

@@ -162,3 +162,18 @@ def test_several_runs_in_one_launch(kdev, run_lengths):
     with pytest.raises(RuntimeError, match="run_lengths: the runs cover"):
         cuda.shared_run_forward(x, ws, bs, *per_layer, act="gelu", spin_residual=False,
                                 run_lengths=[n + 1 for n in run_lengths])
+
+
+def test_eval_model_compiles_fullgraph(kdev):
+    """An eval-mode backend='cuda' model traces with torch.compile(fullgraph=True): the persistent kernel's host
+    code is skipped under compile (the per-layer fused path is traced); eager uses the kernel; same logits."""
+    torch.manual_seed(7)
+    model = randomise_batchnorm(sk.create_model("spin_convmixer_768_32", dim=64, depth=2, patch_size=8,
+                                                kernel_size=3, num_classes=5, backend="cuda")).eval()
+    model = model.to(kdev).half()
+    x = torch.randn(1, 3, 32, 32, device=kdev).half()  # batch 1: the latency case
+    with mock.patch.object(cuda, "shared_run_forward", wraps=cuda.shared_run_forward) as kernel:
+        eager = model(x)
+    assert kernel.call_count == 1
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    assert rel_err(compiled, eager.double()) <= 5e-3

@@ -168,6 +168,18 @@ def test_model_triton_vs_reference(spin, act, rate, mapping, momentum):
     assert rel_err(tri(x.float()), ref_model(x)) <= TOL[torch.float32]
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_of_one(train):
+    """B = 1: the stem output's NHWC rows come from a reshape that can be a strided view (H, W merge): the
+    trunk must make them contiguous, in training and eval."""
+    ref_model = _model(False).double().train(train)
+    tri = copy.deepcopy(ref_model).float()
+    tri.backend = "triton"
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64, device=DEVICE)
+    f = ops.convmixer_features(tri, x.float())
+    assert rel_err(f, ref.convmixer_features_ref(ref_model, x)) <= TOL[torch.float32]
+
+
 def test_model_fp16_and_features_layout():
     ref_model = _model(True).double().train()
     tri = copy.deepcopy(ref_model).half()
