@@ -49,13 +49,20 @@ void check_activation(const at::Tensor& t, const char* name) {
               " for 16-byte vector access in ", t.scalar_type());
 }
 
-// Optional per-channel vector -> contiguous fp32 on the activation's device (or undefined).
-at::Tensor channel_vector(const std::optional<at::Tensor>& v, const at::Tensor& like, const char* name) {
+// Optional [rows][C] fp32 per-channel vectors (vec6, xvec, per-layer BN affines) on the activation's device, C
+// being `like`'s channel count; undefined when not given.
+at::Tensor channel_rows(const std::optional<at::Tensor>& v, int64_t rows, const at::Tensor& like, const char* name) {
   if (!v.has_value() || !v->defined()) return at::Tensor();
   TORCH_CHECK(v->device() == like.device(), name, ": expected a tensor on ", like.device(), ", got ", v->device());
-  TORCH_CHECK(v->numel() == like.size(3), name, ": expected ", like.size(3), " values (one per channel), got ",
-              v->numel());
-  return v->reshape({-1}).to(at::kFloat).contiguous();
+  TORCH_CHECK(v->numel() == rows * like.size(3), name, ": expected [", rows, ", C = ", like.size(3), "] values, got ",
+              v->sizes());
+  return v->reshape({rows, -1}).to(at::kFloat).contiguous();
+}
+
+// Optional per-channel vector [C] -> contiguous fp32 (or undefined).
+at::Tensor channel_vector(const std::optional<at::Tensor>& v, const at::Tensor& like, const char* name) {
+  const at::Tensor t = channel_rows(v, 1, like, name);
+  return t.defined() ? t.reshape({-1}) : t;
 }
 
 const float* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
@@ -88,15 +95,6 @@ at::Tensor like_activation(const std::optional<at::Tensor>& t, const at::Tensor&
   TORCH_CHECK_TYPE(t->scalar_type() == like.scalar_type(), name, ": expected dtype ", like.scalar_type(), ", got ",
                    t->scalar_type());
   return *t;
-}
-
-// [rows][C] fp32 per-channel vectors (vec6 / xvec) on the activation's device.
-at::Tensor channel_rows(const std::optional<at::Tensor>& v, int64_t rows, const at::Tensor& like, const char* name) {
-  if (!v.has_value() || !v->defined()) return at::Tensor();
-  TORCH_CHECK(v->device() == like.device(), name, ": expected a tensor on ", like.device(), ", got ", v->device());
-  TORCH_CHECK(v->numel() == rows * like.size(3), name, ": expected [", rows, ", C = ", like.size(3), "] values, got ",
-              v->sizes());
-  return v->reshape({rows, -1}).to(at::kFloat).contiguous();
 }
 
 const void* vptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
@@ -206,12 +204,6 @@ std::vector<at::Tensor> dwconv_backward_weight(const at::Tensor& du, const std::
   return {dweight, dbias};
 }
 
-at::Tensor per_layer(const at::Tensor& t, int64_t L, int64_t C, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.device() == like.device(), name, ": expected a tensor on ", like.device());
-  TORCH_CHECK(t.numel() == L * C, name, ": expected [L, C] = [", L, ", ", C, "] values, got shape ", t.sizes());
-  return t.reshape({L, C}).to(at::kFloat).contiguous();
-}
-
 // Eval-mode ConvMixer runs, each sharing one pointwise weight, in one launch: returns the output [B, H, W, C]
 // (x is not modified). ws / w_biases hold one [C, C] weight and [C] bias per run, run_lengths its layer count.
 at::Tensor shared_run_forward(const at::Tensor& x, const std::vector<at::Tensor>& ws,
@@ -258,9 +250,9 @@ at::Tensor shared_run_forward(const at::Tensor& x, const std::vector<at::Tensor>
   // [L, C, k, k] in channels-last memory = [L, k, k, C] tap-major, what the kernel reads; no copy when the caller
   // keeps it that way (spin_kernels.ops.convmixer_cuda caches it so)
   const at::Tensor filt = dw_weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor db = per_layer(dw_bias, L, C, "dw_bias", x), a1 = per_layer(s1, L, C, "s1", x),
-                   b1 = per_layer(t1, L, C, "t1", x), a2 = per_layer(s2, L, C, "s2", x),
-                   b2 = per_layer(t2, L, C, "t2", x);
+  const at::Tensor db = channel_rows(dw_bias, L, x, "dw_bias"), a1 = channel_rows(s1, L, x, "s1"),
+                   b1 = channel_rows(t1, L, x, "t1"), a2 = channel_rows(s2, L, x, "s2"),
+                   b2 = channel_rows(t2, L, x, "t2");
   args.x = out.data_ptr();
   args.u = u.data_ptr();
   args.num_runs = static_cast<int>(R);

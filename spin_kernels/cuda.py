@@ -226,11 +226,12 @@ def shared_run_forward(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, *, act:
     L layers.
     """
     ext = _require(x, "x")
-    if act not in ("relu", "gelu"):
-        raise ValueError(f"act: expected 'relu' or 'gelu', got {act!r}")
+    if act == "none":
+        raise ValueError("act: the shared run takes 'relu' or 'gelu', got 'none'")
+    code = _act_code(act, "act")
     if run_lengths is None:
         if isinstance(w, (list, tuple)):
             raise ValueError("run_lengths: required when w is a list of per-run weights")
         w, w_bias, run_lengths = [w], [w_bias], [dw_weight.shape[0]]
     return ext.shared_run_forward(x, list(w), list(w_bias), [int(n) for n in run_lengths], dw_weight, dw_bias,
-                                  s1, t1, s2, t2, ACT_CODES[act], bool(spin_residual))
+                                  s1, t1, s2, t2, code, bool(spin_residual))

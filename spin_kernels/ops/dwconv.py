@@ -93,16 +93,15 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
 
 def _unsupported(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Optional[str]:
     """Why the CUDA kernels cannot take this valid call, or None."""
-    if not cuda.runs_here(x):
-        return "the CUDA kernels do not run on this device"
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return f"dtype {x.dtype}"
-    if weight.dtype != x.dtype or (bias is not None and bias.device != x.device) or weight.device != x.device:
+    from .dwconv_cuda import supports
+
+    reason = supports(x.permute(0, 2, 3, 1))  # device, dtype and channel alignment, on the NHWC view
+    if reason is not None:
+        return reason
+    if weight.dtype != x.dtype or weight.device != x.device or (bias is not None and bias.device != x.device):
         return "weight / bias dtype or device differs from x's"
     if not 3 <= weight.shape[-1] <= 9:
         return f"kernel size {weight.shape[-1]} (the kernels take 3 to 9)"
-    if x.shape[1] % (16 // x.element_size()):
-        return f"C={x.shape[1]} is not a multiple of {16 // x.element_size()} (16-byte vector access)"
     return None
 
 
