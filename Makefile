@@ -22,7 +22,7 @@ $(STAMP): setup.py $(wildcard csrc/*)
 	touch $(STAMP)
 
 # The whole CPU suite (Triton kernels run in the interpreter).
-test: install
+test: install fashion-mnist
 	$(PY) -m pytest -q -n 2 --benchmark-disable $(PYTEST_ARGS) tests
 
 # Fashion-MNIST comes from the Debian package; install it with apt when it is missing and apt is there.

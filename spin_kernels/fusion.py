@@ -140,13 +140,13 @@ def from_timm(timm_model_or_state_dict, name: str, *, share_rate: int = 1, mappi
         kwargs: further ``create_model`` arguments (architecture overrides win over what the weights imply).
     """
     from .models.common import make_plan
-    from .models.registry import arch_from_timm, convert_timm_state_dict, create_model
+    from .models.registry import arch_from_timm, convert_timm_state_dict, create_model, load_weights
 
     model_obj = timm_model_or_state_dict if isinstance(timm_model_or_state_dict, nn.Module) else None
     state = model_obj.state_dict() if model_obj is not None else dict(timm_model_or_state_dict)
     arch = {**arch_from_timm(name, state, model_obj), **kwargs}
     unshared = create_model(name, **arch)
-    unshared.load_state_dict(convert_timm_state_dict(name, state))
+    load_weights(unshared, convert_timm_state_dict(name, state), name)
     if not make_plan(unshared.arch["depth"], share_rate, mapping).is_shared:
         return unshared
     if method is None:

@@ -5,17 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import torch
 
-
-def _positive_int(v: str) -> int:
-    i = int(v)
-    if i < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {v}")
-    return i
+from ..argtypes import add_trust_flag, nonneg_int, positive_int
 
 
 class SyntheticImages:
@@ -151,25 +145,21 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from .. import load_model
 
     if (args.data_dir is None) == (args.synthetic is None):
-        print("spin analyze: pass exactly one of --data-dir DIR or --synthetic N", file=sys.stderr)
-        return 2
-    try:
-        model = load_model(args.checkpoint)
-        model.to(args.device)
-        other = load_model(args.compare).to(args.device) if args.compare else None
-        cfg = getattr(model, "default_cfg", {}) or {}
-        img = args.img_size or int(cfg.get("input_size", (3, 224, 224))[-1])
-        in_chans = int(cfg.get("input_size", (3,))[0])
-        if args.synthetic is not None:
-            loader = synthetic_loader(args.synthetic, img, in_chans, args.batch_size)
-        else:
-            loader = image_folder_loader(args.data_dir, model, args.batch_size, args.img_size, args.workers,
-                                         args.limit)
-        analyze(model, loader, args.output, rate=args.rate, num_unique=args.num_unique, part=args.part,
-                max_batches=args.max_batches, debiased=not args.biased, other=other)
-    except (ValueError, OSError, TypeError) as e:
-        print(f"spin analyze: {e}", file=sys.stderr)
-        return 2
+        raise ValueError("--data-dir / --synthetic: pass exactly one of --data-dir DIR or --synthetic N")
+    # Errors (files, data, checkpoints) end as one line through spin's error path (spin_kernels.cli).
+    model = load_model(args.checkpoint, trusted=args.trust_checkpoint)
+    model.to(args.device)
+    other = load_model(args.compare, trusted=args.trust_checkpoint).to(args.device) if args.compare else None
+    cfg = getattr(model, "default_cfg", {}) or {}
+    img = args.img_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    in_chans = int(cfg.get("input_size", (3,))[0])
+    if args.synthetic is not None:
+        loader = synthetic_loader(args.synthetic, img, in_chans, args.batch_size)
+    else:
+        loader = image_folder_loader(args.data_dir, model, args.batch_size, args.img_size, args.workers,
+                                     args.limit)
+    analyze(model, loader, args.output, rate=args.rate, num_unique=args.num_unique, part=args.part,
+            max_batches=args.max_batches, debiased=not args.biased, other=other)
     print(f"wrote {args.output}/ (cka.png, weight_similarity.png, analysis.json, ...)")
     return 0
 
@@ -187,12 +177,8 @@ def _cmd_family(args: argparse.Namespace) -> int:
     """``spin family``: build the table, attach results, write the table and the Pareto plots."""
     from .family import family_table, format_family, load_results, write_family
 
-    try:
-        results = load_results(args.results) if args.results else None
-        rows = family_table(args.models, args.rates, args.mappings, img_size=args.img_size, results=results)
-    except (ValueError, OSError) as e:
-        print(f"spin family: {e}", file=sys.stderr)
-        return 2
+    results = load_results(args.results) if args.results else None
+    rows = family_table(args.models, args.rates, args.mappings, img_size=args.img_size, results=results)
     print(format_family(rows))
     paths = write_family(rows, args.output)
     print("wrote " + ", ".join(paths.values()))
@@ -206,23 +192,24 @@ def register(subparsers) -> None:
                               "the shared weights, drift of fusion-trained layers from their group mean; heatmaps, "
                               "JSON and a suggested `--mapping` list.")
     p.add_argument("--checkpoint", required=True, help="a spin_kernels checkpoint (spin_kernels.load_model)")
+    add_trust_flag(p)
     p.add_argument("--data-dir", default=None, help="image folder (ImageFolder layout; a val/ subfolder is used "
                    "when present)")
-    p.add_argument("--synthetic", type=_positive_int, default=None, metavar="N", help="use N random images")
+    p.add_argument("--synthetic", type=positive_int, default=None, metavar="N", help="use N random images")
     p.add_argument("--output", required=True, help="directory for the PNGs and analysis.json")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="CKA minibatch (≥ 4)")
-    p.add_argument("--max-batches", type=_positive_int, default=None)
-    p.add_argument("--limit", type=_positive_int, default=None, help="use at most this many images")
-    p.add_argument("--img-size", type=_positive_int, default=None)
-    p.add_argument("--rate", type=_positive_int, default=2, help="target share rate for the suggestion")
-    p.add_argument("--num-unique", type=_positive_int, default=None, help="target unique weight sets (overrides "
+    p.add_argument("--batch-size", type=positive_int, default=32, help="CKA minibatch (≥ 4)")
+    p.add_argument("--max-batches", type=positive_int, default=None)
+    p.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
+    p.add_argument("--img-size", type=positive_int, default=None)
+    p.add_argument("--rate", type=positive_int, default=2, help="target share rate for the suggestion")
+    p.add_argument("--num-unique", type=positive_int, default=None, help="target unique weight sets (overrides "
                    "--rate)")
     p.add_argument("--part", default=None, help="weights to compare: pointwise, depthwise, attn, mlp, block")
     p.add_argument("--compare", default=None, metavar="CKPT", help="a second checkpoint: also write the "
                    "cross-model CKA (e.g. shared vs its unshared parent)")
     p.add_argument("--biased", action="store_true", help="biased per-batch HSIC instead of the unbiased one")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=nonneg_int, default=2)
     p.set_defaults(func=_cmd_analyze)
 
     f = subparsers.add_parser("family", help="unique params / MACs / accuracy table of a model family with Pareto "
@@ -231,6 +218,6 @@ def register(subparsers) -> None:
     f.add_argument("--rates", type=_csv(int), default=[1, 2, 4])
     f.add_argument("--mappings", type=_csv(str), default=["sequential", "strided"])
     f.add_argument("--results", default=None, help="evaluation results JSON (list of records, or spin eval --json)")
-    f.add_argument("--img-size", type=_positive_int, default=None)
+    f.add_argument("--img-size", type=positive_int, default=None)
     f.add_argument("--output", required=True)
     f.set_defaults(func=_cmd_family)

@@ -7,7 +7,7 @@ from .datasets import (
 )
 from .errors import DataError
 from .fashion_mnist import FashionMNIST, read_idx
-from .loaders import build_eval_loader, build_train_loader, set_loader_epoch
+from .loaders import build_eval_loader, build_train_loader, default_workers, set_loader_epoch
 from .transforms import build_eval_transform, build_train_transform, model_data_cfg
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
            "build_train_transform",
            "check_num_classes",
            "dataset_num_classes",
+           "default_workers",
            "find_split_dir",
            "model_data_cfg",
            "read_idx",

@@ -90,6 +90,9 @@ def build_dataset(data_dir: str | os.PathLike | None, split: str, *, dataset: st
             # The images are grayscale; models with 3 input channels get the channel repeated.
             ds.transform = _RepeatChannels(transform, in_chans)
     elif not name or name.startswith(("folder", "imagefolder")):
+        if data_dir is None:
+            raise DataError("--data-dir: required for a class-folder dataset (a folder with train/ and val/ "
+                            "<class>/<image> trees); or pick another --dataset (e.g. fashion-mnist)")
         split_dir = find_split_dir(data_dir, split)
         try:
             timm_ds = create_dataset("", root=str(split_dir), split=split, search_split=False)

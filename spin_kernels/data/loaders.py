@@ -1,10 +1,22 @@
 """DataLoaders for training (resumable, distributed) and evaluation (exact distributed shards)."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .samplers import EpochSeededDataset, EvalShardSampler, train_sampler
+
+
+def default_workers(cap: int = 4) -> int:
+    """Loader worker processes when none are asked for: up to ``cap``, never more than the CPU cores this process
+    may use (more workers than cores only adds context switches)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cap, cores))
 
 
 def build_train_loader(dataset, batch_size: int, *, world_size: int = 1, rank: int = 0, seed: int = 0,

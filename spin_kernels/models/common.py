@@ -12,7 +12,6 @@ uses. It exists so forward hooks, ``model.train()`` propagation to per-position 
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import warnings
 from typing import Iterable, Sequence

@@ -1,17 +1,18 @@
 """Model names, ``create_model``, checkpoints, timm interop and the analytic profile."""
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 import warnings
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from . import convmixer as _convmixer
 from . import vit as _vit
 from .common import make_plan
+from .. import checkpoint_io
 from ..fusion import check_method, fuse_into
 
 # name -> (family, architecture arguments). ConvMixer entries follow timm's, plus SPIN's variant (DESIGN.md §1).
@@ -68,7 +69,7 @@ def _default_cfg(name: str, family: str, arch: dict) -> dict:
 def create_model(name: str, *, share_rate: int = 1, mapping="sequential", share=None, share_norms: bool = False,
                  fusion: str | None = None, backend: str = "reference", num_classes: int = 1000,
                  pretrained: bool = False, checkpoint_path: str | Path | None = None,
-                 **arch_overrides) -> nn.Module:
+                 trust_checkpoint: bool = False, **arch_overrides) -> nn.Module:
     """Build a ConvMixer or DeiT with cross-layer weight sharing.
 
     Args:
@@ -83,7 +84,9 @@ def create_model(name: str, *, share_rate: int = 1, mapping="sequential", share=
         backend: ``reference`` (PyTorch), ``triton``, ``cuda``, or ``auto`` (best on this machine).
         num_classes: classifier outputs (0: no head).
         pretrained: load timm's pretrained weights through timm's hub loader (needs the network).
-        checkpoint_path: load weights from one of our checkpoints or a timm-format checkpoint.
+        checkpoint_path: load weights from one of our checkpoints or a timm-format checkpoint (``.pth`` or
+            ``.safetensors``); files are read without running code from them (``weights_only``).
+        trust_checkpoint: also read legacy pickled checkpoints (only for files whose origin you trust).
         arch_overrides: timm's architecture arguments — ConvMixer ``dim, depth, kernel_size, patch_size,
             in_chans`` (+ ``act``, ``spin_residual``, ``drop_rate``); ViT ``embed_dim, depth, num_heads,
             patch_size, img_size, mlp_ratio, in_chans`` (+ ``drop_rate``, ``drop_path_rate``,
@@ -114,104 +117,130 @@ def create_model(name: str, *, share_rate: int = 1, mapping="sequential", share=
     if pretrained:
         state = convert_timm_state_dict(name, _timm_pretrained_state(name, arch))
     elif checkpoint_path is not None:
-        state = convert_timm_state_dict(name, read_checkpoint(checkpoint_path))
+        state = convert_timm_state_dict(name, read_checkpoint(checkpoint_path, trusted=trust_checkpoint))
     if fusion is not None:
         # The fusion form is built from an unshared model: the checkpoint's per-layer weights, or a fresh init.
         # A checkpoint of the fusion form itself (keys with ".parametrizations.") is loaded after building it.
         source = create_model(name, num_classes=num_classes, **arch_overrides)
         fused_state = state if state is not None and any(".parametrizations." in k for k in state) else None
         if state is not None and fused_state is None:
-            _load_state(source, state, name)
+            load_weights(source, state, name)
         fuse_into(model, source, fusion)
         if fused_state is not None:
-            _load_state(model, fused_state, name)
+            load_weights(model, fused_state, name)
     elif state is not None:
-        _load_state(model, state, name)
+        load_weights(model, state, name)
     model.default_cfg = _default_cfg(name, family, {**arch, "num_classes": num_classes})
     model.spin_config = spin_config
     return model
 
 
 def _arch_args(cls) -> str:
-    import inspect
-
     skip = {"self", "num_classes", "plan", "share", "share_norms", "backend"}
     return ", ".join(p for p in inspect.signature(cls.__init__).parameters if p not in skip)
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """The model state_dict inside a checkpoint file (ours: key ``model``; also ``state_dict``,
-    ``model_ema`` / ``state_dict_ema`` are not used unless alone; a bare state_dict works)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint_path: no checkpoint file at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint_path: {path} does not hold a dict (got {type(ckpt).__name__})")
-    for key in ("model", "state_dict", "model_ema", "state_dict_ema"):
-        if key in ckpt and isinstance(ckpt[key], dict):
-            state = ckpt[key]
-            break
-    else:
-        state = ckpt
-    # DDP / torch.compile wrappers prefix every key.
-    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in state.items()}
+def read_checkpoint(path: str | Path, trusted: bool = False) -> dict:
+    """The model state_dict inside a checkpoint file: ours (key ``model``), timm's (``state_dict``; the EMA weights
+    only when they are all there is), a ``.safetensors`` file, or a bare state_dict; wrapper prefixes removed.
+
+    Loading never runs code from the file (``weights_only``); ``trusted=True`` is the opt-in for legacy pickles
+    from a source you trust (see :mod:`spin_kernels.checkpoint_io`).
+    """
+    return checkpoint_io.state_dict_of(checkpoint_io.load(path, trusted=trusted, what="checkpoint_path"), path,
+                                       what="checkpoint_path")
 
 
-def _load_state(model: nn.Module, state: dict, name: str):
-    """Load ``state`` strictly, except a classifier of another size (dropped with a warning, as timm does)."""
+def load_weights(model: nn.Module, state: dict, name: str):
+    """Load ``state`` strictly, except a classifier of another size (dropped with a warning, as timm does).
+
+    Raises ValueError naming the missing / unexpected keys and every tensor whose shape differs from the model's.
+    """
     own = model.state_dict()
-    head = [k for k in state if k.startswith("head.") and k in own and state[k].shape != own[k].shape]
-    if head:
-        warnings.warn(f"checkpoint classifier has {state['head.weight'].shape[0]} classes, the model "
-                      f"{own['head.weight'].shape[0]}: the head is left at its initialisation", stacklevel=3)
-        state = {k: v for k, v in state.items() if k not in head}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in head]
-    if missing or unexpected:
+    head = []
+    if "head.weight" in state and "head.weight" in own:
+        theirs, ours = state["head.weight"].shape, own["head.weight"].shape
+        if theirs[1:] == ours[1:] and theirs[0] != ours[0]:  # same features, another number of classes
+            warnings.warn(f"checkpoint classifier has {theirs[0]} classes, the model {ours[0]}: the head is left "
+                          "at its initialisation", stacklevel=3)
+            head = [k for k in ("head.weight", "head.bias") if k in state]
+            state = {k: v for k, v in state.items() if k not in head}
+    shapes = [f"{k} {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state and k not in head]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected or shapes:
         hint = ""
         if any(re.match(r"(pointwise|depthwise|attn|mlp)\.\d+", k) for k in unexpected):
             hint = (" — the checkpoint has more per-layer weights than this shared model: build it with "
                     "fusion='mean' (or another method), or use `spin compress`")
-        raise ValueError(f"checkpoint does not match {name}: missing {missing[:6]}{'...' if len(missing) > 6 else ''}"
-                         f", unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}{hint}")
+        parts = [f"{label} {_few(keys)}" for label, keys in (("shapes differ:", shapes), ("missing", missing),
+                                                             ("unexpected", unexpected)) if keys]
+        raise ValueError(f"checkpoint does not match {name}: {'; '.join(parts)}{hint}")
+    model.load_state_dict(state, strict=False)
 
 
-def load_model(path: str | Path, **overrides) -> nn.Module:
-    """Rebuild a model from one of our checkpoints (``{"model": state_dict, "spin_config": {...}}``).
+def _few(items: list[str], n: int = 4) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
-    ``overrides`` replace create_model arguments of the saved config (e.g. ``backend="triton"``).
+
+def load_model(path: str | Path, *, trusted: bool = False, **overrides) -> nn.Module:
+    """Rebuild a model from one of our checkpoints (``{"model": state_dict, "spin_config": {...}}``, ``.pth`` or
+    ``.safetensors``).
+
+    ``overrides`` replace create_model arguments of the saved config (e.g. ``backend="triton"``). ``trusted=True``
+    also loads legacy pickled checkpoints (only for files whose origin you trust: unpickling can run code).
     """
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "spin_config" not in ckpt:
-        raise ValueError(f"path: {path} is not a spin_kernels checkpoint (no 'spin_config'); use "
-                         "create_model(name, checkpoint_path=...) for timm-format weights")
-    config = {**ckpt["spin_config"], **overrides}
-    fusion = config.pop("fusion", None)
-    name = config.pop("name")
-    model = create_model(name, fusion=fusion, **config)
-    _load_state(model, read_checkpoint(path), name)
+    ckpt = checkpoint_io.load(path, trusted=trusted, what="path")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("spin_config"), dict):
+        raise checkpoint_io.CheckpointError(
+            f"path: {path} is not a spin_kernels checkpoint (no 'spin_config'); use "
+            "create_model(name, checkpoint_path=...) for timm-format weights")
+    model = model_from_config(ckpt["spin_config"], **overrides)
+    load_weights(model, checkpoint_io.state_dict_of(ckpt, path, what="path"), model.spin_config["name"])
     return model
 
 
+def model_from_config(spin_config: dict, **overrides) -> nn.Module:
+    """A fresh model from a checkpoint's ``spin_config`` (create_model's arguments), ``overrides`` applied."""
+    config = {**spin_config, **overrides}
+    if config.get("name") not in MODELS:
+        raise checkpoint_io.CheckpointError(f"spin_config: unknown model {config.get('name')!r}; known models are "
+                                            f"{', '.join(sorted(MODELS))}")
+    fusion = config.pop("fusion", None)
+    name = config.pop("name")
+    return create_model(name, fusion=fusion, **config)
+
+
+def config_conflicts(spin_config: dict, name: str | None = None, arch_overrides: dict | None = None) -> list[str]:
+    """What in (``name``, ``arch_overrides``) contradicts the model a checkpoint's ``spin_config`` describes.
+
+    Our checkpoints carry their architecture, so ``--model`` / ``--model-kwargs`` may only repeat it: each
+    returned item names a value and what the checkpoint has (empty: no conflict).
+    """
+    saved = spin_config.get("name")
+    out = [f"--model {name} (the checkpoint holds a {saved})"] if name and name != saved else []
+    if saved not in MODELS:
+        return out
+    cls = FAMILY_CLASSES[_family(saved)]
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    arch = {**defaults, **MODELS[saved][1], **{k: v for k, v in spin_config.items() if k in defaults}}
+    for key, value in (arch_overrides or {}).items():
+        if key not in arch:
+            out.append(f"{key}={value} (not an argument of {saved}; it takes {_arch_args(cls)})")
+        elif arch[key] != value:
+            out.append(f"{key}={value} (the checkpoint's model has {key}={arch[key]})")
+    return out
+
+
 def save_model(model: nn.Module, path: str | Path, **extra):
-    """Write ``{"model": state_dict, "spin_config": ..., **extra}`` atomically (temp file + rename)."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save({"model": model.state_dict(), "spin_config": model.spin_config, **extra}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``{"model": state_dict, "spin_config": ..., **extra}`` atomically; ``.safetensors`` paths get that
+    format (the config as JSON metadata), which timm and other tools read too."""
+    checkpoint_io.save({"model": model.state_dict(), "spin_config": model.spin_config, **extra}, path)
 
 
-# ----------------------------------------------------------------------------------------------- timm interop
+# ------------------------------------------------------------------------------------------------ timm interop
 
 _TIMM_CONVMIXER = [(r"^blocks\.(\d+)\.0\.fn\.0\.", r"depthwise.\1."), (r"^blocks\.(\d+)\.0\.fn\.2\.", r"norm1.\1."),
                    (r"^blocks\.(\d+)\.1\.", r"pointwise.\1."), (r"^blocks\.(\d+)\.3\.", r"norm2.\1.")]
@@ -245,7 +274,14 @@ def convert_timm_state_dict(name: str, state: dict) -> dict:
 def arch_from_timm(name: str, state: dict, model: nn.Module | None = None) -> dict:
     """Architecture arguments implied by a timm state_dict (and the model object, when given)."""
     state = convert_timm_state_dict(name, state)
-    if _family(name) == "convmixer":
+    family = _family(name)
+    needed = (("stem.0.weight", "depthwise.0.weight") if family == "convmixer" else
+              ("patch_embed.proj.weight", "pos_embed", "mlp.0.fc1.weight"))
+    absent = [k for k in needed if k not in state]
+    if absent:
+        raise ValueError(f"state_dict: these weights are not a {name} ({family}) in timm's or our layout: no "
+                         f"{', '.join(absent)} (keys start {', '.join(sorted(state)[:4]) or 'nowhere: empty'})")
+    if family == "convmixer":
         w = state["stem.0.weight"]
         arch = dict(dim=w.shape[0], in_chans=w.shape[1], patch_size=w.shape[2],
                     kernel_size=state["depthwise.0.weight"].shape[-1],

@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import collectives
 from ..reference import convmixer_ops as _ref
+from ..reference.batchnorm import batch_norm_rows, update_running_stats
 
 from ..models.common import warn_once as _warn_once  # noqa: E402 - one process-wide "said once" registry
 
@@ -52,8 +54,10 @@ def _act(z: Tensor, act: str) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------ forward
 def _run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
-                 n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl):
+                 n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl, sync_bn):
     dwconv, pointwise, bn = _kernels(dw_impl)
+    # --sync-bn: every rank's per-tile partials, in rank order, go into one finalize (global-batch statistics)
+    merge = (lambda part: collectives.all_gather_cat(part, dim=1)) if sync_bn else (lambda part: part)
     R = len(dw_w)
     M, C = z_in.shape
     dev = z_in.device
@@ -69,14 +73,14 @@ def _run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, p
         _, part = dwconv.dw_fwd(hz, res, ax, bx, dw_w[i], dw_b[i], B, H, W, act, act, emit_stats=training,
                                 q_out=Q[i])
         if training:
-            f1 = bn.bn_finalize(part, n1_w[i], n1_b[i], eps1)
+            f1 = bn.bn_finalize(merge(part), n1_w[i], n1_b[i], eps1)
         else:
             f1 = _eval_affine(n1_rm[i], n1_rv[i], n1_w[i], n1_b[i], eps1)
         stats[i, 0:3] = f1[0:3]
         _, _, part = pointwise.pw_fwd(hz, res, ax, bx, Q[i], f1[3], f1[4], pw_w, pw_b, act, act, act,
                                       write_u=spin, emit_stats=training, z_out=Z[i], u_out=U[i] if spin else None)
         if training:
-            f2 = bn.bn_finalize(part, n2_w[i], n2_b[i], eps2)
+            f2 = bn.bn_finalize(merge(part), n2_w[i], n2_b[i], eps2)
         else:
             f2 = _eval_affine(n2_rm[i], n2_rv[i], n2_w[i], n2_b[i], eps2)
         stats[i, 3:6] = f2[0:3]
@@ -151,21 +155,25 @@ def convmixer_run(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_invs
                   n1_w: List[Tensor], n1_b: List[Tensor], n1_rm: List[Tensor], n1_rv: List[Tensor],
                   n2_w: List[Tensor], n2_b: List[Tensor], n2_rm: List[Tensor], n2_rv: List[Tensor],
                   B: int, H: int, W: int, eps1: float, eps2: float, training: bool, act: str,
-                  spin: bool, dw_impl: str = "triton") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                  spin: bool, dw_impl: str = "triton", sync_bn: bool = False,
+                  bn_count: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """All R layers of a run sharing one pointwise weight (see the module docstring and
     spin_kernels.reference.convmixer_ops.convmixer_run_ref for the exact math and outputs).
 
     ``dw_impl`` picks the depthwise kernels: "triton" (spin_kernels.triton.dwconv) or "cuda" (csrc/, through
-    spin_kernels.ops.dwconv_cuda); the pointwise GEMMs and BN finalize are Triton either way."""
+    spin_kernels.ops.dwconv_cuda); the pointwise GEMMs and BN finalize are Triton either way.
+    ``sync_bn`` (training, torch.distributed): BatchNorm statistics of the global batch of ``bn_count`` rows over
+    all ranks (spin_kernels.collectives states the conventions); ``bn_count`` 0 means this rank's rows."""
     _validate_run(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
                   n2_w, n2_b, n2_rm, n2_rv, B, H, W, act, spin, dw_impl)
     return _run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm,
-                        n1_rv, n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl)
+                        n1_rv, n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl,
+                        sync_bn and training)
 
 
 @convmixer_run.register_fake
 def _(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv, n2_w, n2_b,
-      n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl="triton"):
+      n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl="triton", sync_bn=False, bn_count=0):
     R = len(dw_w)
     M, C = z_in.shape
     Z = z_in.new_empty((R, M, C))
@@ -176,11 +184,11 @@ def _(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, 
 # ------------------------------------------------------------------------------------------------ backward
 def _setup_context(ctx, inputs, output):
     (z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv, n2_w, n2_b,
-     n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl) = inputs
+     n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl, sync_bn, bn_count) = inputs
     Z, Q, U, stats = output
     R = len(dw_w)
     ctx.meta = dict(R=R, B=B, H=H, W=W, training=training, act=act, spin=spin, has_u_in=u_in is not None,
-                    dw_impl=dw_impl)
+                    dw_impl=dw_impl, sync_bn=sync_bn and training, bn_count=bn_count)
     saved = [z_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, stats, *dw_w, *n1_w, *n1_b, *n2_w, *n2_b]
     if spin:
         saved += [U] + ([u_in] if u_in is not None else [])
@@ -200,11 +208,12 @@ def _backward(ctx, gZ, gQ, gU, gstats):
     (g_z_in, g_u_in, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b, dW, dB, g_n1_w, g_n1_b, g_n2_w,
      g_n2_b) = torch.ops.spin_kernels.convmixer_run_backward(
         gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w, n1_w, n1_b, n2_w,
-        n2_b, meta["B"], meta["H"], meta["W"], meta["training"], meta["act"], spin, meta["dw_impl"])
+        n2_b, meta["B"], meta["H"], meta["W"], meta["training"], meta["act"], spin, meta["dw_impl"],
+        meta["sync_bn"], meta["bn_count"])
     none_r = [None] * R
     return (g_z_in, g_u_in if u_in is not None else None, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b,
             dW, dB, g_n1_w, g_n1_b, none_r, none_r, g_n2_w, g_n2_b, none_r, none_r,
-            None, None, None, None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None, None, None, None)
 
 
 @torch.library.custom_op("spin_kernels::convmixer_run_backward", mutates_args=())
@@ -213,7 +222,7 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
                            pw_w: Tensor, Z: Tensor, Q: Tensor, U: Tensor, stats: Tensor, dw_w: List[Tensor],
                            n1_w: List[Tensor], n1_b: List[Tensor], n2_w: List[Tensor], n2_b: List[Tensor],
                            B: int, H: int, W: int, training: bool, act: str, spin: bool,
-                           dw_impl: str = "triton") -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, List[Tensor], List[Tensor],
+                           dw_impl: str = "triton", sync_bn: bool = False, bn_count: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, List[Tensor], List[Tensor],
                                       Tensor, Tensor, List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
     """Backward of convmixer_run (its own op so that AOT autograd traces it through the fake below).
 
@@ -222,11 +231,18 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
     statistics are running buffers). Returns the gradients of z_in, u_in (empty without), in_mean, in_invstd,
     in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n2_w, n2_b (n2 of the last layer: zeros — the consumer
     applies that BN).
+
+    With ``sync_bn`` the batch-statistics terms use sums over all ranks and the global count ``bn_count``;
+    parameter gradients and the returned statistics gradients stay this rank's own (spin_kernels.collectives).
     """
     dwconv, pointwise, _ = _kernels(dw_impl)
     R = len(dw_w)
     U = U if spin else None
     M, C = z_in.shape
+    N = bn_count or M  # rows the batch statistics were taken over
+    over_ranks = collectives.all_reduce_sum if sync_bn else (lambda t: t)
+    if gstats is not None:
+        gstats = over_ranks(gstats)
     f32 = torch.float32
     mean1, invstd1, mean2, invstd2 = stats[:, 0], stats[:, 2], stats[:, 3], stats[:, 5]
     a1 = torch.stack([n1_w[i].float() for i in range(R)]) * invstd1
@@ -249,7 +265,7 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
     g_dw_w, g_dw_b, g_n1_w, g_n1_b = [None] * R, [None] * R, [None] * R, [None] * R
     g_n2_w = [torch.zeros_like(t) for t in n2_w]
     g_n2_b = [torch.zeros_like(t) for t in n2_b]
-    S1 = S2 = None
+    S1 = S2 = S1g = S2g = None  # local and all-rank sums of the layer after i (set by its dw_bwd)
     g_z_in = g_u_in = None
     for i in reversed(range(R)):
         zv = zvec[i]
@@ -257,15 +273,15 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
         if i == R - 1:
             zv[0], zv[1] = 0.0, 1.0
             if training and gstats is not None:
-                zv[2] = gstats[i, 3] / M
-                zv[3] = -gstats[i, 5] * invstd2[i] ** 2 / M
+                zv[2] = gstats[i, 3] / N
+                zv[3] = -gstats[i, 5] * invstd2[i] ** 2 / N
             else:
                 zv[2], zv[3] = 0.0, 0.0
             G, Rr = G_last, R_last
         else:
             zv[0], zv[1] = a2[i], 0.0
-            zv[2] = -a2[i] * S1 / M if training else 0.0
-            zv[3] = -a2[i] * S2 / M if training else 0.0
+            zv[2] = -a2[i] * S1g / N if training else 0.0
+            zv[3] = -a2[i] * S2g / N if training else 0.0
             g_n2_w[i] = S2.to(n2_w[i].dtype)
             g_n2_b[i] = S1.to(n2_b[i].dtype)
             G = grun[i]
@@ -276,8 +292,8 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
         g_n1_w[i] = T2.to(n1_w[i].dtype)
         g_n1_b[i] = T1.to(n1_w[i].dtype)
         qvec[0], qvec[1] = a1[i], 0.0
-        qvec[2] = -a1[i] * T1 / M if training else 0.0
-        qvec[3] = -a1[i] * T2 / M if training else 0.0
+        qvec[2] = -a1[i] * over_ranks(T1) / N if training else 0.0
+        qvec[3] = -a1[i] * over_ranks(T2) / N if training else 0.0
         xvec = torch.stack([ax[i], bx[i], mean_in[i], invstd_in[i]]).contiguous()
         hz = z_in if i == 0 else Z[i - 1]
         res = (u_in if i == 0 else U[i - 1]) if spin else None
@@ -288,6 +304,7 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
             dx, g_z_in, dw, db, S1, S2 = dwconv.dw_bwd(du, Q[i], qvec, dw_w[i], hz, res, xvec, B, H, W, act, act,
                                                        write_dx=spin and u_in is not None, write_dhz=True)
             g_u_in = dx
+        S1g, S2g = over_ranks(S1), over_ranks(S2)
         g_dw_w[i] = dw.reshape(dw_w[i].shape).to(dw_w[i].dtype)
         g_dw_b[i] = db.to(dw_w[i].dtype)
     uvec = None if spin else torch.stack([ax, bx, a1, b1], dim=1).contiguous()
@@ -304,7 +321,7 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
 
 @convmixer_run_backward.register_fake
 def _(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w, n1_w, n1_b, n2_w,
-      n2_b, B, H, W, training, act, spin, dw_impl="triton"):
+      n2_b, B, H, W, training, act, spin, dw_impl="triton", sync_bn=False, bn_count=0):
     e = torch.empty_like
     return (e(z_in), e(u_in) if (spin and u_in is not None) else z_in.new_empty((0,)), e(in_mean), e(in_invstd),
             e(in_w), e(in_b), [e(t) for t in dw_w], [t.new_empty(t.shape[0]) for t in dw_w], e(pw_w),
@@ -371,22 +388,6 @@ def _depthwise_impl(backend: str, rows: Tensor) -> str:
     return "cuda"
 
 
-def _update_running(bn_mod, mean, var, n):
-    """nn.BatchNorm2d's running-statistics update (momentum, cumulative average when momentum is None)."""
-    with torch.no_grad():
-        bn_mod.num_batches_tracked.add_(1)
-        rm, rv = bn_mod.running_mean, bn_mod.running_var
-        unbiased = var * (n / max(n - 1, 1))
-        if bn_mod.momentum is not None:
-            m = bn_mod.momentum
-            rm.mul_(1 - m).add_(mean.to(rm.dtype), alpha=m)
-            rv.mul_(1 - m).add_(unbiased.to(rv.dtype), alpha=m)
-        else:  # cumulative moving average; a tensor factor keeps torch.compile(fullgraph=True) free of .item()
-            m = 1.0 / bn_mod.num_batches_tracked.to(torch.float32)
-            rm.copy_(rm * (1 - m) + mean * m)
-            rv.copy_(rv * (1 - m) + unbiased * m)
-
-
 def convmixer_features(model, images: Tensor) -> Tensor:
     """Trunk of a ConvMixer (stem + all layers) with the fused kernels: images [B, in_chans, H, W] ->
     features [B, dim, H/p, W/p] (an NCHW-shaped tensor in channels_last memory format)."""
@@ -422,11 +423,12 @@ def convmixer_features(model, images: Tensor) -> Tensor:
     B, C, H, W = z.shape
     M = B * H * W
     z_in = z.permute(0, 2, 3, 1).reshape(M, C).contiguous()  # at B = 1 reshape may return a strided view
+    # --sync-bn (model.sync_bn, torch.distributed): statistics of the global batch of bn_count rows
+    sync_bn = training and bool(getattr(model, "sync_bn", False)) and collectives.world_size() > 1
+    bn_count = M
     if training:
-        hf = _act(z_in.float(), act)
-        in_mean = hf.mean(0)
-        var = hf.var(0, unbiased=False)
-        _update_running(bn_s, in_mean.detach(), var.detach(), M)
+        in_mean, var, bn_count = batch_norm_rows(_act(z_in.float(), act), sync_bn)
+        update_running_stats(bn_s, in_mean.detach(), var.detach(), bn_count)
         in_invstd = torch.rsqrt(var + bn_s.eps)
     else:
         in_mean = bn_s.running_mean.float()
@@ -447,12 +449,12 @@ def convmixer_features(model, images: Tensor) -> Tensor:
             [m.bias for m in n1], [m.running_mean for m in n1], [m.running_var for m in n1],
             [m.weight for m in n2], [m.bias for m in n2],
             [m.running_mean for m in n2], [m.running_var for m in n2], B, H, W, eps1, eps2, training, act, spin,
-            dw_impl)
+            dw_impl, sync_bn, bn_count)
         if training:
             sd = stats.detach()
             for i in range(len(layers)):
-                _update_running(n1[i], sd[i, 0], sd[i, 1], M)
-                _update_running(n2[i], sd[i, 3], sd[i, 4], M)
+                update_running_stats(n1[i], sd[i, 0], sd[i, 1], bn_count)
+                update_running_stats(n2[i], sd[i, 3], sd[i, 4], bn_count)
         z_in = Z[-1]
         u_in = U[-1] if spin else None
         in_mean, in_invstd = stats[-1, 3], stats[-1, 5]

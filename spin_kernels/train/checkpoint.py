@@ -1,45 +1,62 @@
-"""Checkpoints that never lose work: atomic writes, and every piece of state needed to resume exactly.
+"""Training checkpoints that never lose work: atomic writes, and every piece of state needed to resume exactly.
 
 A training checkpoint is a dict in the format :func:`spin_kernels.load_model` reads (``model`` state dict +
 ``spin_config``) plus the optimizer, grad scaler, EMA, the position (epoch, step in epoch, optimizer updates), the
-RNG states of every rank and the run's resolved config.
+RNG states of every rank and the run's resolved config. Everything in it is tensors and plain data, so it loads
+with ``weights_only=True`` (:mod:`spin_kernels.checkpoint_io` reads and writes every file).
 """
 from __future__ import annotations
 
 import os
 import random
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..checkpoint_io import CheckpointError, load, state_dict_of
+from ..checkpoint_io import save as atomic_save  # noqa: F401 - the training loop's name for it
 
-def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to a temp file in the target folder, fsync, then ``os.replace`` onto ``path``.
+__all__ = ["CheckpointError", "atomic_save", "load_checkpoint", "load_training_checkpoint", "model_state_dict",
+           "rng_state", "set_rng_state", "unwrap"]
 
-    A crash or kill mid-write leaves the previous file intact (os.replace is atomic on POSIX within a file system,
-    which is why the temp file lives in the same folder).
+
+def load_checkpoint(path: str | os.PathLike, *, trusted: bool = False, what: str = "checkpoint") -> dict:
+    """Load a checkpoint dict on the CPU without running code from it.
+
+    Raises FileNotFoundError / CheckpointError naming ``what`` (the flag, e.g. ``--resume``) and the path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    ckpt = load(path, trusted=trusted, what=what)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{what} {path} holds a {type(ckpt).__name__}; expected a checkpoint dict")
+    return ckpt
+
+
+# What makes a checkpoint a training checkpoint (model-only checkpoints go to --init-from).
+TRAINING_STATE = ("model", "spin_config", "optimizer", "epoch", "step_in_epoch", "update", "config")
+
+
+def load_training_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict:
+    """A checkpoint ``spin train --resume`` can continue; a model-only checkpoint gets an error pointing to
+    ``--init-from``."""
+    ckpt = load_checkpoint(path, trusted=trusted, what="--resume")
+    missing = [k for k in TRAINING_STATE if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"--resume {path} is not a training checkpoint of spin train (it has no "
+                              f"{', '.join(missing)}); to start a new run from its weights use --init-from {path}")
+    return ckpt
+
+
+def model_state_dict(ckpt: dict, path: str | os.PathLike = "", what: str = "checkpoint") -> dict:
+    """The model weights of a loaded checkpoint (ours, timm's, or a bare state dict), wrapper prefixes removed."""
+    return state_dict_of(ckpt, path, what=what)
 
 
 def rng_state() -> dict:
-    """RNG states of python, numpy, torch CPU and every CUDA device of this process."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states of python, numpy, torch CPU and every CUDA device of this process, as tensors and plain data."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -48,7 +65,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore states captured by :func:`rng_state`."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -63,31 +82,3 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint dict on the CPU; raise FileNotFoundError / ValueError with the path when unusable."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} cannot be read ({e}); it may be truncated or not a torch file") from e
-    if not isinstance(ckpt, dict):
-        raise TypeError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
-    return ckpt
-
-
-def model_state_dict(ckpt: dict) -> dict:
-    """The model weights of a checkpoint: ours ("model"), timm's ("state_dict" / "state_dict_ema"), or a bare dict."""
-    for key in ("model", "state_dict", "model_state", "module"):
-        if key in ckpt and isinstance(ckpt[key], dict):
-            sd = ckpt[key]
-            break
-    else:
-        sd = ckpt
-    # DDP-saved weights carry a "module." prefix.
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd

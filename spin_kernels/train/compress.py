@@ -5,6 +5,7 @@ from collections import OrderedDict
 
 import torch
 
+from ..checkpoint_io import check_writable_file
 from .checkpoint import atomic_save, load_checkpoint, model_state_dict
 
 
@@ -41,30 +42,35 @@ def format_tables(before: dict, after: dict, label_before: str = "unshared", lab
 
 def compress_model(checkpoint: str, *, model_name: str | None = None, model_kwargs: dict | None = None,
                    share_rate: int = 2, mapping="sequential", share=None, fusion: str = "mean",
-                   collapse: bool = True):
+                   collapse: bool = True, trusted: bool = False):
     """Return ``(unshared_model, shared_model)`` built from ``checkpoint``.
 
     ``shared_model`` is the collapsed plain shared model, or the fusion-training form when ``collapse`` is False.
+    Our checkpoints carry their architecture: ``model_name`` / ``model_kwargs`` may only repeat it.
     """
     from .. import create_model, from_timm
+    from ..models.registry import config_conflicts
 
-    ckpt = load_checkpoint(checkpoint)
-    if "spin_config" in ckpt:
+    ckpt = load_checkpoint(checkpoint, trusted=trusted, what="--checkpoint")
+    if isinstance(ckpt.get("spin_config"), dict):
         sc = dict(ckpt["spin_config"])
         if sc.get("share_rate", 1) != 1 or sc.get("fusion"):
             raise ValueError(f"--checkpoint {checkpoint} is already shared (share_rate={sc.get('share_rate')}); "
                              "compress starts from an unshared model")
+        conflicts = config_conflicts(sc, model_name, model_kwargs)
+        if conflicts:
+            raise ValueError(f"--model / --model-kwargs: {'; '.join(conflicts)}; --checkpoint {checkpoint} carries "
+                             "its own architecture, leave these flags out")
         for k in ("share_rate", "mapping", "share", "fusion"):
             sc.pop(k, None)
         name = sc.pop("name")
-        sc.update(model_kwargs or {})
-        unshared = create_model(name, checkpoint_path=checkpoint, **sc)
+        unshared = create_model(name, checkpoint_path=checkpoint, trust_checkpoint=trusted, **sc)
         fused = create_model(name, share_rate=share_rate, mapping=mapping, share=share, fusion=fusion,
-                             checkpoint_path=checkpoint, **sc)
+                             checkpoint_path=checkpoint, trust_checkpoint=trusted, **sc)
     else:
         if not model_name:
             raise ValueError(f"--checkpoint {checkpoint} has no spin_config (timm weights?): pass --model NAME")
-        state = model_state_dict(ckpt)
+        state = model_state_dict(ckpt, checkpoint, what="--checkpoint")
         unshared = from_timm(state, model_name, **(model_kwargs or {}))
         fused = from_timm(state, model_name, share_rate=share_rate, mapping=mapping, share=share, method=fusion,
                           **(model_kwargs or {}))
@@ -74,12 +80,13 @@ def compress_model(checkpoint: str, *, model_name: str | None = None, model_kwar
 def run_compress(args) -> int:
     """CLI body: compress, print the parameter table before/after (and MACs), save our checkpoint."""
     from .. import profile
-    from .cli import parse_kv, parse_mapping, parse_share
+    from ..argtypes import parse_kv, parse_mapping, parse_share
 
+    check_writable_file(args.output, "--output")
     unshared, shared = compress_model(args.checkpoint, model_name=args.model, model_kwargs=parse_kv(args.model_kwargs),
                                       share_rate=args.share_rate, mapping=parse_mapping(args.mapping),
                                       share=parse_share(args.share), fusion=args.fusion,
-                                      collapse=not args.keep_fusion_form)
+                                      collapse=not args.keep_fusion_form, trusted=args.trust_checkpoint)
     print(format_tables(param_table(unshared), param_table(shared)))
     try:
         pu, ps = profile(unshared, img_size=args.img_size), profile(shared, img_size=args.img_size)

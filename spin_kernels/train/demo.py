@@ -29,7 +29,7 @@ TARGETS = {"shared_top1_min": 90.0, "param_ratio_max": 0.6, "gap_max": 1.0}
 
 def demo_configs(args) -> list[tuple[str, dict]]:
     """The (label, training config) pairs of the demo: unshared, then shared r=2 sequential."""
-    from .cli import parse_kv
+    from ..argtypes import parse_kv
     from .recipes import resolve
 
     arch = {**DEMO_ARCH, **parse_kv(args.model_kwargs)}
@@ -58,7 +58,9 @@ def demo_configs(args) -> list[tuple[str, dict]]:
                    # One loader worker overlaps PIL decoding/augmentation with the step (the main process keeps
                    # both cores' torch threads); a quick run is too short to repay forking it.
                    workers=0 if quick else 1,
-                   train_limit=512 if quick else None, val_limit=256 if quick else None)
+                   train_limit=512 if quick else None, val_limit=256 if quick else None,
+                   # the demo's own folders: a rerun replaces the previous demo's runs
+                   overwrite=True)
         runs.append((label, cfg))
     return runs
 

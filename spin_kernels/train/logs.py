@@ -13,7 +13,10 @@ SUMMARY_FIELDS = ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", 
 class RunLog:
     """Writes ``summary.csv``, ``log.jsonl`` and ``plots/`` in ``output``; does nothing when ``enabled`` is False.
 
-    On resume the existing summary rows are kept up to the resumed epoch, so the files read as one run.
+    Both files only ever grow: one CSV row per finished epoch, one JSON line per event, across resumes. An epoch is
+    first added to ``history`` (which the checkpoint saves) and written to the files after the checkpoint; on
+    resume, rows the checkpoint has but the CSV lacks (a kill between the two) are appended first, so the files
+    read as one run with no duplicates.
     """
 
     def __init__(self, output: str | os.PathLike, enabled: bool = True, history: list[dict] | None = None):
@@ -22,6 +25,10 @@ class RunLog:
         self.history: list[dict] = list(history or [])
         if enabled:
             self.output.mkdir(parents=True, exist_ok=True)
+            written = _csv_epochs(self.output / "summary.csv")
+            for row in self.history:
+                if row["epoch"] not in written:
+                    self._append_row(row)
 
     def event(self, **record) -> None:
         """Append one JSON record to log.jsonl (flushed at once, so a killed run keeps its log)."""
@@ -30,20 +37,36 @@ class RunLog:
         with open(self.output / "log.jsonl", "a") as f:
             f.write(json.dumps(record, default=_json_default) + "\n")
 
-    def epoch_row(self, row: dict) -> None:
-        """Record an epoch's summary row; rewrite summary.csv and the plots."""
+    def add_epoch(self, row: dict) -> None:
+        """Record an epoch's summary row in ``history`` (saved with the next checkpoint)."""
         self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
+
+    def write_epoch(self, row: dict) -> None:
+        """Append the epoch's row to summary.csv and log.jsonl; redraw the plots."""
         if not self.enabled:
             return
-        tmp = self.output / ".summary.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            for r in self.history:
-                w.writerow({k: _fmt(r.get(k)) for k in SUMMARY_FIELDS})
-        os.replace(tmp, self.output / "summary.csv")
+        self._append_row(row)
         self.event(type="epoch", **row)
         plot_history(self.history, self.output / "plots")
+
+    def _append_row(self, row: dict) -> None:
+        path = self.output / "summary.csv"
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: _fmt(row.get(k)) for k in SUMMARY_FIELDS})
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _csv_epochs(path: Path) -> set[int]:
+    """Epoch numbers already in a summary.csv (empty when there is none)."""
+    if not path.exists():
+        return set()
+    with open(path, newline="") as f:
+        return {int(r["epoch"]) for r in csv.DictReader(f) if (r.get("epoch") or "").isdigit()}
 
 
 def _fmt(v):

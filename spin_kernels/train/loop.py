@@ -31,10 +31,20 @@ from ..data import (
     build_train_transform,
     check_num_classes,
     dataset_num_classes,
+    default_workers,
     model_data_cfg,
     set_loader_epoch,
 )
-from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state, unwrap
+from ..reference.batchnorm import convert_sync_batchnorm
+from .checkpoint import (
+    atomic_save,
+    load_checkpoint,
+    load_training_checkpoint,
+    model_state_dict,
+    rng_state,
+    set_rng_state,
+    unwrap,
+)
 from .distributed import (
     DistInfo,
     all_gather_object,
@@ -45,6 +55,7 @@ from .distributed import (
 )
 from .evaluate import evaluate
 from .logs import RunLog
+from .run_dir import prepare_run_dir
 from .schedule import StepSchedule
 
 # Bumped when the checkpoint layout changes.
@@ -91,13 +102,11 @@ def build_model(cfg: dict, num_classes: int, resume_ckpt: dict | None = None) ->
     and ``--fusion`` the weight-fusion training form is built from its per-layer weights.
     """
     from .. import create_model, from_timm
+    from ..models.registry import model_from_config
 
     if resume_ckpt is not None:
-        sc = dict(resume_ckpt["spin_config"])
-        if cfg.get("backend"):
-            sc["backend"] = cfg["backend"]
-        name, fusion = sc.pop("name"), sc.pop("fusion", None)
-        return create_model(name, fusion=fusion, **sc)
+        return model_from_config(resume_ckpt["spin_config"], **({"backend": cfg["backend"]} if cfg.get("backend")
+                                                                  else {}))
     kwargs = dict(cfg.get("model_kwargs") or {})
     if cfg.get("drop_path") and cfg["model"].startswith("deit"):
         kwargs.setdefault("drop_path_rate", cfg["drop_path"])
@@ -108,19 +117,20 @@ def build_model(cfg: dict, num_classes: int, resume_ckpt: dict | None = None) ->
     share = {"share_rate": cfg.get("share_rate") or 1, "mapping": cfg.get("mapping") or "sequential",
              "share": cfg.get("share"), "backend": cfg.get("backend") or "reference"}
     if cfg.get("init_from"):
-        init = load_checkpoint(cfg["init_from"])
-        if "spin_config" in init:
+        trusted = bool(cfg.get("trust_checkpoint"))
+        init = load_checkpoint(cfg["init_from"], trusted=trusted, what="--init-from")
+        if isinstance(init.get("spin_config"), dict):
             sc = dict(init["spin_config"])
             for k in ("share_rate", "mapping", "share", "fusion", "backend"):
                 sc.pop(k, None)
             name = sc.pop("name")
             sc.update(kwargs)
             sc["num_classes"] = num_classes
-            model = create_model(name, fusion=cfg.get("fusion"), checkpoint_path=cfg["init_from"], **share, **sc)
+            model = create_model(name, fusion=cfg.get("fusion"), checkpoint_path=cfg["init_from"],
+                                 trust_checkpoint=trusted, **share, **sc)
         else:
-            from .checkpoint import model_state_dict
-
-            model = from_timm(model_state_dict(init), cfg["model"], method=cfg.get("fusion"), **share, **kwargs)
+            model = from_timm(model_state_dict(init, cfg["init_from"], what="--init-from"), cfg["model"],
+                              method=cfg.get("fusion"), **share, **kwargs)
             if model.num_classes != num_classes:
                 model.reset_classifier(num_classes)
                 model.spin_config["num_classes"] = num_classes
@@ -171,7 +181,7 @@ def train(cfg: dict) -> dict:
 
 def _train(cfg: dict, di: DistInfo, stopper: StopRequested) -> dict:
     device = di.device
-    out = Path(cfg["output"])
+    out = prepare_run_dir(cfg["output"], resume=cfg.get("resume"), overwrite=bool(cfg.get("overwrite")), di=di)
     if device.type == "cpu":
         from .cpu_tuning import keep_freed_memory
 
@@ -179,7 +189,8 @@ def _train(cfg: dict, di: DistInfo, stopper: StopRequested) -> dict:
     threads = cfg.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
-    resume = load_checkpoint(cfg["resume"]) if cfg.get("resume") else None
+    resume = (load_training_checkpoint(cfg["resume"], trusted=bool(cfg.get("trust_checkpoint")))
+              if cfg.get("resume") else None)
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)  # the same initial weights on every rank (DDP would broadcast rank 0's anyway)
 
@@ -203,6 +214,10 @@ def _train(cfg: dict, di: DistInfo, stopper: StopRequested) -> dict:
             check_num_classes(ds, num_classes, split, where=f"--num-classes / the model ({cfg['model']})")
 
     model = build_model(cfg, num_classes, resume)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if cfg.get("sync_bn") and has_bn:
+        convert_sync_batchnorm(model)  # before EMA copies the model: the copy must be the same kind
+    workers = default_workers() if cfg.get("workers") is None else int(cfg["workers"])
     dcfg = model_data_cfg(model, cfg.get("img_size"))
     dcfg["in_chans"] = in_chans
     img_size = dcfg["img_size"]
@@ -223,12 +238,12 @@ def _train(cfg: dict, di: DistInfo, stopper: StopRequested) -> dict:
         _set_transform(val_ds, eval_tf)
     batch = int(cfg["batch_size"])
     train_loader = build_train_loader(train_ds, batch, world_size=di.world_size, rank=di.rank, seed=seed,
-                                      workers=int(cfg.get("workers", 0)), repeats=int(cfg.get("repeats") or 0),
+                                      workers=workers, repeats=int(cfg.get("repeats") or 0),
                                       pin_memory=device.type == "cuda")
     val_loader = None
     if val_ds is not None:
         val_loader = build_eval_loader(val_ds, int(cfg.get("eval_batch_size") or batch), world_size=di.world_size,
-                                       rank=di.rank, workers=int(cfg.get("workers", 0)),
+                                       rank=di.rank, workers=workers,
                                        pin_memory=device.type == "cuda")
 
     # ---- model, optimizer, EMA, AMP
@@ -312,12 +327,31 @@ def _train(cfg: dict, di: DistInfo, stopper: StopRequested) -> dict:
             params, macs = prof["params"], prof["macs"]
         except Exception:  # noqa: BLE001 - profiling is informational; never block training on it
             params, macs = sum(p.numel() for p in model.parameters()), None
+        overrides = cfg.get("resume_overrides") or {}
         log.event(type="start", resumed_from=cfg.get("resume"), epoch=start_epoch, step=start_step, update=update,
                   world_size=di.world_size, device=str(device), params=params, macs=macs,
-                  steps_per_epoch=steps_per_epoch, spin_config=unwrap(model).spin_config)
+                  steps_per_epoch=steps_per_epoch, spin_config=unwrap(model).spin_config,
+                  resume_overrides=overrides, sync_bn=bool(cfg.get("sync_bn")))
+        if overrides:
+            said = ", ".join(f"--{k.replace('_', '-')} {old} -> {new}" for k, (old, new) in overrides.items())
+            print(f"spin train: resuming {cfg['resume']} with changed settings: {said}; from update {update} on, "
+                  "this is not the run the checkpoint started", file=sys.stderr, flush=True)
+        if cfg.get("sync_bn") and not has_bn:
+            print("spin train: --sync-bn: this model has no BatchNorm; nothing to synchronise", file=sys.stderr)
+
+    def reconcile_bn():
+        # Without --sync-bn each rank's BatchNorm running statistics follow its own batches; average them over
+        # ranks (timm's distribute_bn) so that evaluation on every rank and the saved model are the same model.
+        if di.distributed and has_bn and not cfg.get("sync_bn"):
+            from timm.utils import distribute_bn
+
+            distribute_bn(model, di.world_size, reduce=True)
+            if ema is not None:
+                distribute_bn(ema.module, di.world_size, reduce=True)
 
     def save(path: Path, epoch: int, step_in_epoch: int, partial_state: dict):
-        rngs = all_gather_object(rng_state())  # collective: every rank calls save
+        reconcile_bn()  # collective, like the line below: every rank calls save
+        rngs = all_gather_object(rng_state())
         if di.is_main:
             atomic_save({
                 "model": unwrap(model).state_dict(), "spin_config": unwrap(model).spin_config,
@@ -422,27 +456,30 @@ def _train(cfg: dict, di: DistInfo, stopper: StopRequested) -> dict:
                "epoch_cpu_s": train_cpu,
                "peak_mem_mib": _peak_mem_mib(device)}
         if val_loader is not None and ((epoch + 1) % int(cfg.get("eval_every") or 1) == 0 or epoch + 1 == epochs):
+            reconcile_bn()
             m = evaluate(model, val_loader, device, amp_dtype=amp_dtype, channels_last=channels_last)
             row.update(eval_loss=m["loss"], eval_top1=m["top1"], eval_top5=m["top5"], eval_count=m["count"],
                        eval_img_per_s=m["img_per_s"], eval_time_s=m["time_s"])
             if ema is not None:
                 row["eval_ema_top1"] = evaluate(ema.module, val_loader, device, amp_dtype=amp_dtype,
                                                 channels_last=channels_last)["top1"]
-        log.epoch_row(row)
-        if di.is_main and not cfg.get("quiet"):
-            print(_row_text(row), flush=True)
         improved = row.get("eval_top1") is not None and (best is None or row["eval_top1"] > best)
         if improved:
             best = row["eval_top1"]
+        log.add_epoch(row)
         save(out / "last.pth", epoch + 1, 0, {"loss_sum": 0.0, "samples": 0})
         if improved and di.is_main:
             import shutil
 
-            shutil.copyfile(out / "last.pth", out / ".best.pth.tmp")
+            shutil.copy2(out / "last.pth", out / ".best.pth.tmp")  # copy2: same mode as last.pth
             os.replace(out / ".best.pth.tmp", out / "best.pth")
+        log.write_epoch(row)  # after the checkpoint: the files never list an epoch the checkpoint lacks
+        if di.is_main and not cfg.get("quiet"):
+            print(_row_text(row), flush=True)
 
     result = {"history": log.history, "best_top1": best, "interrupted": interrupted, "last": str(out / "last.pth"),
-              "epoch": epoch, "update": update, "model": unwrap(model)}
+              "epoch": epoch, "update": update, "model": unwrap(model),
+              "signal": stopper.signum if interrupted else None}
     if interrupted:
         if di.is_main:
             why = f"signal {signal.Signals(stopper.signum).name}" if stopper.signum else "stop_after_updates"

@@ -12,7 +12,8 @@ BASE = {
     "momentum": 0.9, "sched": "cosine", "warmup_epochs": 0, "min_lr": 0.0, "clip_grad": None, "accum_steps": 1,
     "aug": "timm", "auto_augment": None, "reprob": 0.0, "hflip": 0.5, "color_jitter": 0.4, "mixup": 0.0,
     "cutmix": 0.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "smoothing": 0.1, "drop_path": 0.0, "drop": None,
-    "repeats": 0, "model_ema": False, "model_ema_decay": 0.9998, "workers": 4,
+    "repeats": 0, "model_ema": False, "model_ema_decay": 0.9998,
+    "workers": None,  # None: data.default_workers() (min(4, CPU cores))
 }
 
 RECIPES: dict[str, dict] = {

@@ -9,54 +9,64 @@ from ..data import (
     build_eval_loader,
     build_eval_transform,
     check_num_classes,
+    default_workers,
     model_data_cfg,
 )
+from ..checkpoint_io import check_writable_file
 from .checkpoint import load_checkpoint, model_state_dict
 from .distributed import cleanup, init_distributed
 from .evaluate import evaluate
 
 
 def load_any_model(checkpoint: str, model_name: str | None = None, model_kwargs: dict | None = None,
-                   backend: str | None = None, use_ema: bool = False):
-    """A model from our checkpoint (``spin_config`` inside) or from timm-format weights plus ``model_name``."""
-    from .. import create_model, from_timm
+                   backend: str | None = None, use_ema: bool = False, trusted: bool = False):
+    """``(model, data_cfg)`` from our checkpoint (``spin_config`` inside; ``data_cfg``: the training run's eval
+    transform, or {}) or from timm-format weights plus ``model_name`` (``data_cfg`` {}).
 
-    ckpt = load_checkpoint(checkpoint)
-    if "spin_config" in ckpt:
-        sc = dict(ckpt["spin_config"])
-        if backend:
-            sc["backend"] = backend
-        name, fusion = sc.pop("name"), sc.pop("fusion", None)
-        model = create_model(name, fusion=fusion, **sc)
-        state = ckpt["ema"] if use_ema and ckpt.get("ema") else model_state_dict(ckpt)
+    Our checkpoints carry their architecture: ``model_name`` / ``model_kwargs`` that contradict it are an error
+    (they used to be ignored without a word)."""
+    from .. import from_timm
+    from ..models.registry import config_conflicts, load_weights, model_from_config
+
+    ckpt = load_checkpoint(checkpoint, trusted=trusted, what="--checkpoint")
+    if isinstance(ckpt.get("spin_config"), dict):
+        sc = ckpt["spin_config"]
+        conflicts = config_conflicts(sc, model_name, model_kwargs)
+        if conflicts:
+            raise ValueError(f"--model / --model-kwargs: {'; '.join(conflicts)}; --checkpoint {checkpoint} carries "
+                             "its own architecture, leave these flags out")
+        model = model_from_config(sc, **({"backend": backend} if backend else {}))
         if use_ema and not ckpt.get("ema"):
             raise ValueError(f"--use-ema: {checkpoint} holds no EMA weights (train with --model-ema)")
         # EMA state dicts of timm's ModelEmaV3 are the wrapped module's, prefixed with "module."
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        model.load_state_dict(state)
-        return model
+        state = model_state_dict({"model": ckpt["ema"]} if use_ema else ckpt, checkpoint, what="--checkpoint")
+        load_weights(model, state, sc["name"])
+        return model, dict(ckpt.get("data_cfg") or {})
     if not model_name:
         raise ValueError(f"--checkpoint {checkpoint} is not a spin_kernels checkpoint (no spin_config): "
                          "pass --model NAME to read it as timm weights")
-    return from_timm(model_state_dict(ckpt), model_name, **(model_kwargs or {}),
-                     **({"backend": backend} if backend else {}))
+    return from_timm(model_state_dict(ckpt, checkpoint, what="--checkpoint"), model_name, **(model_kwargs or {}),
+                     **({"backend": backend} if backend else {})), {}
 
 
 def run_eval(args) -> int:
     """Evaluate ``args.checkpoint`` on ``args.data_dir``'s ``args.split``; print a report and a JSON line."""
     from .. import profile
-    from .cli import parse_kv
+    from ..argtypes import parse_kv
     from .loop import _amp_dtype
 
+    if args.json:
+        check_writable_file(args.json, "--json")  # before the evaluation, not after it
     di = init_distributed(args.device)
     if di.device.type == "cpu":
         from .cpu_tuning import keep_freed_memory
 
         keep_freed_memory()
     try:
-        model = load_any_model(args.checkpoint, args.model, parse_kv(args.model_kwargs), args.backend, args.use_ema)
+        model, saved_dcfg = load_any_model(args.checkpoint, args.model, parse_kv(args.model_kwargs), args.backend,
+                                           args.use_ema, trusted=args.trust_checkpoint)
         # The eval transform: the training run's (saved in our checkpoints), else the model cfg's; flags override.
-        dcfg = {**model_data_cfg(model, args.img_size), **load_checkpoint(args.checkpoint).get("data_cfg", {})}
+        dcfg = {**model_data_cfg(model, args.img_size), **saved_dcfg}
         if args.img_size:
             dcfg["img_size"] = args.img_size
         ds = build_dataset(args.data_dir, args.split, dataset=args.dataset, in_chans=dcfg["in_chans"],
@@ -69,7 +79,7 @@ def run_eval(args) -> int:
 
         _set_transform(ds, tf)
         loader = build_eval_loader(ds, args.batch_size, world_size=di.world_size, rank=di.rank,
-                                   workers=args.workers if args.workers is not None else 4,
+                                   workers=args.workers if args.workers is not None else default_workers(),
                                    pin_memory=di.device.type == "cuda")
         import torch
 

@@ -206,8 +206,12 @@ def test_cli_analyze_synthetic_and_image_folder(tmp_path, capsys):
     assert_png(out2 / "cka_cross.png")
     assert "fusion_drift" in json.loads((out2 / "analysis.json").read_text())
 
-    args = _parser().parse_args(["analyze", "--checkpoint", str(ckpt), "--output", str(out)])
-    assert args.func(args) == 2          # neither --data-dir nor --synthetic
+    from spin_kernels.cli import main as spin
+
+    capsys.readouterr()
+    assert spin(["analyze", "--checkpoint", str(ckpt), "--output", str(out)]) == 2  # neither --data-dir nor --synthetic
+    assert capsys.readouterr().err.strip() == ("spin analyze: error: --data-dir / --synthetic: pass exactly one of "
+                                               "--data-dir DIR or --synthetic N")
 
 
 def test_cli_family(tmp_path, capsys):
