@@ -1,5 +1,5 @@
 """ConvMixer op family: depthwise conv, pointwise GEMM, training-mode BatchNorm, one layer forward / forward +
-backward, and the trunk on every backend. Each records the analytic FLOPs / bytes / H100 floor from perf.py."""
+backward, and the trunk on every backend. Each records the analytic FLOPs / bytes / H100 floor from spin_kernels.perf.roofline."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,5 +1,5 @@
 """ViT op family: LayerNorm, the qkv / proj / fc1 / fc2 GEMMs, attention (SDPA), one block forward / forward +
-backward, and the model on every backend. Each records the analytic FLOPs / bytes / H100 floor from perf.py."""
+backward, and the model on every backend. Each records the analytic FLOPs / bytes / H100 floor from spin_kernels.perf.roofline."""
 import pytest
 import torch
 import torch.nn.functional as F

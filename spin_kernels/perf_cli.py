@@ -1,6 +1,6 @@
 """``spin bench`` and ``spin kernels-report``: the analytic cost tables and the sm_90 kernel resource report.
 
-``spin bench --analytic`` needs neither a GPU nor the model code (perf.py carries the architectures); without
+``spin bench --analytic`` needs neither a GPU nor the model code (perf.roofline carries the architectures); without
 ``--analytic`` it points at the measured benchmarks (pytest-benchmark in bench/, the GPU suite).
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ shared-run weight grad), ``bn`` (BatchNorm finalize: Chan merge, affine, running
 fused BN/act backward, prologue helpers).
 
 ``AOT_KERNELS`` lists every shipped GPU configuration for the kernels report and tests/triton/test_aot.py:
-dict(name, fn, signature, constexprs, options, is_gemm). :func:`spin_kernels.triton.aot.compile_kernel` compiles
+dict(name, fn, signature, constexprs, options, is_gemm). :func:`spin_kernels.perf.aot.compile_kernel` compiles
 one for sm_90 (no GPU needed) and reads its registers, spills, shared memory and wgmma use.
 """
 from __future__ import annotations

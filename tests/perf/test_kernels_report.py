@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("triton")
 
 from spin_kernels import perf  # noqa: E402
-from spin_kernels.triton.aot import report_in_subprocess  # noqa: E402
+from spin_kernels.perf.aot import report_in_subprocess  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -80,7 +80,7 @@ def test_cli_handles_missing_registry(monkeypatch, capsys, tmp_path):
     stub = types.ModuleType("spin_kernels.triton")
     monkeypatch.setitem(sys.modules, "spin_kernels.triton", stub)
     monkeypatch.setattr(spin_kernels, "triton", stub, raising=False)
-    monkeypatch.setattr(perf, "find_extension_so", lambda package_dir=None: None)
+    monkeypatch.setattr(perf.machine_code, "find_extension_so", lambda package_dir=None: None)
     parser = argparse.ArgumentParser()
     perf_cli.register(parser.add_subparsers())
     out = tmp_path / "k.json"

@@ -132,7 +132,7 @@ def test_cli_bench_analytic(capsys, tmp_path):
 
 @pytest.mark.parametrize("name", ["convmixer_1536_20", "spin_convmixer_768_32", "deit_tiny_patch16_224"])
 def test_flops_agree_with_model_profile(name):
-    # perf.py carries its own architecture table; it must agree with the MACs of the real model (within the
+    # perf.roofline carries its own architecture table; it must agree with the MACs of the real model (within the
     # bias / activation / softmax FLOPs that profile() leaves out).
     import spin_kernels as sk
     model = sk.create_model(name)

@@ -6,7 +6,7 @@ Compilation runs in a subprocess without TRITON_INTERPRET (this directory's conf
 import pytest
 
 from spin_kernels.triton import CONVMIXER_AOT_KERNELS as AOT_KERNELS  # the ViT ones: tests/triton_vit
-from spin_kernels.triton.aot import report_in_subprocess
+from spin_kernels.perf.aot import report_in_subprocess
 
 NAMES = [e["name"] for e in AOT_KERNELS]
 

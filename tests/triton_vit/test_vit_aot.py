@@ -4,7 +4,7 @@ Each AOT_KERNELS entry states the specialisation Triton's launcher applies at ru
 as constexprs, ``div16``: arguments divisible by 16), so the report describes the code that actually runs.
 The conftest turns on the Triton interpreter (jit functions become InterpretedFunction), so the compilation runs
 in a child process without TRITON_INTERPRET, one per kernel module (the same report by hand:
-``python -m spin_kernels.triton.aot --kernels spin_kernels.triton.attention``).
+``python -m spin_kernels.perf.aot --kernels spin_kernels.triton.attention``).
 """
 import functools
 import importlib
@@ -12,7 +12,7 @@ import importlib
 import pytest
 
 from spin_kernels.perf import triton_nvidia_bin
-from spin_kernels.triton.aot import report_in_subprocess
+from spin_kernels.perf.aot import report_in_subprocess
 
 MODULES = ["spin_kernels.triton.attention", "spin_kernels.triton.layernorm", "spin_kernels.triton.vit_gemm"]
 

@@ -15,7 +15,7 @@ Compilation needs the real JIT: under ``TRITON_INTERPRET=1`` ``@triton.jit`` ret
 cannot be compiled, so code running under the interpreter (the tests) uses :func:`report_in_subprocess`, which runs
 this module's command line in a child process without that variable::
 
-    python -m spin_kernels.triton.aot [--kernels MODULE[:ATTR]] [--capability 90] [NAME ...]   # one JSON list
+    python -m spin_kernels.perf.aot [--kernels MODULE[:ATTR]] [--capability 90] [NAME ...]   # one JSON list
 """
 from __future__ import annotations
 
@@ -27,9 +27,16 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Mapping, Sequence
 
-from ..perf import parse_ptxas_verbose, parse_resource_usage, run_tool, theoretical_occupancy, triton_nvidia_bin
+from .machine_code import (
+    parse_ptxas_verbose,
+    parse_resource_usage,
+    run_tool,
+    theoretical_occupancy,
+    triton_nvidia_bin,
+)
 
 
 def analyze_binary(ptx: str | None, cubin: bytes | None, *, num_warps: int, dynamic_smem: int = 0,
@@ -111,6 +118,30 @@ def compile_kernel(entry: Mapping, capability: int = 90) -> dict:
     return info
 
 
+def triton_report_rows(kernels: Sequence[Mapping], capability: int = 90) -> list[dict]:
+    """One resource row per kernel spec (see :func:`spin_kernels.perf.kernel_report`): compiled, checked
+    (``ok``: no spills, wgmma where a GEMM), timed; a spec that fails to compile is a row with its error."""
+    rows = []
+    for i, entry in enumerate(kernels):
+        if isinstance(entry, Mapping) and "import_error" in entry:
+            rows.append({"name": entry["name"], "error": f"import failed: {entry['import_error']}", "ok": False})
+            continue
+        if not isinstance(entry, Mapping) or "fn" not in entry or "signature" not in entry:
+            raise ValueError(f"kernels[{i}]: expected dict(name, fn, signature, constexprs, is_gemm), got {entry!r}")
+        name = entry.get("name") or getattr(entry["fn"], "__name__", f"kernel{i}")
+        row = {"name": name, "kernel": getattr(entry["fn"], "__name__", None),
+               "is_gemm": bool(entry.get("is_gemm", False))}
+        t0 = time.perf_counter()
+        try:
+            row.update(compile_kernel(entry, capability))
+            row["ok"] = row["spills"] == 0 and (row["wgmma"] or not row["is_gemm"])
+        except Exception as e:  # noqa: BLE001 - one failing kernel must not hide the others
+            row.update({"error": f"{type(e).__name__}: {e}", "ok": False})
+        row["compile_s"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+    return rows
+
+
 def load_kernels(spec: str = "spin_kernels.triton") -> list:
     """The kernel specs named by ``"module[:attr]"`` (``attr`` defaults to ``AOT_KERNELS``)."""
     module, _, attr = spec.partition(":")
@@ -118,9 +149,7 @@ def load_kernels(spec: str = "spin_kernels.triton") -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: print :func:`spin_kernels.perf.kernel_report` rows (Triton kernels only) as one JSON list."""
-    from ..perf import kernel_report
-
+    """Command line: print :func:`triton_report_rows` (the Triton rows of the kernels report) as one JSON list."""
     p = argparse.ArgumentParser(description="AOT-compile Triton kernels for sm_90 and print their resources as "
                                 "JSON (no GPU needed).")
     p.add_argument("names", nargs="*", help="only these kernels (default: all of the registry)")
@@ -129,14 +158,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--capability", type=int, default=90)
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
-        sys.exit("spin_kernels.triton.aot: unset TRITON_INTERPRET to compile kernels")
+        sys.exit("spin_kernels.perf.aot: unset TRITON_INTERPRET to compile kernels")
     kernels = load_kernels(args.kernels)
     if args.names:
         missing = set(args.names) - {e.get("name") for e in kernels}
         if missing:
-            sys.exit(f"spin_kernels.triton.aot: no kernels named {sorted(missing)} in {args.kernels}")
+            sys.exit(f"spin_kernels.perf.aot: no kernels named {sorted(missing)} in {args.kernels}")
         kernels = [e for e in kernels if e.get("name") in args.names]
-    rows = kernel_report(kernels, include_cuda=False, capability=args.capability)
+    rows = triton_report_rows(kernels, capability=args.capability)
     json.dump(rows, sys.stdout, indent=1, default=str)
     print()
 
