@@ -178,8 +178,8 @@ def load(path: str | os.PathLike, *, trusted: bool = False, what: str = "checkpo
                 "not loaded; if you trust where this file comes from, pass --trust-checkpoint "
                 "(Python: trusted=True)") from None
         raise CheckpointError(f"{what} {path} cannot be read ({_first_line(e)}); it may be truncated, not a torch "
-                              "file, or a legacy pickle that safe loading refuses (if you trust where it comes from, pass "
-                              "--trust-checkpoint)") from None
+                              "file, or a legacy pickle that safe loading refuses (if you trust where it comes "
+                              "from, pass --trust-checkpoint)") from None
     except Exception as e:  # noqa: BLE001 - a malformed file fails in many ways (struct.error, EOFError, ...)
         raise CheckpointError(f"{what} {path} cannot be read ({_first_line(e)}); it may be truncated or not a "
                               "torch file") from None

@@ -53,7 +53,7 @@ def _act(z: Tensor, act: str) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ forward
-def _run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
+def run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
                  n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl, sync_bn):
     dwconv, pointwise, bn = _kernels(dw_impl)
     # --sync-bn: every rank's per-tile partials, in rank order, go into one finalize (global-batch statistics)
@@ -166,7 +166,7 @@ def convmixer_run(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_invs
     all ranks (spin_kernels.collectives states the conventions); ``bn_count`` 0 means this rank's rows."""
     _validate_run(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
                   n2_w, n2_b, n2_rm, n2_rv, B, H, W, act, spin, dw_impl)
-    return _run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm,
+    return run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm,
                         n1_rv, n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl,
                         sync_bn and training)
 
@@ -216,25 +216,10 @@ def _backward(ctx, gZ, gQ, gU, gstats):
             None, None, None, None, None, None, None, None, None, None, None)
 
 
-@torch.library.custom_op("spin_kernels::convmixer_run_backward", mutates_args=())
-def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: Optional[Tensor], z_in: Tensor,
-                           u_in: Optional[Tensor], in_mean: Tensor, in_invstd: Tensor, in_w: Tensor, in_b: Tensor,
-                           pw_w: Tensor, Z: Tensor, Q: Tensor, U: Tensor, stats: Tensor, dw_w: List[Tensor],
-                           n1_w: List[Tensor], n1_b: List[Tensor], n2_w: List[Tensor], n2_b: List[Tensor],
-                           B: int, H: int, W: int, training: bool, act: str, spin: bool,
-                           dw_impl: str = "triton", sync_bn: bool = False, bn_count: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, List[Tensor], List[Tensor],
-                                      Tensor, Tensor, List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
-    """Backward of convmixer_run (its own op so that AOT autograd traces it through the fake below).
-
-    Gradients flow only through Z[-1], U[-1] and stats[-1, {3, 5}] (mean2, invstd2 of the last layer), the
-    outputs convmixer_features consumes; the statistics gradient is folded in training mode only (in eval the
-    statistics are running buffers). Returns the gradients of z_in, u_in (empty without), in_mean, in_invstd,
-    in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n2_w, n2_b (n2 of the last layer: zeros — the consumer
-    applies that BN).
-
-    With ``sync_bn`` the batch-statistics terms use sums over all ranks and the global count ``bn_count``;
-    parameter gradients and the returned statistics gradients stay this rank's own (spin_kernels.collectives).
-    """
+def run_backward(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w, n1_w,
+                 n1_b, n2_w, n2_b, B, H, W, training, act, spin, dw_impl="triton", sync_bn=False, bn_count=0):
+    """The body of ``spin_kernels::convmixer_run_backward`` (a plain function: the cost model traces its launches
+    without the dispatcher)."""
     dwconv, pointwise, _ = _kernels(dw_impl)
     R = len(dw_w)
     U = U if spin else None
@@ -317,6 +302,30 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
     g_u_in = g_u_in if g_u_in is not None else z_in.new_empty((0,))
     return (g_z_in, g_u_in, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b,
             dW.reshape(pw_w.shape).to(pw_w.dtype), dB.to(pw_w.dtype), g_n1_w, g_n1_b, g_n2_w, g_n2_b)
+
+
+@torch.library.custom_op("spin_kernels::convmixer_run_backward", mutates_args=())
+def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: Optional[Tensor], z_in: Tensor,
+                           u_in: Optional[Tensor], in_mean: Tensor, in_invstd: Tensor, in_w: Tensor, in_b: Tensor,
+                           pw_w: Tensor, Z: Tensor, Q: Tensor, U: Tensor, stats: Tensor, dw_w: List[Tensor],
+                           n1_w: List[Tensor], n1_b: List[Tensor], n2_w: List[Tensor], n2_b: List[Tensor],
+                           B: int, H: int, W: int, training: bool, act: str, spin: bool,
+                           dw_impl: str = "triton", sync_bn: bool = False, bn_count: int = 0,
+                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, List[Tensor], List[Tensor],
+                                      Tensor, Tensor, List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
+    """Backward of convmixer_run (its own op so that AOT autograd traces it through the fake below).
+
+    Gradients flow only through Z[-1], U[-1] and stats[-1, {3, 5}] (mean2, invstd2 of the last layer), the
+    outputs convmixer_features consumes; the statistics gradient is folded in training mode only (in eval the
+    statistics are running buffers). Returns the gradients of z_in, u_in (empty without), in_mean, in_invstd,
+    in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n2_w, n2_b (n2 of the last layer: zeros — the consumer
+    applies that BN).
+
+    With ``sync_bn`` the batch-statistics terms use sums over all ranks and the global count ``bn_count``;
+    parameter gradients and the returned statistics gradients stay this rank's own (spin_kernels.collectives).
+    """
+    return run_backward(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w,
+                        n1_w, n1_b, n2_w, n2_b, B, H, W, training, act, spin, dw_impl, sync_bn, bn_count)
 
 
 @convmixer_run_backward.register_fake

@@ -40,12 +40,13 @@ from .machine_code import (
 
 
 def analyze_binary(ptx: str | None, cubin: bytes | None, *, num_warps: int, dynamic_smem: int = 0,
-                   arch: str | None = None) -> dict:
+                   arch: str | None = None, keep_sass: bool = False) -> dict:
     """Resource usage of one compiled kernel from its PTX and/or cubin.
 
     Registers and spills come from re-running the bundled ``ptxas -v`` on the PTX for ``arch`` (default: the PTX's
     ``.target``; the cubin alone does not record spills), shared memory from the compiler's dynamic size plus the
-    static size in the cubin, and the tensor-core path from ``wgmma`` in PTX / ``HGMMA`` in SASS.
+    static size in the cubin, and the tensor-core path from ``wgmma`` in PTX / ``HGMMA`` in SASS. ``keep_sass``:
+    also return the SASS listing (``"sass"``), for the cost model.
     """
     info: dict = {"num_warps": num_warps, "dynamic_smem": dynamic_smem}
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,10 +82,12 @@ def analyze_binary(ptx: str | None, cubin: bytes | None, *, num_warps: int, dyna
     info["spills"] = info.get("spill_stores", 0) + info.get("spill_loads", 0)
     info["shared_mem"] = dynamic_smem + info.get("static_smem", 0)
     info.update(theoretical_occupancy(info.get("registers", 0), info["shared_mem"], num_warps))
+    if keep_sass:
+        info["sass"] = sass
     return info
 
 
-def compile_kernel(entry: Mapping, capability: int = 90) -> dict:
+def compile_kernel(entry: Mapping, capability: int = 90, keep_sass: bool = False) -> dict:
     """AOT-compile one kernel spec (see the module docstring) for ``sm_<capability>`` and report its resources.
 
     Returns :func:`analyze_binary`'s dict plus ``num_stages``, ``arch`` and ``source="triton"``. Raises ValueError
@@ -108,12 +111,13 @@ def compile_kernel(entry: Mapping, capability: int = 90) -> dict:
     for k in ("num_warps", "num_stages"):
         if entry.get(k) is not None:
             options.setdefault(k, entry[k])
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in entry.get("div16", ())}
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in entry.get("div16", ())
+             if a not in constexprs}
     k = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", capability, 32),
                        options=options or None)
     md = k.metadata
     info = analyze_binary(k.asm.get("ptx"), k.asm.get("cubin"), num_warps=md.num_warps,
-                          dynamic_smem=int(getattr(md, "shared", 0) or 0))
+                          dynamic_smem=int(getattr(md, "shared", 0) or 0), keep_sass=keep_sass)
     info.update({"num_stages": md.num_stages, "arch": f"sm_{capability}", "source": "triton"})
     return info
 
