@@ -1,0 +1,188 @@
+"""``spin kernels-report --cost``: every shipped kernel at every target shape, bounded from its machine code.
+
+For each target shape (:data:`TARGET_SHAPES`) the fused ops' launches are recorded (:mod:`.launches`), each distinct
+binary is compiled for sm_90a once (:mod:`.aot`), its SASS counted with the launch's trip counts
+(:mod:`.kernel_models`, :mod:`.cost_model`), and the rows are summed into a shared run, a train step (forward +
+backward) and an eval forward of the whole trunk (stem and head, PyTorch ops, are not kernels of ours and are left
+out). All numbers are estimates from machine code — lower bounds with no stalls modelled — never measurements.
+"""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from . import cost_model, sass
+from .kernel_models import TRITON_MODELS
+from .roofline import ARCHS
+
+IMG_SIZE = 224
+TARGET_SHAPES = {
+    # name: (model, batch, share rate); bf16 throughout
+    "spin_convmixer_768_32-r2-b1": ("spin_convmixer_768_32", 1, 2),
+    "spin_convmixer_768_32-r2-b16": ("spin_convmixer_768_32", 16, 2),
+    "spin_convmixer_768_32-r2-b64": ("spin_convmixer_768_32", 64, 2),
+    "convmixer_768_32-b64": ("convmixer_768_32", 64, 1),
+    "convmixer_1536_20-b64": ("convmixer_1536_20", 64, 1),
+    "deit_small_patch16_224-b64": ("deit_small_patch16_224", 64, 1),
+    "deit_base_patch16_224-b64": ("deit_base_patch16_224", 64, 1),
+}
+PHASES = ("fwd", "bwd", "eval")
+
+
+def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132):
+    """(launches of one shared run, runs in the model, a description) of a target shape."""
+    from .launches import convmixer_run_launches, vit_run_launches
+
+    model, batch, rate = TARGET_SHAPES[name]
+    arch = ARCHS[model]
+    runs = arch["depth"] // rate
+    if arch["family"] == "convmixer":
+        hw = IMG_SIZE // arch["patch_size"]
+        launches = convmixer_run_launches(batch, arch["dim"], hw, arch["kernel_size"], act=arch["act"],
+                                          spin=arch["spin_residual"], run_length=rate, dtype=dtype,
+                                          sm_count=sm_count)
+        what = f"[{batch}, {arch['dim']}, {hw}, {hw}] k={arch['kernel_size']} {arch['act']}"
+    else:
+        tokens = (IMG_SIZE // arch["patch_size"]) ** 2 + 1
+        launches = vit_run_launches(batch, tokens, arch["embed_dim"], arch["num_heads"],
+                                    mlp_ratio=arch["mlp_ratio"], run_length=rate, dtype=dtype, sm_count=sm_count)
+        what = f"[{batch}, {tokens}, {arch['embed_dim']}] heads={arch['num_heads']}"
+    return launches, runs, f"{model} {what} {dtype}, runs of {rate} layer(s) × {runs}"
+
+
+class Compiler:
+    """Compiles each distinct launch once: ``{key: (resources, sass.Function)}``."""
+
+    def __init__(self, capability: int = 90):
+        self.capability = capability
+        self.cache: dict = {}
+        self.seconds = 0.0
+
+    def __call__(self, launch):
+        from .aot import compile_kernel
+
+        key = launch.key()
+        if key not in self.cache:
+            t0 = time.perf_counter()
+            info = compile_kernel(launch.spec(), self.capability, keep_sass=True)
+            fns = sass.parse_sass(info.pop("sass"))
+            fn = next((f for n, f in fns.items() if n == launch.kernel), None) or next(iter(fns.values()))
+            self.cache[key] = (info, fn)
+            self.seconds += time.perf_counter() - t0
+        return self.cache[key]
+
+
+def label(launch) -> str:
+    """A readable name of a launch's variant: the kernel and its switched-on constexpr flags."""
+    c = launch.constexprs
+    flags = [k for k, v in c.items() if v is True]
+    extra = [f"k{c['K']}"] if launch.kernel.startswith("dw_") and "K" in c else []
+    if launch.kernel == "gemm_kernel" and c.get("ACT"):
+        extra.append("GELU")
+    if launch.grid[1] > 1 and launch.kernel in ("gemm_kernel", "pw_bwd_dw_kernel"):
+        extra.append(f"split{launch.grid[1]}")
+    inside = ",".join(extra + flags)
+    return f"{launch.kernel.removesuffix('_kernel')}[{inside}]"
+
+
+def launch_cost(launch, compiler: Compiler, rates: cost_model.SMRates, dtype: str) -> dict:
+    """One launch: its bounds, estimate, floor and ratio."""
+    resources, fn = compiler(launch)
+    model = TRITON_MODELS[launch.kernel]
+    args = SimpleNamespace(**launch.args, grid=launch.grid, ctas=launch.ctas)
+    trips = model.trips(args, len(fn.loops))
+    counts = cost_model.count(fn, trips)
+    hbm = launch.bytes_touched()
+    b = cost_model.bounds(counts, ctas=launch.ctas, warps=launch.num_warps,
+                          blocks_per_sm=int(resources.get("blocks_per_sm") or 1), hbm_bytes=hbm, rates=rates)
+    est, binding = cost_model.estimate(b)
+    floor = cost_model.floor_s(model.flops(args), model.unit, hbm, dtype, rates)
+    return {"kernel": launch.kernel, "label": label(launch), "phase": launch.phase, "grid": list(launch.grid),
+            "warps": launch.num_warps, "registers": resources.get("registers"), "spills": resources.get("spills"),
+            "blocks_per_sm": resources.get("blocks_per_sm"), "loops": len(fn.loops), "trips": trips,
+            "instructions_per_warp": counts.instructions, "hbm_bytes": hbm, "l1_bytes": counts.ldg_bytes *
+            launch.num_warps * launch.ctas, "bounds_s": {k: b[k] for k in cost_model.BOUNDS},
+            "pipe": b["pipe_name"], "binding": binding, "estimate_s": est, "floor_s": floor,
+            "ratio": est / floor if floor > 0 else float("inf")}
+
+
+def cost_shape(name: str, compiler: Compiler, rates: cost_model.SMRates = cost_model.H100_RATES,
+               dtype: str = "bf16") -> dict:
+    """The cost table of one target shape: per launch variant and per phase, for one run and the whole trunk."""
+    launches, runs, what = shape_launches(name, dtype, rates.sm_count)
+    rows: dict = {}
+    for launch in launches:
+        # the same binary with the same scalars and buffers sizes costs the same: one row, counted
+        scalars = tuple(sorted((k, v) for k, v in launch.args.items() if isinstance(v, (int, float))))
+        key = (launch.phase, launch.key(), launch.grid, scalars, launch.bytes_touched())
+        if key in rows:
+            rows[key]["count"] += 1
+            continue
+        rows[key] = {**launch_cost(launch, compiler, rates, dtype), "count": 1}
+    table = list(rows.values())
+    totals = {}
+    for phase in PHASES:
+        sel = [r for r in table if r["phase"] == phase]
+        est = sum(r["estimate_s"] * r["count"] for r in sel)
+        flo = sum(r["floor_s"] * r["count"] for r in sel)
+        totals[phase] = {"run_estimate_s": est, "run_floor_s": flo, "model_estimate_s": est * runs,
+                         "model_floor_s": flo * runs, "ratio": est / flo if flo else None,
+                         "launches_per_run": sum(r["count"] for r in sel)}
+    train = {k: totals["fwd"][k] + totals["bwd"][k] for k in ("model_estimate_s", "model_floor_s")}
+    train["ratio"] = train["model_estimate_s"] / train["model_floor_s"]
+    return {"shape": name, "what": what, "runs": runs, "rows": table, "totals": totals, "train_step": train,
+            "eval_forward": {k: totals["eval"][k] for k in ("model_estimate_s", "model_floor_s", "ratio")}}
+
+
+def cost_report(shapes=None, card: str = "h100", dtype: str = "bf16") -> dict:
+    """The cost tables of ``shapes`` (default: every target shape) on ``card`` as one JSON-ready dict."""
+    rates = cost_model.RATES[card]
+    compiler = Compiler()
+    t0 = time.perf_counter()
+    out = {"card": rates.name, "dtype": dtype, "label": "estimates from sm_90a machine code (lower bounds, no "
+           "stalls modelled); not measurements", "rates": _rates_dict(rates),
+           "shapes": [cost_shape(s, compiler, rates, dtype) for s in (shapes or TARGET_SHAPES)]}
+    out["compile_s"] = round(compiler.seconds, 1)
+    out["total_s"] = round(time.perf_counter() - t0, 1)
+    out["binaries"] = len(compiler.cache)
+    return out
+
+
+def _rates_dict(rates: cost_model.SMRates) -> dict:
+    return {"sm_count": rates.sm_count, "clock_hz": rates.clock_hz, "issue_per_clk": rates.issue_per_clk,
+            "pipe_lanes": rates.pipe_lanes, "smem_bytes_per_clk": rates.smem_bytes_per_clk,
+            "hbm_bytes_per_s": rates.ceilings.hbm_bytes_per_s, "tensor_flops": rates.ceilings.tensor_flops,
+            "l2_round_trip_cycles": rates.l2_round_trip_cycles, "barrier_cycles": rates.barrier_cycles,
+            "grid_sync_s": rates.grid_sync_s, "sources": rates.sources}
+
+
+def _us(s: float) -> str:
+    return f"{s * 1e6:9.1f}"
+
+
+def format_cost_report(report: dict) -> str:
+    """One table per shape: kernel variant, bounds, binding bound, estimate, floor, ratio; then the totals."""
+    lines = [f"{report['card']}, {report['dtype']}: {report['label']}"]
+    for sh in report["shapes"]:
+        lines += ["", f"== {sh['shape']}: {sh['what']}",
+                  f"{'phase':5s} {'kernel variant':42s} {'x':>2s} {'grid':>14s} {'w':>2s} "
+                  + " ".join(f"{b:>9s}" for b in cost_model.BOUNDS)
+                  + f" {'bound':>8s} {'est us':>9s} {'floor us':>9s} {'ratio':>7s}"]
+        for r in sorted(sh["rows"], key=lambda r: (PHASES.index(r["phase"]), -r["estimate_s"] * r["count"])):
+            grid = "x".join(str(g) for g in r["grid"])
+            lines.append(f"{r['phase']:5s} {r['label'][:42]:42s} {r['count']:2d} {grid:>14s} {r['warps']:2d} "
+                         + " ".join(_us(r["bounds_s"][b]) for b in cost_model.BOUNDS)
+                         + f" {r['binding']:>8s} {_us(r['estimate_s'])} {_us(r['floor_s'])} {r['ratio']:7.1f}")
+        t = sh["totals"]
+        lines.append(f"one run: fwd {t['fwd']['run_estimate_s'] * 1e6:.1f} us (floor "
+                     f"{t['fwd']['run_floor_s'] * 1e6:.1f}), bwd {t['bwd']['run_estimate_s'] * 1e6:.1f} us (floor "
+                     f"{t['bwd']['run_floor_s'] * 1e6:.1f}), eval {t['eval']['run_estimate_s'] * 1e6:.1f} us (floor "
+                     f"{t['eval']['run_floor_s'] * 1e6:.1f})")
+        lines.append(f"whole trunk ({sh['runs']} runs): train step {sh['train_step']['model_estimate_s'] * 1e3:.3f} ms"
+                     f" vs floor {sh['train_step']['model_floor_s'] * 1e3:.3f} ms ({sh['train_step']['ratio']:.1f}x);"
+                     f" eval forward {sh['eval_forward']['model_estimate_s'] * 1e3:.3f} ms vs floor "
+                     f"{sh['eval_forward']['model_floor_s'] * 1e3:.3f} ms ({sh['eval_forward']['ratio']:.1f}x)")
+    lines.append("")
+    lines.append(f"{report['binaries']} binaries compiled for sm_90a in {report['compile_s']} s; bounds in us per "
+                 "launch (busiest SM); estimate = the largest bound; floor = max(FLOPs/peak, bytes/bandwidth)")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""Per-kernel descriptors for the machine-code cost model: what SASS alone cannot say.
+
+For every shipped kernel: the trip count of each loop its machine code has (in address order, tied to the loop's
+header in the source), and the analytic work of one launch (the FLOPs of the floor, on tensor cores or CUDA
+cores). A descriptor receives the launch's arguments as attributes (tensor arguments as
+:class:`~spin_kernels.perf.launches.TensorArg`, plus ``grid`` and ``ctas``) and returns numbers.
+
+Trip counts are *per entry of the loop, averaged over programs* (a loop that half the programs run counts half);
+a loop with ``may_fold`` disappears from the machine code when its trip count is the constant 1 (e.g. the
+one-tile-per-program case of ``dw_bwd_kernel``). tests/perf/test_cost_model.py checks every descriptor against the
+SASS (same number of loops) and, under the interpreter, against the loops' real iteration counts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+
+def cdiv(a: float, b: float) -> int:
+    """Ceiling division of non-negative integers."""
+    return -(-int(a) // int(b))
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """One loop of a kernel's machine code."""
+
+    site: str                                  # the loop header in the kernel's source (unique in the kernel)
+    trips: Callable                            # launch args -> iterations per entry (average over programs)
+    may_fold: bool = False                     # gone from SASS when the trip count is the constant 1
+
+
+@dataclass(frozen=True)
+class KernelModel:
+    """Loops (address order) and analytic work of one kernel function."""
+
+    loops: tuple
+    flops: Callable                            # launch args -> FLOPs of the whole launch
+    unit: str = "vector"                       # "tensor" (tensor-core GEMM work) or "vector" (CUDA cores)
+    note: str = ""
+
+    def trips(self, args, n_sass_loops: int) -> list[float]:
+        """Trip counts matched to the ``n_sass_loops`` loops found in the machine code; ValueError when the
+        descriptor and the machine code disagree (the descriptor needs updating)."""
+        full = [float(lp.trips(args)) for lp in self.loops]
+        if len(full) == n_sass_loops:
+            return full
+        kept = [t for lp, t in zip(self.loops, full, strict=True) if not (lp.may_fold and t == 1)]
+        if len(kept) == n_sass_loops:
+            return kept
+        raise ValueError(f"descriptor has {len(full)} loops ({[lp.site for lp in self.loops]}), the machine code "
+                         f"{n_sass_loops}: update spin_kernels.perf.kernel_models")
+
+
+def _numel(t) -> int:
+    return math.prod(t.shape)
+
+
+def _attn_fwd_flops(a) -> float:
+    return 4.0 * a.grid[1] * a.N * a.N * a.D          # QKᵀ and PV over all (batch, head) pairs
+
+
+# Triton kernels, by function name. The loops are the `for ... in range(...)` loops of the kernels' source.
+TRITON_MODELS: dict[str, KernelModel] = {
+    "dw_fwd_kernel": KernelModel(
+        loops=(LoopSpec("for tap in range(K * K)", lambda a: a.K * a.K),),
+        flops=lambda a: 2.0 * a.M * a.C * a.K * a.K),
+    "dw_bwd_kernel": KernelModel(
+        loops=(LoopSpec("for t in range(pid * tiles_per_prog, (pid + 1) * tiles_per_prog)",
+                        lambda a: a.tiles_per_prog, may_fold=True),
+               LoopSpec("for tap in range(K * K)", lambda a: a.K * a.K)),
+        flops=lambda a: 4.0 * a.M * a.C * a.K * a.K,    # dx (transposed conv) and dw (correlation)
+        note="dx and dw per tap"),
+    "bn_finalize_kernel": KernelModel(
+        loops=(LoopSpec("for t0 in range(0, n_tiles, BLOCK_T)", lambda a: cdiv(a.n_tiles, a.BLOCK_T)),),
+        flops=lambda a: 10.0 * a.n_tiles * a.C),
+    "pw_fwd_kernel": KernelModel(
+        loops=(LoopSpec("for k0 in range(0, K, BLOCK_K)", lambda a: cdiv(a.K, a.BLOCK_K)),),
+        flops=lambda a: 2.0 * a.M * a.N * a.K, unit="tensor"),
+    "pw_bwd_dx_kernel": KernelModel(
+        loops=(LoopSpec("for n0 in range(0, N, BLOCK_N)", lambda a: cdiv(a.N, a.BLOCK_N)),),
+        flops=lambda a: 2.0 * a.M * a.N * a.K, unit="tensor"),
+    "pw_bwd_dw_kernel": KernelModel(
+        loops=(LoopSpec("for t in range(t_start, t_end)", lambda a: a.R * cdiv(a.M, a.BLOCK_M) / a.grid[1]),),
+        flops=lambda a: 2.0 * a.R * a.M * a.N * a.K, unit="tensor",
+        note="rows of the run split over grid[1] programs; the average share per program"),
+    "gemm_kernel": KernelModel(
+        loops=(LoopSpec("for k0 in range(k_start, k_end, BLOCK_K)", lambda a: cdiv(a.K, a.BLOCK_K) / a.grid[1]),),
+        flops=lambda a: 2.0 * a.M * a.N * a.K, unit="tensor",
+        note="split-K: the K loop shared by grid[1] programs"),
+    "attn_fwd_kernel": KernelModel(
+        loops=(LoopSpec("for start_n in range(0, N, BLOCK_N)", lambda a: cdiv(a.N, a.BLOCK_N)),),
+        flops=_attn_fwd_flops, unit="tensor"),
+    "attn_bwd_pre_kernel": KernelModel(loops=(), flops=lambda a: 2.0 * a.grid[1] * a.N * a.D),
+    "attn_bwd_kernel": KernelModel(
+        loops=(LoopSpec("for start_m in range(0, N, STEP)", lambda a: cdiv(a.N, a.STEP) / 2),
+               LoopSpec("for start_n in range(0, N, STEP)", lambda a: cdiv(a.N, a.STEP) / 2)),
+        flops=lambda a: 2.5 * _attn_fwd_flops(a), unit="tensor",
+        note="grid z = 2: half the programs run the dK/dV loop, half the dQ loop"),
+    "ln_fwd_kernel": KernelModel(loops=(), flops=lambda a: 8.0 * a.M * a.C),
+    "ln_bwd_kernel": KernelModel(
+        loops=(LoopSpec("for r in range(0, ROWS_PER_PROG, BLOCK_R)", lambda a: cdiv(a.ROWS_PER_PROG, a.BLOCK_R)),),
+        flops=lambda a: 12.0 * a.M * a.C),
+}
