@@ -8,7 +8,7 @@ TORCHVISION_PIN ?= torchvision==0.29.1
 PYTEST_ARGS     ?=
 export MAX_JOBS ?= 2
 
-.PHONY: install test demo fashion-mnist bench bench-analytic kernels-report gpu gpu-build gpu-test gpu-sanitize gpu-targets gpu-bench gpu-bench-e2e lint clean
+.PHONY: install test demo fashion-mnist bench bench-analytic kernels-report cost-report cost-budgets gpu gpu-build gpu-test gpu-sanitize gpu-targets gpu-bench gpu-bench-e2e lint clean
 
 install: $(STAMP)
 
@@ -42,6 +42,16 @@ bench-analytic: install
 
 kernels-report: install
 	$(VENV)/bin/spin kernels-report --json kernels_report.json
+
+# The machine-code cost model at the target shapes (no GPU): writes the committed JSON and checks the budgets.
+COST_JSON    ?= bench/results/static/cost_model.json
+COST_BUDGETS ?= bench/results/static/cost_budgets.json
+cost-report: install
+	$(VENV)/bin/spin kernels-report --cost --json $(COST_JSON) --budgets $(COST_BUDGETS)
+
+# After a kernel got faster: record today's ratios as the new budgets (they may only shrink).
+cost-budgets: install
+	$(VENV)/bin/spin kernels-report --cost --json $(COST_JSON) --record-budgets $(COST_BUDGETS)
 
 # On a GPU machine (an H100/H200 lent through the device tool): the machine's own python3 already has torch,
 # triton, timm and pytest, so nothing is installed from the network. Each stage fits in one 10-minute command:

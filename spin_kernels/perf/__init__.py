@@ -9,7 +9,15 @@
 Dependencies run one way: this package reads the kernels (``spin_kernels.triton``, the built extension); no kernel
 module imports it.
 """
-from .cards import CARDS, DTYPE_BYTES, H100, H200, Ceilings, get_ceilings, normalize_dtype
+from .cards import (
+    CARDS,
+    DTYPE_BYTES,
+    H100,
+    H200,
+    Ceilings,
+    get_ceilings,
+    normalize_dtype,
+)
 from .kernels_report import collect_aot_kernels, format_kernel_report, kernel_report
 from .machine_code import (
     SM90_LIMITS,

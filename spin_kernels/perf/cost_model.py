@@ -80,6 +80,28 @@ H100_RATES = SMRates(name="H100 SXM (machine-code model)", ceilings=H100)
 H200_RATES = SMRates(name="H200 SXM (machine-code model)", ceilings=H200)
 RATES = {"h100": H100_RATES, "h200": H200_RATES}
 
+
+def measured_rates(card: str, results_root) -> tuple[SMRates, str | None]:
+    """``RATES[card]`` with the HBM bandwidth and tensor FLOP/s replaced by the newest GPU run of that card under
+    ``results_root`` (``bench/results/<gpu>-<date>/**/results.json`` with measured ``ceilings``), and the path
+    used (None: no such run, the nominal rates stand)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    base = RATES[card]
+    runs = sorted((p for p in Path(results_root).glob(f"*{card}*/**/results.json")), key=lambda p: p.parent.name)
+    for path in reversed(runs):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("ceilings"):
+            ceilings = Ceilings.from_dict(data["ceilings"])
+            return dataclasses.replace(base, name=f"{base.name}, measured ceilings of {path.parent}",
+                                       ceilings=ceilings), str(path)
+    return base, None
+
 BOUNDS = ("issue", "pipe", "tensor", "smem", "hbm", "latency")
 _REG = re.compile(r"\bR(\d+)(\.64)?\b")
 _GLOBAL_LOADS = {"LDG", "LD"}

@@ -12,21 +12,23 @@ import time
 from types import SimpleNamespace
 
 from . import cost_model, sass
+from .cuda_kernels import cuda_shape_costs, format_cuda_totals
 from .kernel_models import TRITON_MODELS
 from .roofline import ARCHS
+from .targets import (
+    IMG_SIZE,
+    PHASES,
+    TARGET_SHAPES,
+    assign_ids,
+    phase_total,
+    train_step,
+)
 
-IMG_SIZE = 224
-TARGET_SHAPES = {
-    # name: (model, batch, share rate); bf16 throughout
-    "spin_convmixer_768_32-r2-b1": ("spin_convmixer_768_32", 1, 2),
-    "spin_convmixer_768_32-r2-b16": ("spin_convmixer_768_32", 16, 2),
-    "spin_convmixer_768_32-r2-b64": ("spin_convmixer_768_32", 64, 2),
-    "convmixer_768_32-b64": ("convmixer_768_32", 64, 1),
-    "convmixer_1536_20-b64": ("convmixer_1536_20", 64, 1),
-    "deit_small_patch16_224-b64": ("deit_small_patch16_224", 64, 1),
-    "deit_base_patch16_224-b64": ("deit_base_patch16_224", 64, 1),
-}
-PHASES = ("fwd", "bwd", "eval")
+__all__ = ["IMG_SIZE", "PHASES", "TARGET_SHAPES", "cost_report", "cost_shape", "format_cost_report"]
+
+# Where the calibration kernels must land (ratio = estimate / floor) for the model to be believed: a copy is
+# memory-bound at its floor, a large textbook GEMM tensor-bound near its floor.
+CALIBRATION_RANGES = {"copy_kernel": ("hbm", 1.0, 1.05), "matmul_kernel": ("tensor", 1.0, 1.3)}
 
 
 def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132):
@@ -96,19 +98,25 @@ def launch_cost(launch, compiler: Compiler, rates: cost_model.SMRates, dtype: st
     b = cost_model.bounds(counts, ctas=launch.ctas, warps=launch.num_warps,
                           blocks_per_sm=int(resources.get("blocks_per_sm") or 1), hbm_bytes=hbm, rates=rates)
     est, binding = cost_model.estimate(b)
-    floor = cost_model.floor_s(model.flops(args), model.unit, hbm, dtype, rates)
+    flops = model.flops(args)
+    floor = cost_model.floor_s(flops, model.unit, hbm, dtype, rates)
     return {"kernel": launch.kernel, "label": label(launch), "phase": launch.phase, "grid": list(launch.grid),
             "warps": launch.num_warps, "registers": resources.get("registers"), "spills": resources.get("spills"),
             "blocks_per_sm": resources.get("blocks_per_sm"), "loops": len(fn.loops), "trips": trips,
             "instructions_per_warp": counts.instructions, "hbm_bytes": hbm, "l1_bytes": counts.ldg_bytes *
-            launch.num_warps * launch.ctas, "bounds_s": {k: b[k] for k in cost_model.BOUNDS},
+            launch.num_warps * launch.ctas, "flops": flops, "unit": model.unit,
+            "tensor_macs": sum(counts.macs.values()) * launch.num_warps * launch.ctas, "bounds_s": {k: b[k] for k in cost_model.BOUNDS},
             "pipe": b["pipe_name"], "binding": binding, "estimate_s": est, "floor_s": floor,
             "ratio": est / floor if floor > 0 else float("inf")}
 
 
 def cost_shape(name: str, compiler: Compiler, rates: cost_model.SMRates = cost_model.H100_RATES,
-               dtype: str = "bf16") -> dict:
-    """The cost table of one target shape: per launch variant and per phase, for one run and the whole trunk."""
+               dtype: str = "bf16", cuda: bool = False) -> dict:
+    """The cost table of one target shape: per launch variant and per phase, for one run and the whole trunk.
+
+    ``cuda``: also the CUDA C++ kernels of ``backend="cuda"`` (:func:`.cuda_kernels.cuda_shape_costs`): extra rows
+    with ``backend: "cuda"`` after the Triton ones, and the variant's own totals (``totals_cuda``,
+    ``train_step_cuda``, ``eval_forward_persistent``, ...); the Triton rows and totals are unchanged."""
     launches, runs, what = shape_launches(name, dtype, rates.sm_count)
     rows: dict = {}
     for launch in launches:
@@ -120,28 +128,46 @@ def cost_shape(name: str, compiler: Compiler, rates: cost_model.SMRates = cost_m
             continue
         rows[key] = {**launch_cost(launch, compiler, rates, dtype), "count": 1}
     table = list(rows.values())
-    totals = {}
-    for phase in PHASES:
-        sel = [r for r in table if r["phase"] == phase]
-        est = sum(r["estimate_s"] * r["count"] for r in sel)
-        flo = sum(r["floor_s"] * r["count"] for r in sel)
-        totals[phase] = {"run_estimate_s": est, "run_floor_s": flo, "model_estimate_s": est * runs,
-                         "model_floor_s": flo * runs, "ratio": est / flo if flo else None,
-                         "launches_per_run": sum(r["count"] for r in sel)}
-    train = {k: totals["fwd"][k] + totals["bwd"][k] for k in ("model_estimate_s", "model_floor_s")}
-    train["ratio"] = train["model_estimate_s"] / train["model_floor_s"]
-    return {"shape": name, "what": what, "runs": runs, "rows": table, "totals": totals, "train_step": train,
-            "eval_forward": {k: totals["eval"][k] for k in ("model_estimate_s", "model_floor_s", "ratio")}}
+    assign_ids(table)
+    totals = {phase: phase_total([r for r in table if r["phase"] == phase], runs) for phase in PHASES}
+    result = {"shape": name, "what": what, "runs": runs, "rows": table, "totals": totals,
+              "train_step": train_step(totals),
+              "eval_forward": {k: totals["eval"][k] for k in ("model_estimate_s", "model_floor_s", "ratio")}}
+    if cuda:  # backend="cuda" (spin_kernels.perf.cuda_kernels), added after the Triton totals
+        extra = cuda_shape_costs(name, table, runs, rates, dtype)
+        result["rows"] = table + extra.pop("cuda_rows", [])
+        result.update(extra)
+    return result
 
 
-def cost_report(shapes=None, card: str = "h100", dtype: str = "bf16") -> dict:
-    """The cost tables of ``shapes`` (default: every target shape) on ``card`` as one JSON-ready dict."""
+def calibration(compiler: Compiler, rates: cost_model.SMRates, dtype: str = "bf16") -> list[dict]:
+    """The calibration kernels' rows, each with its expected binding bound and ratio range and whether it lands."""
+    from .launches import calibration_launches
+
+    rows = []
+    for launch in calibration_launches(dtype=dtype, sm_count=rates.sm_count):
+        row = launch_cost(launch, compiler, rates, dtype)
+        bound, lo, hi = CALIBRATION_RANGES[launch.kernel]
+        row.update(expected_binding=bound, expected_ratio=[lo, hi],
+                   ok=row["binding"] == bound and lo <= row["ratio"] <= hi)
+        rows.append(row)
+    return rows
+
+
+def cost_report(shapes=None, card: str = "h100", dtype: str = "bf16", cuda: bool = False,
+                results_root=None) -> dict:
+    """The cost tables of ``shapes`` (default: every target shape) on ``card`` as one JSON-ready dict
+    (``cuda``: with the CUDA kernels' rows, see :func:`cost_shape`; ``results_root``: where GPU runs' measured
+    ceilings are looked for, e.g. ``bench/results``)."""
     rates = cost_model.RATES[card]
+    if results_root is not None:   # a GPU run's measured copy bandwidth and GEMM rate replace the nominal ones
+        rates, _ = cost_model.measured_rates(card, results_root)
     compiler = Compiler()
     t0 = time.perf_counter()
     out = {"card": rates.name, "dtype": dtype, "label": "estimates from sm_90a machine code (lower bounds, no "
            "stalls modelled); not measurements", "rates": _rates_dict(rates),
-           "shapes": [cost_shape(s, compiler, rates, dtype) for s in (shapes or TARGET_SHAPES)]}
+           "calibration": calibration(compiler, rates, dtype),
+           "shapes": [cost_shape(s, compiler, rates, dtype, cuda) for s in (shapes or TARGET_SHAPES)]}
     out["compile_s"] = round(compiler.seconds, 1)
     out["total_s"] = round(time.perf_counter() - t0, 1)
     out["binaries"] = len(compiler.cache)
@@ -162,7 +188,12 @@ def _us(s: float) -> str:
 
 def format_cost_report(report: dict) -> str:
     """One table per shape: kernel variant, bounds, binding bound, estimate, floor, ratio; then the totals."""
-    lines = [f"{report['card']}, {report['dtype']}: {report['label']}"]
+    lines = [f"{report['card']}, {report['dtype']}: {report['label']}", "", "== calibration"]
+    for r in report["calibration"]:
+        lines.append(f"{r['label']:34s} bound {r['binding']:>7s} (expected {r['expected_binding']}), ratio "
+                     f"{r['ratio']:.2f} (expected {r['expected_ratio'][0]}-{r['expected_ratio'][1]}): "
+                     f"{'ok' if r['ok'] else 'MODEL WRONG'}; " + ", ".join(
+                         f"{b} {r['bounds_s'][b] * 1e6:.1f}" for b in cost_model.BOUNDS) + " us")
     for sh in report["shapes"]:
         lines += ["", f"== {sh['shape']}: {sh['what']}",
                   f"{'phase':5s} {'kernel variant':42s} {'x':>2s} {'grid':>14s} {'w':>2s} "
@@ -182,7 +213,79 @@ def format_cost_report(report: dict) -> str:
                      f" vs floor {sh['train_step']['model_floor_s'] * 1e3:.3f} ms ({sh['train_step']['ratio']:.1f}x);"
                      f" eval forward {sh['eval_forward']['model_estimate_s'] * 1e3:.3f} ms vs floor "
                      f"{sh['eval_forward']['model_floor_s'] * 1e3:.3f} ms ({sh['eval_forward']['ratio']:.1f}x)")
+        if "train_step_cuda" in sh or "cuda_note" in sh:  # backend="cuda" totals (cost_shape(cuda=True))
+            lines += format_cuda_totals(sh)
     lines.append("")
     lines.append(f"{report['binaries']} binaries compiled for sm_90a in {report['compile_s']} s; bounds in us per "
                  "launch (busiest SM); estimate = the largest bound; floor = max(FLOPs/peak, bytes/bandwidth)")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ files and budgets
+def _rounded(obj, digits: int = 6):
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v, digits) for v in obj]
+    return obj
+
+
+def stable_json(report: dict) -> dict:
+    """The report without run-to-run noise (timings), floats to 6 significant digits: what is committed under
+    ``bench/results/static/`` so that every kernel change shows as a diff."""
+    return _rounded({k: v for k, v in report.items() if k not in ("compile_s", "total_s")})
+
+
+def write_json(report: dict, path) -> None:
+    """Write :func:`stable_json` of ``report`` to ``path``."""
+    import json
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(stable_json(report), indent=1, sort_keys=True) + "\n")
+
+
+def budgets_of(report: dict) -> dict:
+    """``{shape: {row id: ratio}}`` plus each shape's train-step and eval-forward ratios: the values CI holds
+    every later report to (a ratio may shrink, never grow)."""
+    out = {}
+    for sh in report["shapes"]:
+        b = {r["id"]: round(r["ratio"], 4) for r in sh["rows"]}
+        b["train_step"] = round(sh["train_step"]["ratio"], 4)
+        b["eval_forward"] = round(sh["eval_forward"]["ratio"], 4)
+        out[sh["shape"]] = b
+    return out
+
+
+def read_budgets(path) -> dict:
+    """The budgets JSON written by ``make cost-budgets``."""
+    import json
+    from pathlib import Path
+
+    return json.loads(Path(path).read_text())
+
+
+def check_budgets(report: dict, budgets: dict, slack: float = 1e-3) -> list[str]:
+    """One line per kernel × shape whose ratio grew past its budget (or has none): kernel, shape, binding bound,
+    ratio. ``slack``: relative rounding allowance of the recorded values."""
+    failures = []
+    for sh in report["shapes"]:
+        recorded = budgets.get(sh["shape"])
+        if recorded is None:
+            failures.append(f"{sh['shape']}: no budgets recorded (make cost-budgets)")
+            continue
+        for r in sh["rows"]:
+            limit = recorded.get(r["id"])
+            if limit is None:
+                failures.append(f"{sh['shape']} {r['id']}: no budget recorded; ratio {r['ratio']:.2f} "
+                                f"({r['binding']}-bound) (make cost-budgets)")
+            elif r["ratio"] > limit * (1 + slack):
+                failures.append(f"{sh['shape']} {r['id']}: ratio {r['ratio']:.2f} ({r['binding']}-bound, estimate "
+                                f"{r['estimate_s'] * 1e6:.1f} us vs floor {r['floor_s'] * 1e6:.1f} us) grew past "
+                                f"its budget {limit:.2f}")
+        for key, value in (("train_step", sh["train_step"]["ratio"]), ("eval_forward", sh["eval_forward"]["ratio"])):
+            if key in recorded and value > recorded[key] * (1 + slack):
+                failures.append(f"{sh['shape']} {key}: ratio {value:.2f} grew past its budget {recorded[key]:.2f}")
+    return failures

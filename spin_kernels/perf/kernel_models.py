@@ -102,4 +102,9 @@ TRITON_MODELS: dict[str, KernelModel] = {
     "ln_bwd_kernel": KernelModel(
         loops=(LoopSpec("for r in range(0, ROWS_PER_PROG, BLOCK_R)", lambda a: cdiv(a.ROWS_PER_PROG, a.BLOCK_R)),),
         flops=lambda a: 12.0 * a.M * a.C),
+    # calibration kernels (spin_kernels.triton.calibration): their true limits are known
+    "copy_kernel": KernelModel(loops=(), flops=lambda a: 0.0),
+    "matmul_kernel": KernelModel(
+        loops=(LoopSpec("for k0 in range(0, K, BLOCK_K)", lambda a: cdiv(a.K, a.BLOCK_K)),),
+        flops=lambda a: 2.0 * a.M * a.N * a.K, unit="tensor"),
 }

@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 from .aot import triton_report_rows
 from .machine_code import cuda_extension_report
 
+
 def collect_aot_kernels() -> list[dict]:
     """The AOT kernel registry: ``spin_kernels.triton.AOT_KERNELS`` when the package defines it, else the
     ``AOT_KERNELS`` lists of its submodules (deduplicated by name). Import failures leave a kernel family out

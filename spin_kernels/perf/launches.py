@@ -117,10 +117,12 @@ def _record(fn, args, kwargs, grid, phase: str) -> Launch:
     names = list(fn.arg_names)
     bound = dict(zip(names, args, strict=False))
     bound.update({k: v for k, v in kwargs.items() if k in names})
-    constexpr_names = {p.name for p in fn.params if p.is_constexpr}
-    for p in fn.params:  # defaults of arguments the caller left out
-        if p.name not in bound and p.default is not inspect.Parameter.empty:
-            bound[p.name] = p.default
+    # JITFunction.params, or (under the interpreter) the Python signature's tl.constexpr annotations
+    params = inspect.signature(fn.fn).parameters
+    constexpr_names = {n for n, p in params.items() if "constexpr" in str(p.annotation)}
+    for n, p in params.items():  # defaults of arguments the caller left out
+        if n not in bound and p.default is not inspect.Parameter.empty:
+            bound[n] = p.default
     out_args, constexprs = {}, {}
     for name in names:
         value = bound.get(name)
@@ -253,4 +255,21 @@ def vit_run_launches(batch: int, tokens: int, dim: int, num_heads: int, *, mlp_r
             if phase == "bwd":
                 rec.launches = [lp for lp in rec.launches if lp.phase != "bwd"]
                 op.run_backward(t(batch, tokens, C), X, Y, O, stats, lse, *w, *norms, None, num_heads, 0.0, 0)
+    return rec.launches
+
+
+def calibration_launches(copy_bytes: int = 2 ** 30, gemm_size: int = 4096, dtype: str = "bf16",
+                         sm_count: int = 132) -> list[Launch]:
+    """The calibration kernels' launches (spin_kernels.triton.calibration): a ``copy_bytes`` copy and a
+    ``gemm_size``³ GEMM."""
+    import torch
+
+    from ..triton import calibration
+
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    with recording(sm_count) as rec:
+        rec.phase = "calibration"
+        calibration.copy(torch.empty(copy_bytes // 2, device="cuda", dtype=dt))
+        a = torch.empty(gemm_size, gemm_size, device="cuda", dtype=dt)
+        calibration.matmul(a, torch.empty_like(a))
     return rec.launches

@@ -88,9 +88,9 @@ class Instruction:
         return 4
 
     def matrix_bytes_per_warp(self) -> int:
-        """``LDSM`` / ``STSM``: 8×8 matrices of 16-bit values, ``.x1`` / ``.x2`` / ``.x4`` of them per warp."""
-        count = next((int(m[1:]) for m in self.modifiers if m in ("x1", "x2", "x4") or re.fullmatch(r"[xX]\d", m)),
-                     1)
+        """``LDSM`` / ``STSM``: 8×8 matrices of 16-bit values (128 bytes each), 1, 2 or 4 of them per warp
+        (printed ``LDSM.16.M88.4``; ``.MT88`` is the transposing form)."""
+        count = next((int(m) for m in reversed(self.modifiers) if m in ("1", "2", "4")), 1)
         return 128 * count
 
     def gmma_shape(self) -> tuple[int, int, int] | None:

@@ -36,3 +36,17 @@ KERNELS = [
     {"name": "big_gemm", "fn": tiny_gemm, "signature": SIG, "constexprs": {"BM": 256, "BN": 256, "BK": 64},
      "is_gemm": True},
 ]
+
+
+@triton.jit
+def tiny_sum(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    """Σ x over a runtime loop (the SASS fixture of tests/perf/test_sass.py)."""
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n, BLOCK):
+        acc += tl.load(x_ptr + start + offs, mask=start + offs < n, other=0.0)
+    tl.store(out_ptr, tl.sum(acc, axis=0))
+
+
+TINY_SUM = {"name": "tiny_sum", "fn": tiny_sum, "signature": {"x_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32"},
+            "constexprs": {"BLOCK": 128}, "options": {"num_warps": 1}, "div16": ["x_ptr", "out_ptr"]}
