@@ -537,7 +537,8 @@ def find_function(launch: CudaLaunch, functions: dict) -> sass.Function:
 def cuda_launch_cost(launch: CudaLaunch, functions: dict, rates: cost_model.SMRates, dtype: str,
                      resources: dict | None = None) -> dict:
     """One CUDA launch: its bounds, estimate, floor and ratio — the keys of :func:`.cost_report.launch_cost` plus
-    ``backend`` ("cuda"), ``scope``, ``grid_syncs``, ``dynamic_smem`` and ``symbol``.
+    ``backend`` ("cuda"), ``scope``, ``grid_syncs`` and ``dynamic_smem`` (no mangled symbol: anonymous-namespace
+    names carry a hash of the build path, and the committed report must not depend on where it was built).
 
     ``functions``: the extension's parsed SASS (:func:`extension_functions`); ``resources``: its resource usage
     by mangled name (default :func:`extension_resources`). Grid syncs add ``grid_syncs x rates.grid_sync_s`` to
@@ -565,7 +566,7 @@ def cuda_launch_cost(launch: CudaLaunch, functions: dict, rates: cost_model.SMRa
             "bounds_s": {k: b[k] for k in cost_model.BOUNDS},
             "pipe": b["pipe_name"], "binding": binding, "estimate_s": est, "floor_s": floor,
             "ratio": est / floor if floor > 0 else float("inf"), "backend": "cuda", "scope": launch.scope,
-            "grid_syncs": launch.grid_syncs, "dynamic_smem": launch.dynamic_smem, "symbol": fn.name}
+            "grid_syncs": launch.grid_syncs, "dynamic_smem": launch.dynamic_smem}
 
 
 def _own_body(fn: sass.Function, loop: int | None) -> list:
