@@ -120,7 +120,7 @@ def fused_backends() -> list[str]:
 
 def build_small_model(name: str, backend: str, shape) -> torch.nn.Module:
     """A one-layer model of ``name``'s family with ``shape``'s sizes, on the bench device and dtype."""
-    from spin_kernels import create_model
+    from spin_kernels.models import create_model
     if isinstance(shape, ConvMixerShape):
         a = perf.ARCHS[name]
         img = shape.hw * a["patch_size"] if ON_GPU else shape.hw * 2

@@ -38,7 +38,9 @@ def build_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> argparse.Argumen
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input cannot be used" (flags, files, data, checkpoints), not a bug."""
-    from .data import DataError  # the data package pulls in timm; imported only when a command runs
+    from .data import (
+        DataError,  # the data package pulls in timm; imported only when a command runs
+    )
 
     return (ValueError, OSError, DataError)
 

@@ -198,7 +198,7 @@ def resource_usage(library: str | None = None) -> list[dict]:
     tool = cuobjdump_path()
     if not library or not tool:
         return []
-    from .perf import parse_resource_usage
+    from .perf.machine_code import parse_resource_usage
 
     out = subprocess.run([tool, "--dump-resource-usage", library], capture_output=True, text=True).stdout
     rows = []

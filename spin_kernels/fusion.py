@@ -121,38 +121,3 @@ def fuse_into(shared: nn.Module, unshared: nn.Module, method: str | None) -> nn.
                 buf.copy_(torch.stack([b.float() for b in bufs]).mean(0).to(buf.dtype)
                           if buf.is_floating_point() else bufs[0])
     return shared
-
-
-def from_timm(timm_model_or_state_dict, name: str, *, share_rate: int = 1, mapping="sequential", share=None,
-              method: str | None = None, **kwargs) -> nn.Module:
-    """Convert a timm model or state_dict of the matching architecture into one of ours.
-
-    With ``share_rate=1`` (and an unshared mapping) the result computes the same function as the timm model.
-    With sharing, per-layer weights are fused by ``method`` over the groups the plan defines, and the
-    fusion-training form is returned (``model.collapse()`` gives the plain shared model).
-
-    Args:
-        timm_model_or_state_dict: a timm ``ConvMixer`` / ``VisionTransformer`` or its state_dict.
-        name: our model name (``list_models()``) of the same architecture family.
-        share_rate, mapping, share: the sharing plan (see ``create_model``).
-        method: fusion method when layers share weights (``mean``, ``choose_first``, ``scalar_weighted_mean``,
-            ``channel_weighted_mean``).
-        kwargs: further ``create_model`` arguments (architecture overrides win over what the weights imply).
-    """
-    from .models.common import make_plan
-    from .models.registry import arch_from_timm, convert_timm_state_dict, create_model, load_weights
-
-    model_obj = timm_model_or_state_dict if isinstance(timm_model_or_state_dict, nn.Module) else None
-    state = model_obj.state_dict() if model_obj is not None else dict(timm_model_or_state_dict)
-    arch = {**arch_from_timm(name, state, model_obj), **kwargs}
-    unshared = create_model(name, **arch)
-    load_weights(unshared, convert_timm_state_dict(name, state), name)
-    if not make_plan(unshared.arch["depth"], share_rate, mapping).is_shared:
-        return unshared
-    if method is None:
-        raise ValueError(f"method: share_rate={share_rate} / mapping={mapping!r} shares weights; pass a fusion "
-                         f"method ({', '.join(FUSION_METHODS)})")
-    shared = create_model(name, share_rate=share_rate, mapping=mapping, share=share, **arch)
-    fuse_into(shared, unshared, method)
-    shared.spin_config["fusion"] = method
-    return shared

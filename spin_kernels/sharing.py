@@ -157,3 +157,17 @@ class SharingPlan:
 
     def __str__(self) -> str:
         return f"SharingPlan({self.layer_to_unique})"
+
+
+def make_plan(depth: int, share_rate: int, mapping) -> "SharingPlan":
+    """The sharing plan for ``depth`` layers: an explicit list, a plan object, or (rate, mapping name)."""
+    if isinstance(mapping, SharingPlan):
+        if mapping.depth != depth:
+            raise ValueError(f"mapping: the plan covers {mapping.depth} layers but the model has depth {depth}")
+        return mapping
+    if isinstance(mapping, (list, tuple)):
+        plan = SharingPlan.from_list(mapping)
+        if plan.depth != depth:
+            raise ValueError(f"mapping: the list has {plan.depth} entries but the model has depth {depth}")
+        return plan
+    return SharingPlan(depth, rate=share_rate, mapping=mapping)

@@ -7,7 +7,8 @@
 * :func:`family_table`, :func:`pareto_front` — the model family table and its Pareto fronts.
 """
 from .cka import MinibatchCKA, gram_linear, hsic_unbiased, layer_similarity, linear_cka
-from .family import family_table, pareto_front
+from .family import family_table
+from .pareto import pareto_front
 from .plans import format_mapping, suggest_sharing_plan, top_similar_spans
 from .weights import fusion_drift, per_layer_tensors, weight_similarity
 

@@ -10,6 +10,12 @@ import numpy as np
 import torch
 
 from ..argtypes import add_trust_flag, nonneg_int, positive_int
+from ..models.registry import load_model
+from .cka import layer_similarity
+from .family import family_table, format_family, load_results, write_family
+from .plans import format_mapping, suggest_sharing_plan, top_similar_spans
+from .plots import save_bars, save_heatmap
+from .weights import drift_per_layer, fusion_drift, resolve_parts, weight_similarity
 
 
 class SyntheticImages:
@@ -71,11 +77,6 @@ def analyze(model, loader, output: str, *, rate: int = 2, num_unique: int | None
     model's on the same inputs (cross-model CKA, ``cka_cross.png``); ``loader`` must then be re-iterable.
     Returns the summary dict (CKA matrix, weight similarity, drift when fused, suggested plan).
     """
-    from . import layer_similarity, suggest_sharing_plan, top_similar_spans, weight_similarity
-    from .plans import format_mapping
-    from .plots import save_bars, save_heatmap
-    from .weights import drift_per_layer, fusion_drift, resolve_parts
-
     os.makedirs(output, exist_ok=True)
     depth = len(model.blocks)
     summary: dict = {"depth": depth, "spin_config": getattr(model, "spin_config", None), "files": {}}
@@ -142,8 +143,6 @@ def analyze(model, loader, output: str, *, rate: int = 2, num_unique: int | None
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     """``spin analyze``: load the checkpoint, build the loader, run :func:`analyze`."""
-    from .. import load_model
-
     if (args.data_dir is None) == (args.synthetic is None):
         raise ValueError("--data-dir / --synthetic: pass exactly one of --data-dir DIR or --synthetic N")
     # Errors (files, data, checkpoints) end as one line through spin's error path (spin_kernels.cli).
@@ -175,8 +174,6 @@ def _csv(kind):
 
 def _cmd_family(args: argparse.Namespace) -> int:
     """``spin family``: build the table, attach results, write the table and the Pareto plots."""
-    from .family import family_table, format_family, load_results, write_family
-
     results = load_results(args.results) if args.results else None
     rows = family_table(args.models, args.rates, args.mappings, img_size=args.img_size, results=results)
     print(format_family(rows))

@@ -8,27 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 
-
-def pareto_front(costs: Sequence[float], accs: Sequence[float]) -> list[int]:
-    """Indices of the points no other point dominates (cost ≤ and accuracy ≥, one strictly), by rising cost."""
-    if len(costs) != len(accs):
-        raise ValueError(f"accs: expected {len(costs)} values (one per cost), got {len(accs)}")
-    order = sorted(range(len(costs)), key=lambda i: (costs[i], -accs[i]))
-    front, best = [], float("-inf")
-    for i in order:
-        if accs[i] > best:
-            front.append(i)
-            best = accs[i]
-    return front
+from ..models.registry import create_model, profile
+from .pareto import pareto_front
+from .plots import save_pareto
 
 
 def _build(name: str, rate: int, mapping: str, overrides: dict):
     """Build a model on the meta device (fall back to CPU if some module refuses meta tensors)."""
-    from .. import create_model
     try:
         with torch.device("meta"):
             return create_model(name, share_rate=rate, mapping=mapping, **overrides)
@@ -37,7 +27,6 @@ def _build(name: str, rate: int, mapping: str, overrides: dict):
 
 
 def _profile(model, img_size):
-    from .. import profile
     try:
         return profile(model, img_size=img_size)
     except (NotImplementedError, RuntimeError):
@@ -175,7 +164,6 @@ def format_family(rows: list[dict]) -> str:
 
 def write_family(rows: list[dict], output: str) -> dict:
     """Write ``family.json``, ``family.md`` and the two Pareto plots into ``output``; returns their paths."""
-    from .plots import save_pareto
     os.makedirs(output, exist_ok=True)
     paths = {"json": os.path.join(output, "family.json"), "table": os.path.join(output, "family.md"),
              "params_plot": os.path.join(output, "params_vs_accuracy.png"),

@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .pareto import pareto_front
+
 
 def _plt():
     import matplotlib
@@ -57,7 +59,6 @@ def save_pareto(rows: Sequence[dict], cost_key: str, path: str, *, acc_key: str 
                 xlabel: str | None = None, title: str = "", log_x: bool = True) -> str:
     """Scatter of accuracy vs ``cost_key`` for rows that have both, the Pareto front drawn as a step line and
     its points ringed. ``front_key`` names a boolean row field marking the front (computed if absent)."""
-    from .family import pareto_front
 
     pts = [r for r in rows if r.get(acc_key) is not None and r.get(cost_key) is not None]
     plt = _plt()

@@ -7,7 +7,12 @@ from .datasets import (
 )
 from .errors import DataError
 from .fashion_mnist import FashionMNIST, read_idx
-from .loaders import build_eval_loader, build_train_loader, default_workers, set_loader_epoch
+from .loaders import (
+           build_eval_loader,
+           build_train_loader,
+           default_workers,
+           set_loader_epoch,
+)
 from .transforms import build_eval_transform, build_train_transform, model_data_cfg
 
 __all__ = [

@@ -12,31 +12,14 @@ uses. It exists so forward hooks, ``model.train()`` propagation to per-position 
 """
 from __future__ import annotations
 
-import importlib
-import warnings
 from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..backends import probe_cuda_extension, resolve_backend
 from ..sharing import SharingPlan
-
-BACKENDS = ("reference", "triton", "cuda", "auto")
-
-
-def make_plan(depth: int, share_rate: int, mapping) -> SharingPlan:
-    """The sharing plan for ``depth`` layers: an explicit list, a plan object, or (rate, mapping name)."""
-    if isinstance(mapping, SharingPlan):
-        if mapping.depth != depth:
-            raise ValueError(f"mapping: the plan covers {mapping.depth} layers but the model has depth {depth}")
-        return mapping
-    if isinstance(mapping, (list, tuple)):
-        plan = SharingPlan.from_list(mapping)
-        if plan.depth != depth:
-            raise ValueError(f"mapping: the list has {plan.depth} entries but the model has depth {depth}")
-        return plan
-    return SharingPlan(depth, rate=share_rate, mapping=mapping)
 
 
 def resolve_share(share, valid: Sequence[str], default: Sequence[str]) -> tuple[str, ...]:
@@ -50,54 +33,6 @@ def resolve_share(share, valid: Sequence[str], default: Sequence[str]) -> tuple[
     if bad or not share:
         raise ValueError(f"share: expected a non-empty subset of {list(valid)}, got {list(share)}")
     return share
-
-
-def resolve_backend(backend: str) -> str:
-    """Validate a backend name. ``auto`` resolves to the best backend that works on the current machine."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: unknown backend {backend!r}; valid backends are {', '.join(BACKENDS)}")
-    if backend == "auto":
-        # The fused backends need a GPU; on the CPU the reference path is the fast one (the Triton interpreter
-        # exists for testing, not speed).
-        return "triton" if torch.cuda.is_available() and _triton_importable() else "reference"
-    return backend
-
-
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-_WARNED: set[str] = set()
-
-
-def warn_once(key: str, message: str):
-    """Emit ``message`` as a warning the first time ``key`` is seen in this process."""
-    if key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(message, stacklevel=3)
-
-
-def fused_forward(op_module: str, fn_name: str):
-    """The fused function ``spin_kernels.ops.<op_module>.<fn_name>``, or None when this build has none.
-
-    Looked up once when a model is built (not in ``forward``) so ``torch.compile(fullgraph=True)`` traces the
-    model without meeting an import.
-    """
-    try:
-        module = importlib.import_module(f"spin_kernels.ops.{op_module}")
-        return getattr(module, fn_name)
-    except (ImportError, AttributeError):
-        return None
-
-
-def warn_reference_fallback(family: str, backend: str):
-    """Say once that a requested fused backend has no implementation here and the reference path runs."""
-    warn_once(f"{family}:{backend}", f"backend={backend!r}: no fused {family} path is available in this build; "
-              "running the reference PyTorch path")
 
 
 class LayerView(nn.Module):
@@ -122,6 +57,9 @@ class IsotropicModel(nn.Module):
 
     default_cfg: dict
     spin_config: dict
+    # create_model(**spin_config) builds a model from its config; models/registry.py installs it here (the
+    # registry sits above this module, so it hands itself down instead of being imported)
+    factory = None
 
     @property
     def backend(self) -> str:
@@ -133,9 +71,7 @@ class IsotropicModel(nn.Module):
         self.requested_backend = value
         self._backend = resolve_backend(value)
         if self._backend in ("cuda", "auto") or value in ("cuda", "auto"):
-            from .. import cuda
-
-            cuda.status()  # probe the CUDA extension now, outside any torch.compile trace of forward
+            probe_cuda_extension()  # now, outside any torch.compile trace of forward
         self._bind_backend()
 
     def _bind_backend(self):
@@ -180,8 +116,6 @@ class IsotropicModel(nn.Module):
         Built fresh from ``spin_config`` rather than by deep-copying: parametrize gives each parametrized module
         a class of its own, which a deep copy would share with the original.
         """
-        from .registry import create_model
-
         state = {k: v for k, v in self.state_dict().items() if ".parametrizations." not in k}
         with torch.no_grad():
             for prefix, module in self.named_modules():
@@ -189,7 +123,7 @@ class IsotropicModel(nn.Module):
                     for name in module.parametrizations.keys():
                         state[f"{prefix}.{name}"] = getattr(module, name).detach().clone()
         config = dict(self.spin_config, fusion=None)
-        model = create_model(**config)
+        model = self.factory(**config)
         model.load_state_dict(state)
         ref = next(self.parameters())
         model.train(self.training)

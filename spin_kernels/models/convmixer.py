@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import (IsotropicModel, LayerView, fused_forward, resolve_share,
-                     warn_reference_fallback)
-from .. import cuda_emulation
+from ..backends import emulated_cuda, fused_forward, warn_reference_fallback
 from ..sharing import SharingPlan
+from .common import IsotropicModel, LayerView, resolve_share
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 SHARE_CHOICES = ("pointwise", "depthwise")
@@ -123,7 +122,7 @@ class ConvMixer(IsotropicModel):
         Under ``torch.compile`` the weights-resident persistent kernel is skipped (its parameter folding and
         cache are host code): the traced model runs the per-layer fused path instead.
         """
-        if (self._persistent is not None and not self.training and (x.is_cuda or cuda_emulation.enabled())
+        if (self._persistent is not None and not self.training and (x.is_cuda or emulated_cuda())
                 and not torch.compiler.is_compiling()):
             out = self._persistent(self, x)  # None when the case is outside the persistent kernel's reach
             if out is not None:

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import inspect
 import re
-import sys
 import warnings
 from pathlib import Path
 
 from torch import nn
 
-from . import convmixer as _convmixer
-from . import vit as _vit
-from .common import make_plan
 from .. import checkpoint_io
 from ..fusion import check_method, fuse_into
+from ..sharing import make_plan
+from . import convmixer as _convmixer
+from . import vit as _vit
+from .common import IsotropicModel
 
 # name -> (family, architecture arguments). ConvMixer entries follow timm's, plus SPIN's variant (DESIGN.md §1).
 MODELS: dict[str, tuple[str, dict]] = {
@@ -133,6 +133,9 @@ def create_model(name: str, *, share_rate: int = 1, mapping="sequential", share=
     model.default_cfg = _default_cfg(name, family, {**arch, "num_classes": num_classes})
     model.spin_config = spin_config
     return model
+
+
+IsotropicModel.factory = staticmethod(create_model)  # what model.collapse() rebuilds a plain model with
 
 
 def _arch_args(cls) -> str:
@@ -271,36 +274,6 @@ def convert_timm_state_dict(name: str, state: dict) -> dict:
     return out
 
 
-def arch_from_timm(name: str, state: dict, model: nn.Module | None = None) -> dict:
-    """Architecture arguments implied by a timm state_dict (and the model object, when given)."""
-    state = convert_timm_state_dict(name, state)
-    family = _family(name)
-    needed = (("stem.0.weight", "depthwise.0.weight") if family == "convmixer" else
-              ("patch_embed.proj.weight", "pos_embed", "mlp.0.fc1.weight"))
-    absent = [k for k in needed if k not in state]
-    if absent:
-        raise ValueError(f"state_dict: these weights are not a {name} ({family}) in timm's or our layout: no "
-                         f"{', '.join(absent)} (keys start {', '.join(sorted(state)[:4]) or 'nowhere: empty'})")
-    if family == "convmixer":
-        w = state["stem.0.weight"]
-        arch = dict(dim=w.shape[0], in_chans=w.shape[1], patch_size=w.shape[2],
-                    kernel_size=state["depthwise.0.weight"].shape[-1],
-                    depth=len({k.split(".")[1] for k in state if k.startswith("pointwise.")}))
-        if model is not None and hasattr(model, "stem"):
-            arch["act"] = "relu" if isinstance(model.stem[1], nn.ReLU) else "gelu"
-    else:
-        w = state["patch_embed.proj.weight"]
-        n = state["pos_embed"].shape[1] - 1
-        arch = dict(embed_dim=w.shape[0], in_chans=w.shape[1], patch_size=w.shape[2],
-                    img_size=int(round(n ** 0.5)) * w.shape[2],
-                    depth=len({k.split(".")[1] for k in state if k.startswith("attn.")}),
-                    mlp_ratio=state["mlp.0.fc1.weight"].shape[0] / w.shape[0])
-        if model is not None and hasattr(model, "blocks"):
-            arch["num_heads"] = model.blocks[0].attn.num_heads
-    arch["num_classes"] = state["head.weight"].shape[0] if "head.weight" in state else 0
-    return arch
-
-
 def _timm_pretrained_state(name: str, arch: dict) -> dict:
     """Download timm's pretrained weights for ``name`` through timm's hub loader, or fail clearly."""
     import timm
@@ -313,46 +286,6 @@ def _timm_pretrained_state(name: str, arch: dict) -> dict:
         raise RuntimeError(f"pretrained: could not fetch {name}'s weights through timm's hub loader "
                            f"({type(e).__name__}: {str(e)[:200]}). Without network access, download the "
                            "checkpoint elsewhere and pass checkpoint_path=") from e
-
-
-_TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only", "out_indices")
-
-
-def _register_with_timm():
-    """Register every model in timm's registry under a ``spin_`` prefix.
-
-    ``spin_convmixer_768_32`` is SPIN's variant under its own name, so timm's ``convmixer_768_32`` architecture
-    registers as ``spin_timm_convmixer_768_32`` to avoid the clash.
-    """
-    try:
-        from timm.models import register_model
-        from timm.models._registry import is_model
-    except ImportError:  # timm is a dependency, but the package must still import without it
-        return
-    this = sys.modules[__name__]
-    for name in MODELS:
-        timm_name = name if name.startswith("spin_") else "spin_" + name
-        if timm_name in MODELS and timm_name != name:
-            timm_name = "spin_timm_" + name
-        if is_model(timm_name) and getattr(this, timm_name, None) is not None:
-            continue
-
-        def entry(pretrained=False, _name=name, **kwargs):
-            for key in _TIMM_FACTORY_KWARGS:  # what timm.create_model adds for its own builders
-                kwargs.pop(key, None)
-            return create_model(_name, pretrained=pretrained, **kwargs)
-
-        entry.__name__ = timm_name
-        entry.__qualname__ = timm_name
-        entry.__module__ = __name__
-        entry.__doc__ = f"spin_kernels {name} (see spin_kernels.create_model for the sharing arguments)."
-        setattr(this, timm_name, entry)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            register_model(entry)
-
-
-_register_with_timm()
 
 
 def profile(model: nn.Module, img_size: int | None = None) -> dict:

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (IsotropicModel, LayerView, fused_forward, resolve_share,
-                     warn_reference_fallback)
+from ..backends import fused_forward, warn_reference_fallback
 from ..sharing import SharingPlan
+from .common import IsotropicModel, LayerView, resolve_share
 
 SHARE_CHOICES = ("attn", "mlp")
 

@@ -31,11 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import collectives
+from .._util import warn_once as _warn_once
 from ..reference import convmixer_ops as _ref
 from ..reference.batchnorm import batch_norm_rows, update_running_stats
-
-from ..models.common import warn_once as _warn_once  # noqa: E402 - one process-wide "said once" registry
-
 
 DW_IMPLS = ("triton", "cuda")
 

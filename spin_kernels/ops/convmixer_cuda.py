@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import cuda
-from ..models.common import warn_once
+from .._util import warn_once
 
 MAX_BATCH = 16  # the persistent kernel targets latency-bound batches; larger ones go to the tiled per-layer path
 SLICE = 64      # output channels per CTA (csrc/shared_run.h kSliceN)

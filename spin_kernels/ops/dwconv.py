@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import cuda
-from ..models.common import warn_once
+from .._util import warn_once
 
 
 def _nhwc(t: Tensor) -> Tensor:

@@ -39,7 +39,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from ..models.common import warn_once as _warn_once  # noqa: E402 - one process-wide "said once" registry
+from .._util import warn_once as _warn_once
 
 
 def _kernels():

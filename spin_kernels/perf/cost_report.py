@@ -78,7 +78,7 @@ def label(launch) -> str:
     """A readable name of a launch's variant: the kernel and its switched-on constexpr flags."""
     c = launch.constexprs
     flags = [k for k, v in c.items() if v is True]
-    extra = [f"k{c['K']}"] if launch.kernel.startswith("dw_") and "K" in c else []
+    extra = [f"k{c['KS']}"] if launch.kernel.startswith("dw_") and "KS" in c else []
     if launch.kernel == "gemm_kernel" and c.get("ACT"):
         extra.append("GELU")
     if launch.grid[1] > 1 and launch.kernel in ("gemm_kernel", "pw_bwd_dw_kernel"):

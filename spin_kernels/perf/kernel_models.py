@@ -64,13 +64,13 @@ def _attn_fwd_flops(a) -> float:
 # Triton kernels, by function name. The loops are the `for ... in range(...)` loops of the kernels' source.
 TRITON_MODELS: dict[str, KernelModel] = {
     "dw_fwd_kernel": KernelModel(
-        loops=(LoopSpec("for tap in range(K * K)", lambda a: a.K * a.K),),
-        flops=lambda a: 2.0 * a.M * a.C * a.K * a.K),
+        loops=(LoopSpec("for tap in range(KS * KS)", lambda a: a.KS * a.KS),),
+        flops=lambda a: 2.0 * a.M * a.C * a.KS * a.KS),
     "dw_bwd_kernel": KernelModel(
         loops=(LoopSpec("for t in range(pid * tiles_per_prog, (pid + 1) * tiles_per_prog)",
                         lambda a: a.tiles_per_prog, may_fold=True),
-               LoopSpec("for tap in range(K * K)", lambda a: a.K * a.K)),
-        flops=lambda a: 4.0 * a.M * a.C * a.K * a.K,    # dx (transposed conv) and dw (correlation)
+               LoopSpec("for tap in range(KS * KS)", lambda a: a.KS * a.KS)),
+        flops=lambda a: 4.0 * a.M * a.C * a.KS * a.KS,    # dx (transposed conv) and dw (correlation)
         note="dx and dw per tap"),
     "bn_finalize_kernel": KernelModel(
         loops=(LoopSpec("for t0 in range(0, n_tiles, BLOCK_T)", lambda a: cdiv(a.n_tiles, a.BLOCK_T)),),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -326,15 +325,3 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run just this module's commands (``python -m spin_kernels.train.cli train ...``), e.g. in tests, without
-    the other command families of ``spin``."""
-    from .. import cli
-
-    return cli.main(argv, modules=(__name__,))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

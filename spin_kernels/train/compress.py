@@ -5,7 +5,10 @@ from collections import OrderedDict
 
 import torch
 
+from ..argtypes import parse_kv, parse_mapping, parse_share
 from ..checkpoint_io import check_writable_file
+from ..interop import from_timm
+from ..models.registry import config_conflicts, create_model, profile
 from .checkpoint import atomic_save, load_checkpoint, model_state_dict
 
 
@@ -48,9 +51,6 @@ def compress_model(checkpoint: str, *, model_name: str | None = None, model_kwar
     ``shared_model`` is the collapsed plain shared model, or the fusion-training form when ``collapse`` is False.
     Our checkpoints carry their architecture: ``model_name`` / ``model_kwargs`` may only repeat it.
     """
-    from .. import create_model, from_timm
-    from ..models.registry import config_conflicts
-
     ckpt = load_checkpoint(checkpoint, trusted=trusted, what="--checkpoint")
     if isinstance(ckpt.get("spin_config"), dict):
         sc = dict(ckpt["spin_config"])
@@ -79,9 +79,6 @@ def compress_model(checkpoint: str, *, model_name: str | None = None, model_kwar
 
 def run_compress(args) -> int:
     """CLI body: compress, print the parameter table before/after (and MACs), save our checkpoint."""
-    from .. import profile
-    from ..argtypes import parse_kv, parse_mapping, parse_share
-
     check_writable_file(args.output, "--output")
     unshared, shared = compress_model(args.checkpoint, model_name=args.model, model_kwargs=parse_kv(args.model_kwargs),
                                       share_rate=args.share_rate, mapping=parse_mapping(args.mapping),

@@ -20,6 +20,11 @@ import os
 import time
 from pathlib import Path
 
+from ..argtypes import parse_kv
+from ..models.registry import profile
+from .loop import train
+from .recipes import resolve
+
 # The demo ConvMixer (timm layer: u = x + BN(act(DW(x))); x' = BN(act(PW(u)))), 1 input channel, 10 classes.
 DEMO_ARCH = {"dim": 96, "depth": 8, "kernel_size": 3, "patch_size": 2, "in_chans": 1, "act": "gelu"}
 DEMO_EPOCHS = 3
@@ -29,9 +34,6 @@ TARGETS = {"shared_top1_min": 90.0, "param_ratio_max": 0.6, "gap_max": 1.0}
 
 def demo_configs(args) -> list[tuple[str, dict]]:
     """The (label, training config) pairs of the demo: unshared, then shared r=2 sequential."""
-    from ..argtypes import parse_kv
-    from .recipes import resolve
-
     arch = {**DEMO_ARCH, **parse_kv(args.model_kwargs)}
     quick = bool(args.quick)
     overrides = {"epochs": args.epochs or (1 if quick else DEMO_EPOCHS), "lr": args.lr,
@@ -79,9 +81,6 @@ def default_threads() -> int:
 def run_demo(args) -> int:
     """Train and evaluate both demo models; print and write the results table. Returns 0."""
     import torch
-
-    from .. import profile
-    from .loop import train
 
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)

@@ -6,6 +6,9 @@ import os
 import platform
 import sys
 
+from .. import cuda
+from .._version import __version__
+
 
 def backend_status() -> dict[str, dict]:
     """``{backend: {"available": bool, "why": str}}`` for reference, triton and cuda on this machine."""
@@ -27,8 +30,6 @@ def backend_status() -> dict[str, dict]:
                              "GPU (set TRITON_INTERPRET=1 to run its kernels in the CPU interpreter)"}
     except Exception as e:  # noqa: BLE001 - ImportError or a broken install: report either
         out["triton"] = {"available": False, "why": f"triton is not importable ({type(e).__name__}: {e})"}
-    from .. import cuda
-
     st = cuda.status()  # built / loadable / usable, and why not
     why = "spin_kernels._C is built and a GPU is present" if st["usable"] else st["reason"]
     if st["loadable"] and not gpu:
@@ -48,12 +49,7 @@ def environment() -> dict:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001
             versions[mod] = None
-    try:
-        from .. import __version__
-
-        versions["spin_kernels"] = __version__
-    except Exception:  # noqa: BLE001
-        versions["spin_kernels"] = None
+    versions["spin_kernels"] = __version__
     if torch.cuda.is_available():
         devices = [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
     else:

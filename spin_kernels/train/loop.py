@@ -35,6 +35,8 @@ from ..data import (
     model_data_cfg,
     set_loader_epoch,
 )
+from ..interop import from_timm
+from ..models.registry import create_model, model_from_config, profile
 from ..reference.batchnorm import convert_sync_batchnorm
 from .checkpoint import (
     atomic_save,
@@ -45,6 +47,7 @@ from .checkpoint import (
     set_rng_state,
     unwrap,
 )
+from .cpu_tuning import keep_freed_memory
 from .distributed import (
     DistInfo,
     all_gather_object,
@@ -101,9 +104,6 @@ def build_model(cfg: dict, num_classes: int, resume_ckpt: dict | None = None) ->
     ``--init-from`` starts from a pretrained checkpoint: ours (has ``spin_config``) or timm's; with a share rate > 1
     and ``--fusion`` the weight-fusion training form is built from its per-layer weights.
     """
-    from .. import create_model, from_timm
-    from ..models.registry import model_from_config
-
     if resume_ckpt is not None:
         return model_from_config(resume_ckpt["spin_config"], **({"backend": cfg["backend"]} if cfg.get("backend")
                                                                   else {}))
@@ -183,8 +183,6 @@ def _train(cfg: dict, di: DistInfo, stopper: StopRequested) -> dict:
     device = di.device
     out = prepare_run_dir(cfg["output"], resume=cfg.get("resume"), overwrite=bool(cfg.get("overwrite")), di=di)
     if device.type == "cpu":
-        from .cpu_tuning import keep_freed_memory
-
         keep_freed_memory()
     threads = cfg.get("threads")
     if threads:
@@ -318,8 +316,6 @@ def _train(cfg: dict, di: DistInfo, stopper: StopRequested) -> dict:
 
     log = RunLog(out, enabled=di.is_main, history=history)
     if di.is_main:
-        from .. import profile
-
         args_record = {k: v for k, v in cfg.items() if k != "func"}
         (out / "args.json").write_text(json.dumps(args_record, indent=2, default=str))
         try:

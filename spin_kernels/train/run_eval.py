@@ -4,6 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
+from ..argtypes import parse_kv
+from ..checkpoint_io import check_writable_file
 from ..data import (
     build_dataset,
     build_eval_loader,
@@ -12,10 +16,13 @@ from ..data import (
     default_workers,
     model_data_cfg,
 )
-from ..checkpoint_io import check_writable_file
+from ..interop import from_timm
+from ..models.registry import config_conflicts, load_weights, model_from_config, profile
 from .checkpoint import load_checkpoint, model_state_dict
+from .cpu_tuning import keep_freed_memory
 from .distributed import cleanup, init_distributed
 from .evaluate import evaluate
+from .loop import _amp_dtype, _set_transform
 
 
 def load_any_model(checkpoint: str, model_name: str | None = None, model_kwargs: dict | None = None,
@@ -25,8 +32,6 @@ def load_any_model(checkpoint: str, model_name: str | None = None, model_kwargs:
 
     Our checkpoints carry their architecture: ``model_name`` / ``model_kwargs`` that contradict it are an error
     (they used to be ignored without a word)."""
-    from .. import from_timm
-    from ..models.registry import config_conflicts, load_weights, model_from_config
 
     ckpt = load_checkpoint(checkpoint, trusted=trusted, what="--checkpoint")
     if isinstance(ckpt.get("spin_config"), dict):
@@ -51,16 +56,11 @@ def load_any_model(checkpoint: str, model_name: str | None = None, model_kwargs:
 
 def run_eval(args) -> int:
     """Evaluate ``args.checkpoint`` on ``args.data_dir``'s ``args.split``; print a report and a JSON line."""
-    from .. import profile
-    from ..argtypes import parse_kv
-    from .loop import _amp_dtype
 
     if args.json:
         check_writable_file(args.json, "--json")  # before the evaluation, not after it
     di = init_distributed(args.device)
     if di.device.type == "cpu":
-        from .cpu_tuning import keep_freed_memory
-
         keep_freed_memory()
     try:
         model, saved_dcfg = load_any_model(args.checkpoint, args.model, parse_kv(args.model_kwargs), args.backend,
@@ -75,14 +75,10 @@ def run_eval(args) -> int:
         tf = build_eval_transform(dcfg["img_size"], in_chans=dcfg["in_chans"],
                                   crop_pct=args.crop_pct or dcfg["crop_pct"], interpolation=dcfg["interpolation"],
                                   mean=tuple(args.mean or dcfg["mean"]), std=tuple(args.std or dcfg["std"]))
-        from .loop import _set_transform
-
         _set_transform(ds, tf)
         loader = build_eval_loader(ds, args.batch_size, world_size=di.world_size, rank=di.rank,
                                    workers=args.workers if args.workers is not None else default_workers(),
                                    pin_memory=di.device.type == "cuda")
-        import torch
-
         model.to(di.device)
         if args.channels_last:
             model.to(memory_format=torch.channels_last)

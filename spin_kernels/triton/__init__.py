@@ -43,13 +43,13 @@ def _build(dtype="fp16"):
     dw_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, w_ptr=act, bias_ptr=act, q_ptr=act, part_ptr=f32)
     for k, res in ((3, False), (9, True)):
         out.append(_entry(f"dw_fwd_k{k}{'_res' if res else ''}", dwconv.dw_fwd_kernel, dw_types,
-                          dict(K=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, EMIT_STATS=True, BLOCK_P=32, BLOCK_C=32),
+                          dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, EMIT_STATS=True, BLOCK_P=32, BLOCK_C=32),
                           dict(num_warps=4, num_stages=1), False))
     dwb_types = dict(du_ptr=act, q_ptr=act, qvec_ptr=f32, w_ptr=act, hz_ptr=act, res_ptr=act, xvec_ptr=f32,
                      dx_ptr=act, dhz_ptr=act, wpart_ptr=f32, spart_ptr=f32)
     for k, res in ((3, False), (9, True)):
         out.append(_entry(f"dw_bwd_k{k}{'_res' if res else ''}", dwconv.dw_bwd_kernel, dwb_types,
-                          dict(K=k, KK_PAD=1 << (k * k - 1).bit_length(), ACT_IN=_ACT, ACT=_ACT, HAS_RES=res,
+                          dict(KS=k, KK_PAD=1 << (k * k - 1).bit_length(), ACT_IN=_ACT, ACT=_ACT, HAS_RES=res,
                                WRITE_DX=True, WRITE_DHZ=True, BLOCK_P=32, BLOCK_C=32),
                           dict(num_warps=4, num_stages=1), False))
     out.append(_entry("bn_finalize", bn.bn_finalize_kernel,

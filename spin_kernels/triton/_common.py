@@ -3,10 +3,17 @@
 Activation codes (constexpr ``ACT``): 0 identity, 1 GELU (erf form, ``tl.math.erf`` so it also runs in the
 interpreter), 2 ReLU. Everything here works on fp32 register tiles.
 """
+import torch
 import triton
 import triton.language as tl
 
 ACT_CODES = {"identity": 0, "none": 0, "gelu": 1, "relu": 2}
+
+
+def sm_count(t: torch.Tensor) -> int:
+    """Multiprocessors of the GPU holding ``t``: grid and split rules scale with the card, not with an H100's
+    132. 0 for CPU tensors (the interpreter: callers pick their CPU tiles instead)."""
+    return torch.cuda.get_device_properties(t.device).multi_processor_count if t.is_cuda else 0
 
 
 @triton.jit
@@ -30,7 +37,7 @@ def act_grad(z, ACT: tl.constexpr):
     elif ACT == 2:
         d = tl.where(z > 0.0, 1.0, 0.0)
     else:
-        d = z * 0.0 + 1.0
+        d = tl.zeros_like(z) + 1.0
     return d
 
 
@@ -100,6 +107,16 @@ def grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program ``pid``'s BLOCK_M × BLOCK_N output tile of an M × N result in grouped order (:func:`grouped_pid`):
+    (pid_m, pid_n, offs_m, offs_n, mmask, nmask) — tile indices, row / column offsets, in-bounds masks."""
+    pid_m, pid_n = grouped_pid(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return pid_m, pid_n, offs_m, offs_n, offs_m < M, offs_n < N
+
+
+@triton.jit
 def store_tile_stats(part_ptr, tile, n_tiles, offs_c, cmask, C, v, vmask, rmask):
     """Store one tile's partial BatchNorm statistics of ``v`` [rows, cols] (fp32) into ``part`` [3, n_tiles, C]:
     count of valid rows (``rmask``), mean and M2 over the valid elements (``vmask``) — merged later with Chan's
@@ -109,6 +126,6 @@ def store_tile_stats(part_ptr, tile, n_tiles, offs_c, cmask, C, v, vmask, rmask)
     mean = tl.sum(g, axis=0) / n
     d = tl.where(vmask, g - mean[None, :], 0.0)
     m2 = tl.sum(d * d, axis=0)
-    tl.store(part_ptr + tile * C + offs_c, mean * 0.0 + n, mask=cmask)
+    tl.store(part_ptr + tile * C + offs_c, tl.zeros_like(mean) + n, mask=cmask)  # the count, per channel
     tl.store(part_ptr + (n_tiles + tile) * C + offs_c, mean, mask=cmask)
     tl.store(part_ptr + (2 * n_tiles + tile) * C + offs_c, m2, mask=cmask)

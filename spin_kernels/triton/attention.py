@@ -55,6 +55,12 @@ def attn_dropout_mask_kernel(mask_ptr, N, seed, p_drop, BLOCK: tl.constexpr):
 #             writes o (N*D per head) and lse (4*N bytes per head). No N x N matrix leaves registers.
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
+def load_rows(base, rows, stride, offs_d, row_mask):
+    """The [rows, D] tile of one head at ``base`` (row stride ``stride``); rows outside ``row_mask`` read 0."""
+    return tl.load(base + rows[:, None] * stride + offs_d[None, :], mask=row_mask[:, None], other=0.0)
+
+
+@triton.jit
 def head_bases(qkv_ptr, bh, H, stride_qb, D: tl.constexpr):
     """(batch, head, q, k, v base pointers) of program axis ``bh`` = batch * H + head in packed qkv rows
     [B, N, 3 * H * D] (q, k, v read in place)."""
@@ -74,7 +80,7 @@ def attn_fwd_kernel(qkv_ptr, o_ptr, lse_ptr, N, H, qk_scale,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     m_mask = offs_m < N
-    q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+    q = load_rows(q_base, offs_m, stride_qn, offs_d, m_mask)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -82,8 +88,8 @@ def attn_fwd_kernel(qkv_ptr, o_ptr, lse_ptr, N, H, qk_scale,
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
-        k = tl.load(k_base + offs_n[:, None] * stride_qn + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_qn + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+        k = load_rows(k_base, offs_n, stride_qn, offs_d, n_mask)
+        v = load_rows(v_base, offs_n, stride_qn, offs_d, n_mask)
         s = tl.dot(q, tl.trans(k)) * qk_scale  # log2 domain
         s = tl.where(n_mask[None, :], s, float("-inf"))
         # key block 0 always holds key 0, so m_new is finite from the first step on
@@ -157,15 +163,15 @@ def attn_bwd_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, N, H, qk_scal
     b_mask = offs_b < N
     if kind == 0:
         # this program's key block: dK, dV
-        k = tl.load(k_base + offs_b[:, None] * stride_qn + offs_d[None, :], mask=b_mask[:, None], other=0.0)
-        v = tl.load(v_base + offs_b[:, None] * stride_qn + offs_d[None, :], mask=b_mask[:, None], other=0.0)
+        k = load_rows(k_base, offs_b, stride_qn, offs_d, b_mask)
+        v = load_rows(v_base, offs_b, stride_qn, offs_d, b_mask)
         dk = tl.zeros([BLOCK, D], tl.float32)
         dv = tl.zeros([BLOCK, D], tl.float32)
         for start_m in range(0, N, STEP):
             offs_m = start_m + tl.arange(0, STEP)
             m_mask = offs_m < N
-            q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=m_mask[:, None], other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * stride_on + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+            q = load_rows(q_base, offs_m, stride_qn, offs_d, m_mask)
+            do = load_rows(do_base, offs_m, stride_on, offs_d, m_mask)
             lse = tl.load(lse_base + offs_m, mask=m_mask, other=0.0)
             delta = tl.load(delta_base + offs_m, mask=m_mask, other=0.0)
             s_t = tl.dot(k, tl.trans(q)) * qk_scale  # [keys, queries]
@@ -188,16 +194,16 @@ def attn_bwd_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, N, H, qk_scal
                  dv.to(dqkv_ptr.dtype.element_ty), mask=b_mask[:, None])
     else:
         # this program's query block: dQ
-        q = tl.load(q_base + offs_b[:, None] * stride_qn + offs_d[None, :], mask=b_mask[:, None], other=0.0)
-        do = tl.load(do_base + offs_b[:, None] * stride_on + offs_d[None, :], mask=b_mask[:, None], other=0.0)
+        q = load_rows(q_base, offs_b, stride_qn, offs_d, b_mask)
+        do = load_rows(do_base, offs_b, stride_on, offs_d, b_mask)
         lse = tl.load(lse_base + offs_b, mask=b_mask, other=0.0)
         delta = tl.load(delta_base + offs_b, mask=b_mask, other=0.0)
         dq = tl.zeros([BLOCK, D], tl.float32)
         for start_n in range(0, N, STEP):
             offs_n = start_n + tl.arange(0, STEP)
             n_mask = offs_n < N
-            k = tl.load(k_base + offs_n[:, None] * stride_qn + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_qn + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+            k = load_rows(k_base, offs_n, stride_qn, offs_d, n_mask)
+            v = load_rows(v_base, offs_n, stride_qn, offs_d, n_mask)
             s = tl.dot(q, tl.trans(k)) * qk_scale
             p = tl.exp2(s - lse[:, None])
             p = tl.where(n_mask[None, :], p, 0.0)

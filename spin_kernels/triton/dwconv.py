@@ -32,13 +32,26 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ACT_CODES, act_fwd, act_grad, bn_act_bwd, load_vec6, load_x_tile, store_tile_stats
+from ._common import (
+    ACT_CODES,
+    act_fwd,
+    act_grad,
+    bn_act_bwd,
+    load_vec6,
+    load_x_tile,
+    sm_count,
+    store_tile_stats,
+)
+
+# dw_bwd: tiles are packed into programs (fp32 weight-gradient partials per program, reduced by the host) so that
+# the grid holds about this many programs per SM: enough to fill the card, few partial slabs to sum.
+DW_BWD_PROGRAMS_PER_SM = 8
 
 
 @triton.jit
 def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_ptr,
                   M, H, W, C, n_tiles,
-                  K: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                  KS: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
                   EMIT_STATS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -52,9 +65,9 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
     bx = tl.load(bx_ptr + offs_c, mask=cmask, other=0.0)
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     # runtime tap loop (not unrolled): register use and compile time independent of k
-    for tap in range(K * K):
-        di = tap // K - K // 2
-        dj = tap % K - K // 2
+    for tap in range(KS * KS):
+        di = tap // KS - KS // 2
+        dj = tap % KS - KS // 2
         hh = h_i + di
         ww = w_i + dj
         valid = pmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
@@ -76,7 +89,7 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
 def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
                   dx_ptr, dhz_ptr, wpart_ptr, spart_ptr,
                   M, H, W, C, tiles_per_prog, n_prog,
-                  K: tl.constexpr, KK_PAD: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr,
+                  KS: tl.constexpr, KK_PAD: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr,
                   HAS_RES: tl.constexpr, WRITE_DX: tl.constexpr, WRITE_DHZ: tl.constexpr,
                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
@@ -103,9 +116,9 @@ def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
         dq_c = bn_act_bwd(du_ptr, q_ptr, offs_o, omask, alpha, beta, c1, c2, mean1, invstd1, ACT)
         db += tl.sum(dq_c, axis=0)
         acc = tl.load(du_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)
-        for tap in range(K * K):  # runtime loop (see dw_fwd_kernel)
-            di = tap // K - K // 2
-            dj = tap % K - K // 2
+        for tap in range(KS * KS):  # runtime loop (see dw_fwd_kernel)
+            di = tap // KS - KS // 2
+            dj = tap % KS - KS // 2
             # dx[p] += w[i, j] · dq[p - (di, dj)]
             hm = h_i - di
             wm = w_i - dj
@@ -136,9 +149,9 @@ def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
             tl.store(dhz_ptr + offs_o, dhz.to(dhz_ptr.dtype.element_ty), mask=omask)
     tl.store(spart_ptr + pid * C + offs_c, s1, mask=cmask)
     tl.store(spart_ptr + (n_prog + pid) * C + offs_c, s2, mask=cmask)
-    wbase = wpart_ptr + pid * (K * K + 1) * C
-    tl.store(wbase + taps[:, None] * C + offs_c[None, :], dwacc, mask=(taps < K * K)[:, None] & cmask[None, :])
-    tl.store(wbase + K * K * C + offs_c, db, mask=cmask)
+    wbase = wpart_ptr + pid * (KS * KS + 1) * C
+    tl.store(wbase + taps[:, None] * C + offs_c[None, :], dwacc, mask=(taps < KS * KS)[:, None] & cmask[None, :])
+    tl.store(wbase + KS * KS * C + offs_c, db, mask=cmask)
 
 
 def _tiles(t, M, C):
@@ -156,12 +169,12 @@ def _launch_opts(t):
 def dw_fwd(hz, res, ax, bx, weight, bias, B, H, W, act_in="gelu", act="gelu", emit_stats=True, q_out=None):
     """Launch dw_fwd_kernel.
 
-    hz, res: [M, C] (res may be None); ax, bx: fp32 [C]; weight: [C, 1, K, K] (or [C, K, K]); bias: [C].
+    hz, res: [M, C] (res may be None); ax, bx: fp32 [C]; weight: [C, 1, KS, KS] (or [C, KS, KS]); bias: [C].
     Returns (q [M, C] in hz's dtype, partial stats fp32 [3, T, C] or None).
     """
     M, C = hz.shape
-    K = weight.shape[-1]
-    wt = weight.reshape(C, K * K).t().contiguous()
+    KS = weight.shape[-1]
+    wt = weight.reshape(C, KS * KS).t().contiguous()
     block_p, block_c = _tiles(hz, M, C)
     n_tiles = triton.cdiv(M, block_p)
     q = torch.empty_like(hz) if q_out is None else q_out
@@ -169,7 +182,7 @@ def dw_fwd(hz, res, ax, bx, weight, bias, B, H, W, act_in="gelu", act="gelu", em
     grid = (n_tiles, triton.cdiv(C, block_c))
     dw_fwd_kernel[grid](hz, res if res is not None else hz, ax, bx, wt, bias, q, part,
                         M, H, W, C, n_tiles,
-                        K=K, ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None,
+                        KS=KS, ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None,
                         EMIT_STATS=emit_stats, BLOCK_P=block_p, BLOCK_C=block_c, **_launch_opts(hz))
     return q, (part if emit_stats else None)
 
@@ -180,28 +193,31 @@ def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu
 
     du, q, hz, res: [M, C]; qvec: fp32 [6, C] (BN1/act backward vectors, see _common.bn_act_bwd); xvec: fp32
     [4, C] (ax, bx, mean_in, invstd_in of the BN that produced x from hz). Returns
-    (dx or None, dhz or None, dweight fp32 [C, K, K], dbias fp32 [C], sum(dx) fp32 [C], sum(dx·xhat_in) fp32 [C]).
+    (dx or None, dhz or None, dweight fp32 [C, KS, KS], dbias fp32 [C], sum(dx) fp32 [C], sum(dx·xhat_in) fp32 [C]).
     """
     M, C = du.shape
-    K = weight.shape[-1]
-    wt = weight.reshape(C, K * K).t().contiguous()
+    KS = weight.shape[-1]
+    wt = weight.reshape(C, KS * KS).t().contiguous()
     block_p, block_c = _tiles(du, M, C)
     n_cblk = triton.cdiv(C, block_c)
     n_tiles = triton.cdiv(M, block_p)
     if tiles_per_prog is None:  # enough programs to fill a GPU, few enough that the fp32 partials stay small
-        tiles_per_prog = max(1, n_tiles * n_cblk // 1024) if du.is_cuda else n_tiles
+        # at most DW_BWD_PROGRAMS_PER_SM programs per SM: whole waves (floor division would overshoot into a
+        # partial extra wave)
+        tiles_per_prog = (max(1, triton.cdiv(n_tiles * n_cblk, DW_BWD_PROGRAMS_PER_SM * sm_count(du)))
+                          if du.is_cuda else n_tiles)
     n_prog = triton.cdiv(n_tiles, tiles_per_prog)
     dx = (torch.empty_like(du) if dx_out is None else dx_out) if write_dx else None
     dhz = torch.empty_like(hz) if write_dhz else None
-    wpart = torch.empty((n_prog, K * K + 1, C), device=du.device, dtype=torch.float32)
+    wpart = torch.empty((n_prog, KS * KS + 1, C), device=du.device, dtype=torch.float32)
     spart = torch.empty((2, n_prog, C), device=du.device, dtype=torch.float32)
     grid = (n_prog, n_cblk)
     dw_bwd_kernel[grid](du, q, qvec, wt, hz, res if res is not None else hz, xvec,
                         dx if dx is not None else du, dhz if dhz is not None else du, wpart, spart,
                         M, H, W, C, tiles_per_prog, n_prog,
-                        K=K, KK_PAD=triton.next_power_of_2(K * K), ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act],
+                        KS=KS, KK_PAD=triton.next_power_of_2(KS * KS), ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act],
                         HAS_RES=res is not None, WRITE_DX=write_dx, WRITE_DHZ=write_dhz,
                         BLOCK_P=block_p, BLOCK_C=block_c, **_launch_opts(du))
     # separate reductions (fixed order: deterministic) so that no two results alias
-    dweight = wpart[:, :K * K].sum(0).t().contiguous().reshape(C, K, K)
-    return dx, dhz, dweight, wpart[:, K * K].sum(0), spart[0].sum(0), spart[1].sum(0)
+    dweight = wpart[:, :KS * KS].sum(0).t().contiguous().reshape(C, KS, KS)
+    return dx, dhz, dweight, wpart[:, KS * KS].sum(0), spart[0].sum(0), spart[1].sum(0)

@@ -10,6 +10,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import sm_count
+
+# ln_bwd: programs per SM (each loops over its rows and keeps fp32 partial dweight / dbias)
+LN_BWD_PROGRAMS_PER_SM = 4
+
 
 def new_output(shape, device, dtype) -> torch.Tensor:
     """An output buffer for a kernel: NaN-poisoned on the CPU (interpreter tests) or when SPIN_KERNELS_POISON=1,
@@ -132,7 +137,7 @@ def ln_bwd(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.T
     m, c = x2.shape
     cfg = ln_config(c, bwd=True)
     if num_programs is None:
-        num_programs = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+        num_programs = LN_BWD_PROGRAMS_PER_SM * sm_count(x) if x.is_cuda else LN_BWD_PROGRAMS_PER_SM
     rows_per = max(cfg["BLOCK_R"], triton.cdiv(m, num_programs))
     rows_per = triton.cdiv(rows_per, cfg["BLOCK_R"]) * cfg["BLOCK_R"]
     p = max(1, triton.cdiv(m, rows_per))

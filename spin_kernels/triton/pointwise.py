@@ -32,7 +32,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ACT_CODES, act_fwd, bn_act_bwd_tile, grouped_pid, load_x_tile, store_tile_stats
+from ._common import (
+    ACT_CODES,
+    act_fwd,
+    bn_act_bwd_tile,
+    load_x_tile,
+    sm_count,
+    store_tile_stats,
+    tile_coords,
+)
 
 
 @triton.jit
@@ -41,14 +49,8 @@ def pw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, q_ptr, a1_ptr, b1_ptr, w_ptr,
                   ACT_IN: tl.constexpr, ACT_G: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
                   WRITE_U: tl.constexpr, EMIT_STATS: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
+    pid_m, pid_n, offs_m, offs_n, mmask, nmask = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = offs_m < M
-    nmask = offs_n < N
     rows = offs_m.to(tl.int64)[:, None] * K
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -80,14 +82,9 @@ def pw_bwd_dx_kernel(g_ptr, z_ptr, zvec_ptr, w_ptr, r_ptr, q_ptr, qvec_ptr, du_p
                      M, N, K,
                      ACT: tl.constexpr, ACT_G: tl.constexpr, HAS_R: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
+    # output tile over (M, K = C_in); the loop reduces over N = C_out
+    pid_m, _, offs_m, offs_k, mmask, kmask = tile_coords(tl.program_id(0), M, K, BLOCK_M, BLOCK_K, GROUP_M)
     num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_k = tl.cdiv(K, BLOCK_K)
-    pid_m, pid_k = grouped_pid(pid, num_pid_m, num_pid_k, GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    mmask = offs_m < M
-    kmask = offs_k < K
     acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -181,6 +178,9 @@ PW_DX_GPU_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
 ]
+# pw_bwd_dw: the run's rows are split over enough programs for this many per SM (fp32 partial dW per split,
+# summed by the host in a fixed order)
+WGRAD_PROGRAMS_PER_SM = 2
 PW_DW_GPU_CONFIG = dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=2)
 
 
@@ -188,12 +188,19 @@ def _on_gpu(t):
     return t.is_cuda
 
 
-def _pw_cfg(t, M, N, K, gpu_configs):
+# The GPU config rule: the first config (big tiles) from this many rows on, the second (more programs) below.
+BIG_TILE_MIN_ROWS = 8192
+
+
+def _pw_cfg(t, M, out_dim, red_dim, gpu_configs, out_block, red_block):
+    """Tile config of a pointwise GEMM with output tile BLOCK_M × ``out_block`` (over ``out_dim``) and the
+    reduction over ``red_dim`` in ``red_block`` steps (the kernels name these BLOCK_N / BLOCK_K by the conv's
+    C_out / C_in, so forward and input-gradient GEMMs swap the roles)."""
     if _on_gpu(t):
-        return dict(gpu_configs[0] if M >= 8192 else gpu_configs[1])
-    bn = max(16, min(64, triton.next_power_of_2(N)))
-    bk = max(16, min(32, triton.next_power_of_2(K)))
-    return dict(BLOCK_M=32, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=4)
+        return dict(gpu_configs[0] if M >= BIG_TILE_MIN_ROWS else gpu_configs[1])
+    # interpreter: small fixed tiles
+    return {"BLOCK_M": 32, out_block: max(16, min(64, triton.next_power_of_2(out_dim))),
+            red_block: max(16, min(32, triton.next_power_of_2(red_dim))), "GROUP_M": 4}
 
 
 def pw_fwd(hz, res, ax, bx, q, a1, b1, weight, bias, act_in="gelu", act_g="gelu", act="gelu",
@@ -205,7 +212,7 @@ def pw_fwd(hz, res, ax, bx, q, a1, b1, weight, bias, act_in="gelu", act_g="gelu"
     M, K = hz.shape
     w = weight.reshape(weight.shape[0], -1)
     N = w.shape[0]
-    cfg = _pw_cfg(hz, M, N, K, PW_FWD_GPU_CONFIGS)
+    cfg = _pw_cfg(hz, M, N, K, PW_FWD_GPU_CONFIGS, out_block="BLOCK_N", red_block="BLOCK_K")
     z = torch.empty((M, N), device=hz.device, dtype=hz.dtype) if z_out is None else z_out
     u = (torch.empty_like(hz) if u_out is None else u_out) if write_u else None
     n_tiles = triton.cdiv(M, cfg["BLOCK_M"])
@@ -223,9 +230,8 @@ def pw_bwd_dx(g, z, zvec, weight, r, q, qvec, act="gelu", act_g="gelu"):
     M, N = g.shape
     w = weight.reshape(weight.shape[0], -1)
     K = w.shape[1]
-    cfg = _pw_cfg(g, M, K, N, PW_DX_GPU_CONFIGS)
-    if not _on_gpu(g):
-        cfg["BLOCK_N"], cfg["BLOCK_K"] = cfg["BLOCK_K"], cfg["BLOCK_N"]  # output tile is M × K, loop over N
+    # output tile M × K (C_in), reduction over N (C_out)
+    cfg = _pw_cfg(g, M, K, N, PW_DX_GPU_CONFIGS, out_block="BLOCK_K", red_block="BLOCK_N")
     du = torch.empty((M, K), device=g.device, dtype=g.dtype)
     n_tiles = triton.cdiv(M, cfg["BLOCK_M"])
     part = torch.empty((2, n_tiles, K), device=g.device, dtype=torch.float32)
@@ -253,7 +259,7 @@ def pw_bwd_dw(grun, glast, zrun, zvec, u=None, zin=None, qrun=None, uvec=None, a
     n_prog = triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(K, cfg["BLOCK_K"])
     total = R * triton.cdiv(M, cfg["BLOCK_M"])
     if split is None:
-        split = max(1, min(total, (264 if _on_gpu(zrun) else 2) // n_prog))
+        split = max(1, min(total, (WGRAD_PROGRAMS_PER_SM * sm_count(zrun) if _on_gpu(zrun) else 2) // n_prog))
     dw = torch.empty((split, N, K), device=zrun.device, dtype=torch.float32)
     db = torch.empty((split, N), device=zrun.device, dtype=torch.float32)
     saved = u is not None

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import grouped_pid
+from ._common import sm_count, tile_coords
 from .layernorm import new_output
 
 
@@ -58,14 +58,7 @@ def gemm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, res_ptr, scale_ptr, z_ptr, mean_p
     else:  # static bounds: keeps the K loop software-pipelined (cp.async multi-buffering) on sm_90
         k_start = 0
         k_end = K
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m, pid_n = grouped_pid(pid, num_pid_m, num_pid_n, GROUP_M)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
+    _, pid_n, offs_m, offs_n, m_mask, n_mask = tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
     b_cols = b_ptr + offs_n.to(tl.int64)[None, :] * stride_bn
     if LN_A:
@@ -166,7 +159,7 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out_dtype=None, *, bias=None, act: st
     if split_k is None:
         split_k = 1
         if a.is_cuda and not epilogue:
-            sms = torch.cuda.get_device_properties(dev).multi_processor_count
+            sms = sm_count(a)
             split_k = max(1, min(2 * sms // tiles, k // (8 * cfg["BLOCK_K"])))
     if split_k < 1 or (split_k > 1 and epilogue):
         raise ValueError(f"split_k: expected 1, or > 1 only without epilogue, got {split_k}")

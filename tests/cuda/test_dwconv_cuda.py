@@ -4,11 +4,11 @@ import torch
 import torch.nn.functional as F
 
 from spin_kernels import cuda
-from spin_kernels.testing import rel_err
+from spin_kernels.testing import TOLERANCES, rel_err
 from spin_kernels.cuda_build import find_cuda_home
 
 # fp32 is exact-fp32 FMA arithmetic on the GPU too (no tf32 in a depthwise conv): the interpreter-level 1e-5
-TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+TOL = TOLERANCES
 
 
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from spin_kernels.ops import dwconv
-from spin_kernels.testing import rel_err
+from spin_kernels.testing import TOLERANCES, rel_err
 
-TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+TOL = TOLERANCES
 
 
 def _inputs(dev, dtype, B, C, H, W, k, bias=True):

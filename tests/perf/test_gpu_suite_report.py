@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bench import gpu_suite
+from bench.gpu import dwconv, e2e, harness, ops, report
 
 
 def _fake_bench(fn, warmup=0, rep=0):
@@ -26,7 +27,7 @@ def test_exits_with_message_without_cuda(capsys, monkeypatch):
 
 def test_failing_piece_is_recorded_and_the_rest_runs():
     results = {"failed": []}
-    suite = gpu_suite.Suite(results, verbose=False)
+    suite = harness.Suite(results, verbose=False)
     assert suite.piece("boom", lambda: 1 / 0) is None
     assert suite.piece("fine", lambda: 3) == 3
     assert results["failed"][0]["piece"] == "boom" and "ZeroDivisionError" in results["failed"][0]["error"]
@@ -34,13 +35,13 @@ def test_failing_piece_is_recorded_and_the_rest_runs():
 
 def _fake_results():
     from spin_kernels import perf
-    suite = gpu_suite.Suite({"ops": [], "failed": []}, verbose=False)
+    suite = harness.Suite({"ops": [], "failed": []}, verbose=False)
     rows = {r.name: r for r in perf.convmixer_layer_costs(64, 768, 16, 3, "bf16", act="relu", spin_residual=True)}
     for op, times in (("dwconv", {"eager": 0.20, "compile": 0.10}),
                       ("pointwise_gemm", {"eager": 0.08, "compile": 0.07})):
         for impl, ms in times.items():
-            gpu_suite._record(suite, "convmixer", "s", op, impl, ms, rows[op], perf.H100, "bf16")
-    gpu_suite._record(suite, "convmixer", "s", "K1_dwconv_fused", "triton", 0.05, rows["K1_dwconv_fused"],
+            ops._record(suite, "convmixer", "s", op, impl, ms, rows[op], perf.H100, "bf16")
+    ops._record(suite, "convmixer", "s", "K1_dwconv_fused", "triton", 0.05, rows["K1_dwconv_fused"],
                       perf.H100, "bf16")
     return {"device": "Fake GPU", "date": "2026-01-01", "torch": torch.__version__, "triton": "x", "cuda": "13.0",
             "ceilings": {"name": "Fake GPU", "hbm_bytes_per_s": 3.0e12, "tensor_flops": {"bf16": 7e14}},
@@ -56,7 +57,7 @@ def _fake_results():
 
 def test_write_report(tmp_path):
     res = _fake_results()
-    paths = gpu_suite.write_report(res, str(tmp_path))
+    paths = report.write_report(res, str(tmp_path))
     data = _read_json(paths["json"])
     dw = {r["impl"]: r for r in data["ops"] if r["op"] == "dwconv"}
     assert dw["compile"]["speedup_vs_eager"] == pytest.approx(2.0)
@@ -75,18 +76,18 @@ def test_op_pieces_run_on_cpu_smoke(monkeypatch, tmp_path):
     GPU run does not discover plumbing bugs; kernels that need a GPU are recorded as failed, not raised."""
     from bench import common
 
-    monkeypatch.setattr(gpu_suite, "do_bench_ms", _fake_bench)
+    monkeypatch.setattr(harness, "do_bench_ms", _fake_bench)
     results = {"ops": [], "failed": [], "skipped": []}
-    suite = gpu_suite.Suite(results, verbose=False)
+    suite = harness.Suite(results, verbose=False)
     from spin_kernels import perf
-    gpu_suite.convmixer_ops(suite, common.CONVMIXER_SHAPES[0], perf.H100, ["eager"])
-    gpu_suite.vit_ops(suite, common.VIT_SHAPES[0], perf.H100, ["eager"])
-    ops = {r["op"] for r in results["ops"]}
+    ops.convmixer_ops(suite, common.CONVMIXER_SHAPES[0], perf.H100, ["eager"])
+    ops.vit_ops(suite, common.VIT_SHAPES[0], perf.H100, ["eager"])
+    timed = {r["op"] for r in results["ops"]}
     assert {"dwconv", "pointwise_gemm", "bn_train", "layer_fwd", "layer_fwd_bwd", "trunk2_fwd", "layernorm",
-            "qkv_gemm", "fc2_gemm", "attention", "block_fwd", "block_fwd_bwd"} <= ops
+            "qkv_gemm", "fc2_gemm", "attention", "block_fwd", "block_fwd_bwd"} <= timed
     assert all(f["piece"].endswith(("K1/triton", "K2/triton")) for f in results["failed"]), results["failed"]
-    paths = gpu_suite.write_report({**results, "device": "cpu", "ceilings": None, "train": [], "latency": []},
-                                   str(tmp_path))
+    paths = report.write_report({**results, "device": "cpu", "ceilings": None, "train": [], "latency": []},
+                                str(tmp_path))
     assert paths["plots"]
 
 
@@ -106,14 +107,14 @@ def _target_results(cuda_graph_ms=1.5, compiled_ms=4.5, eager_ref_ms=30.0, dw_cu
     """Synthetic latency and depthwise-conv records at the shapes the targets look for. ``dw_cuda`` / each
     ``dw_native`` entry hold fwd+bwd ms per target shape (k=7, k=9); ``None`` leaves that record out."""
     from spin_kernels import perf
-    suite = gpu_suite.Suite({"ops": [], "failed": [], "skipped": []}, verbose=False)
-    for i, shape in enumerate(gpu_suite.DWCONV_TARGET_SHAPES):
-        _, fb = gpu_suite._dwconv_costs(*shape, "bf16")
-        sid = gpu_suite.dwconv_shape_id(*shape)
+    suite = harness.Suite({"ops": [], "failed": [], "skipped": []}, verbose=False)
+    for i, shape in enumerate(dwconv.DWCONV_TARGET_SHAPES):
+        _, fb = dwconv._dwconv_costs(*shape, "bf16")
+        sid = dwconv.dwconv_shape_id(*shape)
         for impl, ms in (("cuda", dw_cuda[i]), ("eager", dw_native[i][0]), ("eager-cudnn-benchmark", dw_native[i][1])):
             if ms is not None:
-                gpu_suite._record(suite, "dwconv", sid, "dwconv_fwd_bwd", impl, ms, fb, perf.H100, "bf16")
-    model, rate = gpu_suite.ISSUE4_LATENCY
+                ops._record(suite, "dwconv", sid, "dwconv_fwd_bwd", impl, ms, fb, perf.H100, "bf16")
+    model, rate = e2e.ISSUE4_LATENCY
     lat = [{"model": model, "share_rate": rate, "backend": "reference", "compile": False, "eager_ms": eager_ref_ms,
             "cuda_graph_ms": 20.0, "launch_overhead_ms": 10.0},
            {"model": model, "share_rate": 1, "backend": "cuda", "compile": False, "eager_ms": 0.1,
@@ -137,9 +138,9 @@ def _targets_by_kind(targets):
 
 def test_targets_from_synthetic_results(tmp_path):
     res = _target_results()
-    paths = gpu_suite.write_report(res, str(tmp_path))
+    paths = report.write_report(res, str(tmp_path))
     targets = _read_json(paths["json"])["targets"]
-    assert len(targets) == 2 + len(gpu_suite.DWCONV_TARGET_SHAPES)
+    assert len(targets) == 2 + len(dwconv.DWCONV_TARGET_SHAPES)
     lat_compile, lat_eager, (dw7, dw9) = _targets_by_kind(targets)
     assert lat_compile["measured"] == pytest.approx(3.0) and lat_compile["target"] == 2.5 and lat_compile["met"]
     assert lat_compile["ours_ms"] == 1.5 and lat_compile["baseline_ms"] == 4.5
@@ -157,21 +158,21 @@ def test_targets_from_synthetic_results(tmp_path):
 
 def test_target_not_met_is_reported(tmp_path):
     res = _target_results(cuda_graph_ms=2.0, dw_cuda=(0.5, 1.0))
-    targets = gpu_suite.compute_targets(res)
+    targets = report.compute_targets(res)
     lat_compile, lat_eager, (_, dw9) = _targets_by_kind(targets)
     assert lat_compile["measured"] == pytest.approx(2.25) and lat_compile["met"] is False
     assert lat_eager["measured"] == pytest.approx(15.0) and lat_eager["met"] is True
     assert dw9["measured"] == pytest.approx(1.2) and dw9["met"] is False
-    md = _read(gpu_suite.write_report(res, str(tmp_path))["report"])
+    md = _read(report.write_report(res, str(tmp_path))["report"])
     assert "| 2.25x | NO |" in md
 
 
 def test_targets_not_measured_never_show_a_number(tmp_path):
     """Missing / failed / skipped measurements give ``measured`` None and "not measured" with the reason."""
-    model, rate = gpu_suite.ISSUE4_LATENCY
+    model, rate = e2e.ISSUE4_LATENCY
     res = _target_results(compiled_ms=None, cuda_graph_ms=None, dw_cuda=(None, 0.6), dw_native=((1.0, 0.9),
                                                                                                    (None, None)))
-    sid9 = gpu_suite.dwconv_shape_id(*gpu_suite.DWCONV_TARGET_SHAPES[1])
+    sid9 = dwconv.dwconv_shape_id(*dwconv.DWCONV_TARGET_SHAPES[1])
     res["failed"] += [{"piece": f"latency/{model}/r{rate}/cuda", "error": "RuntimeError: persistent kernel boom",
                        "traceback": ""},
                       {"piece": f"targets/dwconv/{sid9}/eager", "error": "OutOfMemoryError: oom", "traceback": ""}]
@@ -179,7 +180,7 @@ def test_targets_not_measured_never_show_a_number(tmp_path):
                            "reason": "--no-max-autotune-latency"})
     # a bogus time (0 / NaN) is no measurement either
     res["latency"][0]["eager_ms"] = float("nan")
-    paths = gpu_suite.write_report(res, str(tmp_path))
+    paths = report.write_report(res, str(tmp_path))
     targets = _read_json(paths["json"])["targets"]
     assert [t["measured"] for t in targets] == [None] * len(targets)
     assert [t["met"] for t in targets] == [None] * len(targets)
@@ -201,22 +202,22 @@ def test_targets_not_measured_never_show_a_number(tmp_path):
 def test_targets_listed_when_nothing_was_measured(tmp_path):
     res = {"device": "Fake GPU", "date": "2026-01-01", "ceilings": None, "ops": [], "train": [], "latency": [],
            "skipped": [], "failed": []}
-    md = _read(gpu_suite.write_report(res, str(tmp_path))["report"])
-    assert md.count("| not measured | not measured |") == 2 + len(gpu_suite.DWCONV_TARGET_SHAPES)
+    md = _read(report.write_report(res, str(tmp_path))["report"])
+    assert md.count("| not measured | not measured |") == 2 + len(dwconv.DWCONV_TARGET_SHAPES)
 
 
 def test_dwconv_compare_cpu_smoke(monkeypatch):
     """The native side runs at a tiny shape on the CPU; the CUDA kernels cannot, and are a failed piece (the
     target then is not measured), not a crash."""
     from spin_kernels import perf
-    monkeypatch.setattr(gpu_suite, "do_bench_ms", _fake_bench)
+    monkeypatch.setattr(harness, "do_bench_ms", _fake_bench)
     results = {"ops": [], "failed": [], "skipped": []}
-    suite = gpu_suite.Suite(results, verbose=False)
+    suite = harness.Suite(results, verbose=False)
     shape = (2, 16, 8, 7)
-    gpu_suite.dwconv_compare(suite, shape, perf.H100)
+    dwconv.dwconv_compare(suite, shape, perf.H100)
     got = {(r["op"], r["impl"]) for r in results["ops"]}
-    assert got == {(op, impl) for op in ("dwconv_fwd", "dwconv_fwd_bwd") for impl in gpu_suite.NATIVE_DW_IMPLS}
-    assert [f["piece"] for f in results["failed"]] == [f"targets/dwconv/{gpu_suite.dwconv_shape_id(*shape)}/cuda"]
+    assert got == {(op, impl) for op in ("dwconv_fwd", "dwconv_fwd_bwd") for impl in dwconv.NATIVE_DW_IMPLS}
+    assert [f["piece"] for f in results["failed"]] == [f"targets/dwconv/{dwconv.dwconv_shape_id(*shape)}/cuda"]
     assert all(r["ms"] > 0 and r["bytes"] > 0 for r in results["ops"])
     fb = next(r for r in results["ops"] if r["op"] == "dwconv_fwd_bwd")
     fwd = next(r for r in results["ops"] if r["op"] == "dwconv_fwd")
@@ -225,22 +226,22 @@ def test_dwconv_compare_cpu_smoke(monkeypatch):
 
 def test_compile_latency_failure_is_isolated():
     """On the CPU the max-autotune latency piece fails (no CUDA); it is recorded and its target says so."""
-    model, rate = gpu_suite.ISSUE4_LATENCY
+    model, rate = e2e.ISSUE4_LATENCY
     results = {"latency": [], "failed": [], "skipped": [], "ops": []}
-    suite = gpu_suite.Suite(results, verbose=False)
+    suite = harness.Suite(results, verbose=False)
     piece = f"latency/{model}/r{rate}/compile-max-autotune"
-    assert suite.piece(piece, gpu_suite.compile_latency, suite, model, rate, 5.0) is None
+    assert suite.piece(piece, e2e.compile_latency, suite, model, rate, 5.0) is None
     assert results["latency"] == [] and results["failed"][0]["piece"] == piece
-    t = next(t for t in gpu_suite.compute_targets(results) if "max-autotune" in t["name"])
+    t = next(t for t in report.compute_targets(results) if "max-autotune" in t["name"])
     assert t["measured"] is None and piece in t["note"]
 
 
 def test_time_limit_stops_a_piece():
     results = {"failed": []}
-    suite = gpu_suite.Suite(results, verbose=False)
+    suite = harness.Suite(results, verbose=False)
 
     def slow():
-        with gpu_suite.time_limit(0.2):
+        with harness.time_limit(0.2):
             t = time.perf_counter()
             while time.perf_counter() - t < 5:
                 time.sleep(0.01)
@@ -250,7 +251,7 @@ def test_time_limit_stops_a_piece():
     assert suite.piece("slow", slow) is None
     assert time.perf_counter() - t0 < 3
     assert "PieceTimeout" in results["failed"][0]["error"]
-    with gpu_suite.time_limit(None):          # no limit
+    with harness.time_limit(None):          # no limit
         pass
     assert suite.piece("fast", lambda: 1) == 1
 
@@ -299,11 +300,11 @@ def test_dwconv_compare_checks_the_kernels(monkeypatch, wrong):
     """The CUDA side is recorded only after its four outputs match F.conv2d; a wrong kernel is a failed piece."""
     from spin_kernels import perf
     _fake_dw_kernels(monkeypatch, wrong_dh=wrong)
-    monkeypatch.setattr(gpu_suite, "do_bench_ms", lambda fn, warmup=0, rep=0: (fn(), 0.5)[1])
+    monkeypatch.setattr(harness, "do_bench_ms", lambda fn, warmup=0, rep=0: (fn(), 0.5)[1])
     results = {"ops": [], "failed": [], "skipped": []}
-    suite = gpu_suite.Suite(results, verbose=False)
+    suite = harness.Suite(results, verbose=False)
     shape = (2, 16, 8, 9)
-    gpu_suite.dwconv_compare(suite, shape, perf.H100)
+    dwconv.dwconv_compare(suite, shape, perf.H100)
     ours = [r for r in results["ops"] if r["impl"] == "cuda"]
     if wrong:
         assert ours == [] and len(results["failed"]) == 1

@@ -44,4 +44,4 @@ TINY_DEIT = ["embed_dim=16", "depth=2", "num_heads=2", "patch_size=4", "img_size
 
 def spin_cmd() -> list[str]:
     """The ``spin`` CLI run through this interpreter."""
-    return [sys.executable, "-m", "spin_kernels.train.cli"]
+    return [sys.executable, "-m", "spin_kernels.cli"]

@@ -29,7 +29,7 @@ def test_logged_metrics_equal_eval_of_best_checkpoint(digits_root, tmp_path, cap
             "-j", "0", "--threads", "1", "--quiet", "--val-limit", "23", "--output", str(out),
             *(["--sync-bn"] if sync_bn else [])]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(29600 + os.getpid() % 1000 + sync_bn), "-m", "spin_kernels.train.cli", *args],
+                        str(29600 + os.getpid() % 1000 + sync_bn), "-m", "spin_kernels.cli", *args],
                        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

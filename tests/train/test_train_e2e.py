@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from spin_kernels.train.cli import main
+from spin_kernels.cli import main
 
 from .conftest import TINY_CONVMIXER, TINY_DEIT, spin_cmd
 
@@ -128,7 +128,7 @@ def test_ddp_two_processes_match_single_process(digits_root, tmp_path):
     dargs[dargs.index("-b") + 1] = "4"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(29500 + os.getpid() % 1000), "-m", "spin_kernels.train.cli", *dargs],
+                        "--master_port", str(29500 + os.getpid() % 1000), "-m", "spin_kernels.cli", *dargs],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = step_losses(single), step_losses(ddp)

@@ -226,9 +226,9 @@ def test_fallback_warns_once_and_matches():
     m2 = copy.deepcopy(m)
     m.backend = "triton"
     x = torch.randn(2, 3, 8, 8, device=DEVICE)
-    from spin_kernels.models import common
+    from spin_kernels import _util
 
-    common._WARNED.clear()
+    _util._WARNED.clear()
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         y = ops.convmixer_features(m, x)

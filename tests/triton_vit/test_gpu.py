@@ -7,9 +7,10 @@ import torch
 from vit_testutil import rel_err
 
 from spin_kernels.reference import vit_ops as ref
+from spin_kernels.testing import TF32_TOLERANCE, TOLERANCES
 
 pytestmark = pytest.mark.gpu
-GPU_TOL = {torch.float32: 5e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+GPU_TOL = {**TOLERANCES, torch.float32: TF32_TOLERANCE}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -1,18 +1,12 @@
 """Shared helpers of the ViT kernel tests (a uniquely named module: tests/ has several conftest.py files)."""
 import torch
 
+from spin_kernels.testing import TF32_TOLERANCE, TOLERANCES, rel_err
+
 ON_GPU = torch.cuda.is_available()
 
-
-def rel_err(a, b):
-    """Relative Frobenius error of a against the reference b (both cast to float64)."""
-    a = a.detach().double()
-    b = b.detach().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-# fp32: 1e-5 in the interpreter; on a GPU tl.dot runs fp32 as tf32 (DESIGN.md §5: 5e-4)
-TOL = {torch.float32: 5e-4 if ON_GPU else 1e-5, torch.float16: 5e-3}
+# fp32: 1e-5 in the interpreter; on a GPU tl.dot runs fp32 as tf32 (DESIGN.md §5)
+TOL = {torch.float32: TF32_TOLERANCE if ON_GPU else TOLERANCES[torch.float32], torch.float16: TOLERANCES[torch.float16]}
 
 
 def check(out, ref64, torch_out=None, dtype=torch.float32, what=""):

@@ -1,0 +1,73 @@
+"""The suite's plumbing: pieces that fail on their own, timing, time limits, the results folder."""
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+
+import torch
+
+# ---------------------------------------------------------------------------------------------------- plumbing
+
+class Suite:
+    """Collects results; :meth:`piece` runs one unit of work and records a failure instead of raising."""
+
+    def __init__(self, results: dict, verbose: bool = True):
+        self.results = results
+        self.verbose = verbose
+
+    def piece(self, name: str, fn: Callable, *args, **kwargs):
+        """Run ``fn``; on any exception record ``{piece, error, traceback}`` under ``failed`` and return None."""
+        if self.verbose:
+            print(f"[gpu_suite] {name} ...", flush=True)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - one failing piece must not stop the suite
+            self.results["failed"].append({"piece": name, "error": f"{type(e).__name__}: {e}"[:2000],
+                                           "traceback": traceback.format_exc()[-4000:]})
+            print(f"[gpu_suite] {name} FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            torch.cuda.empty_cache()
+            return None
+
+
+def do_bench_ms(fn: Callable, warmup: int = 25, rep: int = 100) -> float:
+    """Median milliseconds of ``fn`` (triton.testing.do_bench flushes L2 between runs)."""
+    import triton.testing
+    return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def gpu_slug() -> str:
+    """File-system friendly card name, e.g. ``nvidia-h100-80gb-hbm3``."""
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+
+
+class PieceTimeout(Exception):
+    """Raised inside a piece that ran past its :func:`time_limit`."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise :class:`PieceTimeout` in the body once ``seconds`` of wall time have passed (SIGALRM; the main thread
+    of a POSIX process only, elsewhere and for ``None`` / ``<= 0`` no limit). Code inside C / CUDA calls is only
+    interrupted when it returns to Python."""
+    usable = (seconds is not None and seconds > 0 and hasattr(signal, "SIGALRM")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise PieceTimeout(f"stopped after the {seconds:g} s time limit")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
