@@ -180,8 +180,8 @@ def dw_fwd(hz, res, ax, bx, weight, bias, B, H, W, act_in="gelu", act="gelu", em
     q = torch.empty_like(hz) if q_out is None else q_out
     part = torch.empty((3, n_tiles, C), device=hz.device, dtype=torch.float32) if emit_stats else q
     grid = (n_tiles, triton.cdiv(C, block_c))
-    dw_fwd_kernel[grid](hz, res if res is not None else hz, ax, bx, wt, bias, q, part,
-                        M, H, W, C, n_tiles,
+    dw_fwd_kernel[grid](hz_ptr=hz, res_ptr=res if res is not None else hz, ax_ptr=ax, bx_ptr=bx, w_ptr=wt,
+                        bias_ptr=bias, q_ptr=q, part_ptr=part, M=M, H=H, W=W, C=C, n_tiles=n_tiles,
                         KS=KS, ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None,
                         EMIT_STATS=emit_stats, BLOCK_P=block_p, BLOCK_C=block_c, **_launch_opts(hz))
     return q, (part if emit_stats else None)
@@ -212,11 +212,13 @@ def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu
     wpart = torch.empty((n_prog, KS * KS + 1, C), device=du.device, dtype=torch.float32)
     spart = torch.empty((2, n_prog, C), device=du.device, dtype=torch.float32)
     grid = (n_prog, n_cblk)
-    dw_bwd_kernel[grid](du, q, qvec, wt, hz, res if res is not None else hz, xvec,
-                        dx if dx is not None else du, dhz if dhz is not None else du, wpart, spart,
-                        M, H, W, C, tiles_per_prog, n_prog,
-                        KS=KS, KK_PAD=triton.next_power_of_2(KS * KS), ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act],
-                        HAS_RES=res is not None, WRITE_DX=write_dx, WRITE_DHZ=write_dhz,
+    # outputs a WRITE_* switch turns off still need a tensor: du (never written then)
+    dw_bwd_kernel[grid](du_ptr=du, q_ptr=q, qvec_ptr=qvec, w_ptr=wt, hz_ptr=hz,
+                        res_ptr=res if res is not None else hz, xvec_ptr=xvec,
+                        dx_ptr=dx if dx is not None else du, dhz_ptr=dhz if dhz is not None else du,
+                        wpart_ptr=wpart, spart_ptr=spart, M=M, H=H, W=W, C=C, tiles_per_prog=tiles_per_prog,
+                        n_prog=n_prog, KS=KS, KK_PAD=triton.next_power_of_2(KS * KS), ACT_IN=ACT_CODES[act_in],
+                        ACT=ACT_CODES[act], HAS_RES=res is not None, WRITE_DX=write_dx, WRITE_DHZ=write_dhz,
                         BLOCK_P=block_p, BLOCK_C=block_c, **_launch_opts(du))
     # separate reductions (fixed order: deterministic) so that no two results alias
     dweight = wpart[:, :KS * KS].sum(0).t().contiguous().reshape(C, KS, KS)

@@ -12,6 +12,8 @@ import triton.language as tl
 
 from ._common import sm_count
 
+# elements of one row tile held in registers: forward one live fp32 tile, backward five
+LN_FWD_TILE_ELEMS, LN_BWD_TILE_ELEMS = 4096, 2048
 # ln_bwd: programs per SM (each loops over its rows and keeps fp32 partial dweight / dbias)
 LN_BWD_PROGRAMS_PER_SM = 4
 
@@ -110,7 +112,7 @@ def _rows(x: torch.Tensor, name: str = "x") -> torch.Tensor:
 def ln_config(c: int, bwd: bool = False) -> dict:
     """Row tile for C channels: whole rows, ~4K elements per tile forward, ~2K backward (5 live fp32 tiles)."""
     block_c = triton.next_power_of_2(c)
-    block_r = max(1, min(16, (2048 if bwd else 4096) // block_c))
+    block_r = max(1, min(16, (LN_BWD_TILE_ELEMS if bwd else LN_FWD_TILE_ELEMS) // block_c))
     return dict(BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4 if block_c * block_r < 4096 else 8)
 
 

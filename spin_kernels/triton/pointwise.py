@@ -218,9 +218,10 @@ def pw_fwd(hz, res, ax, bx, q, a1, b1, weight, bias, act_in="gelu", act_g="gelu"
     n_tiles = triton.cdiv(M, cfg["BLOCK_M"])
     part = torch.empty((3, n_tiles, N), device=hz.device, dtype=torch.float32) if emit_stats else z
     grid = (n_tiles * triton.cdiv(N, cfg["BLOCK_N"]),)
-    pw_fwd_kernel[grid](hz, res if res is not None else hz, ax, bx, q, a1, b1, w, bias, z,
-                        u if u is not None else z, part, M, N, K,
-                        ACT_IN=ACT_CODES[act_in], ACT_G=ACT_CODES[act_g], ACT=ACT_CODES[act],
+    # pointers a constexpr switch leaves unused still need a tensor: they get one already passed (never read)
+    pw_fwd_kernel[grid](hz_ptr=hz, res_ptr=res if res is not None else hz, ax_ptr=ax, bx_ptr=bx, q_ptr=q, a1_ptr=a1,
+                        b1_ptr=b1, w_ptr=w, bias_ptr=bias, z_ptr=z, u_ptr=u if u is not None else z, part_ptr=part,
+                        M=M, N=N, K=K, ACT_IN=ACT_CODES[act_in], ACT_G=ACT_CODES[act_g], ACT=ACT_CODES[act],
                         HAS_RES=res is not None, WRITE_U=write_u, EMIT_STATS=emit_stats, **cfg)
     return z, u, (part if emit_stats else None)
 
@@ -236,8 +237,9 @@ def pw_bwd_dx(g, z, zvec, weight, r, q, qvec, act="gelu", act_g="gelu"):
     n_tiles = triton.cdiv(M, cfg["BLOCK_M"])
     part = torch.empty((2, n_tiles, K), device=g.device, dtype=torch.float32)
     grid = (n_tiles * triton.cdiv(K, cfg["BLOCK_K"]),)
-    pw_bwd_dx_kernel[grid](g, z, zvec, w, r if r is not None else g, q, qvec, du, part, M, N, K,
-                           ACT=ACT_CODES[act], ACT_G=ACT_CODES[act_g], HAS_R=r is not None, **cfg)
+    pw_bwd_dx_kernel[grid](g_ptr=g, z_ptr=z, zvec_ptr=zvec, w_ptr=w, r_ptr=r if r is not None else g, q_ptr=q,
+                           qvec_ptr=qvec, du_ptr=du, part_ptr=part, M=M, N=N, K=K, ACT=ACT_CODES[act],
+                           ACT_G=ACT_CODES[act_g], HAS_R=r is not None, **cfg)
     return du, part[0].sum(0), part[1].sum(0)
 
 
@@ -263,8 +265,10 @@ def pw_bwd_dw(grun, glast, zrun, zvec, u=None, zin=None, qrun=None, uvec=None, a
     dw = torch.empty((split, N, K), device=zrun.device, dtype=torch.float32)
     db = torch.empty((split, N), device=zrun.device, dtype=torch.float32)
     saved = u is not None
-    pw_bwd_dw_kernel[(n_prog, split)](grun, glast, zrun, zvec, u if saved else zrun, zin if not saved else zrun,
-                                      qrun if not saved else zrun, uvec if not saved else zvec, dw, db,
-                                      M, N, K, R, ACT=ACT_CODES[act], ACT_G=ACT_CODES[act_g], U_SAVED=saved,
-                                      SPLIT=split, **cfg)
+    # U_SAVED reads u; otherwise u is rebuilt from (zin, qrun, uvec): the unused side gets a tensor never read
+    pw_bwd_dw_kernel[(n_prog, split)](grun_ptr=grun, glast_ptr=glast, zrun_ptr=zrun, zvec_ptr=zvec,
+                                      u_ptr=u if saved else zrun, zin_ptr=zin if not saved else zrun,
+                                      qrun_ptr=qrun if not saved else zrun, uvec_ptr=uvec if not saved else zvec,
+                                      dw_ptr=dw, db_ptr=db, M=M, N=N, K=K, R=R, ACT=ACT_CODES[act],
+                                      ACT_G=ACT_CODES[act_g], U_SAVED=saved, SPLIT=split, **cfg)
     return dw.sum(0), db.sum(0)

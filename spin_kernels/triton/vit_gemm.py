@@ -183,10 +183,13 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out_dtype=None, *, bias=None, act: st
         raise ValueError("ln, ln_b: one LayerNorm prologue per GEMM")
     mean, rstd, lnw, lnb = stats if stats is not None else (out, out, out, out)
     grid = (tiles, split_k)
-    gemm_kernel[grid](a, b, out, bias if bias is not None else out, res if res is not None else out,
-                      scale if scale is not None else out, gelu_grad_z if gelu_grad_z is not None else out,
-                      mean, rstd, lnw, lnb, rs, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                      rows_per_sample, rows_per_group or k, k_per,
+    # pointers a constexpr switch leaves unused get ``out`` (never read through them)
+    gemm_kernel[grid](a_ptr=a, b_ptr=b, c_ptr=out, bias_ptr=bias if bias is not None else out,
+                      res_ptr=res if res is not None else out, scale_ptr=scale if scale is not None else out,
+                      z_ptr=gelu_grad_z if gelu_grad_z is not None else out, mean_ptr=mean, rstd_ptr=rstd,
+                      lnw_ptr=lnw, lnb_ptr=lnb, rowsum_ptr=rs, M=m, N=n, K=k, stride_am=a.stride(0),
+                      stride_ak=a.stride(1), stride_bk=b.stride(0), stride_bn=b.stride(1),
+                      rows_per_sample=rows_per_sample, rows_per_group=rows_per_group or k, k_per_split=k_per,
                       LN_A=ln is not None, LN_B=ln_b is not None, GELU_B=gelu_b, HAS_BIAS=bias is not None,
                       ACT=1 if act == "gelu" else 0, GELU_GRAD=gelu_grad_z is not None, HAS_RES=res is not None,
                       HAS_SCALE=scale is not None, ROWSUM_A=rowsum, SPLIT_K=split_k > 1, **cfg)
