@@ -33,7 +33,7 @@ CALIBRATION_RANGES = {"copy_kernel": ("hbm", 1.0, 1.05), "matmul_kernel": ("tens
 
 def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132):
     """(launches of one shared run, runs in the model, a description) of a target shape."""
-    from .launches import convmixer_run_launches, vit_run_launches
+    from .launches import convmixer_run_launches, vit_run_launches  # lazy: imports the ops and Triton
 
     model, batch, rate = TARGET_SHAPES[name]
     arch = ARCHS[model]
@@ -61,7 +61,7 @@ class Compiler:
         self.seconds = 0.0
 
     def __call__(self, launch):
-        from .aot import compile_kernel
+        from .aot import compile_kernel  # lazy: Triton, only when a kernel is compiled
 
         key = launch.key()
         if key not in self.cache:
@@ -142,7 +142,7 @@ def cost_shape(name: str, compiler: Compiler, rates: cost_model.SMRates = cost_m
 
 def calibration(compiler: Compiler, rates: cost_model.SMRates, dtype: str = "bf16") -> list[dict]:
     """The calibration kernels' rows, each with its expected binding bound and ratio range and whether it lands."""
-    from .launches import calibration_launches
+    from .launches import calibration_launches  # lazy: Triton
 
     rows = []
     for launch in calibration_launches(dtype=dtype, sm_count=rates.sm_count):

@@ -12,6 +12,6 @@ __all__ = ["RECIPES", "resolve", "train"]
 
 def train(cfg: dict) -> dict:
     """Run training with a resolved config (see :func:`spin_kernels.train.loop.train`)."""
-    from .loop import train as _train
+    from .loop import train as _train  # lazy: the loop imports timm and the data pipeline
 
     return _train(cfg)

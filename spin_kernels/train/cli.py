@@ -211,7 +211,7 @@ _RESUME_ANNOUNCED = ("epochs", "batch_size", "opt", "lr", "weight_decay", "momen
 
 def train_config(args: argparse.Namespace) -> dict:
     """The resolved training config of parsed ``spin train`` args (recipe preset <- explicit flags)."""
-    from .recipes import resolve
+    from .recipes import resolve  # lazy, like the subcommands below
 
     if args.resume and args.init_from:
         raise ValueError("--init-from: a resumed run continues from its own weights (--resume); pass one of "
@@ -256,7 +256,7 @@ def _resume_config(args: argparse.Namespace, cfg: dict) -> dict:
     A flag that would change the model is an error; one that changes the optimisation is applied and recorded in
     ``resume_overrides`` (the run announces it), so a resumed run never silently becomes a different run.
     """
-    from .checkpoint import load_training_checkpoint
+    from .checkpoint import load_training_checkpoint  # lazy: imports torch
 
     saved = load_training_checkpoint(args.resume, trusted=args.trust_checkpoint)["config"]
     defaults = getattr(args, "_defaults", {})
@@ -291,7 +291,7 @@ def cmd_train(args) -> int:
     """``spin train``: resolve the recipe and run the training loop.
 
     Returns 0 when the run finished, 128 + N when signal N stopped it at a checkpoint (143 for SIGTERM)."""
-    from .loop import train
+    from .loop import train  # lazy: `spin --help` does not import torch / timm
 
     result = train(train_config(args))
     if result.get("signal"):
@@ -301,27 +301,27 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     """``spin eval``: metrics of a checkpoint on the val split; prints params, MACs, img/s and a JSON line."""
-    from .run_eval import run_eval
+    from .run_eval import run_eval  # lazy: `spin --help` does not import torch / timm
 
     return run_eval(args)
 
 
 def cmd_compress(args) -> int:
     """``spin compress``: fuse an unshared checkpoint into a shared model and save it."""
-    from .compress import run_compress
+    from .compress import run_compress  # lazy: `spin --help` does not import torch / timm
 
     return run_compress(args)
 
 
 def cmd_info(args) -> int:
     """``spin info``: environment report."""
-    from .info import run_info
+    from .info import run_info  # lazy: `spin --help` does not import torch / timm
 
     return run_info(args)
 
 
 def cmd_demo(args) -> int:
     """``spin demo``: the CPU demo on Fashion-MNIST."""
-    from .demo import run_demo
+    from .demo import run_demo  # lazy: `spin --help` does not import torch / timm
 
     return run_demo(args)
