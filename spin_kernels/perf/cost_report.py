@@ -105,7 +105,8 @@ def launch_cost(launch, compiler: Compiler, rates: cost_model.SMRates, dtype: st
             "blocks_per_sm": resources.get("blocks_per_sm"), "loops": len(fn.loops), "trips": trips,
             "instructions_per_warp": counts.instructions, "hbm_bytes": hbm, "l1_bytes": counts.ldg_bytes *
             launch.num_warps * launch.ctas, "flops": flops, "unit": model.unit,
-            "tensor_macs": sum(counts.macs.values()) * launch.num_warps * launch.ctas, "bounds_s": {k: b[k] for k in cost_model.BOUNDS},
+            "tensor_macs": sum(counts.macs.values()) * launch.num_warps * launch.ctas,
+            "bounds_s": {k: b[k] for k in cost_model.BOUNDS},
             "pipe": b["pipe_name"], "binding": binding, "estimate_s": est, "floor_s": floor,
             "ratio": est / floor if floor > 0 else float("inf")}
 
