@@ -166,9 +166,32 @@ def register(subparsers) -> None:
     p.add_argument("--fusion", default="mean", choices=FUSION_CHOICES)
     p.add_argument("--keep-fusion-form", action="store_true",
                    help="save the fusion-training form (per-layer weights) instead of the collapsed shared model")
-    p.add_argument("--img-size", type=positive_int, default=None, help="resolution for the MACs column")
     p.add_argument("--output", required=True, help="path of the shared checkpoint to write (.pth, or .safetensors "
                    "for that format)")
+    g = p.add_argument_group("making the compressed model usable (needs data)")
+    g.add_argument("--data-dir", "--calib-data", dest="data_dir", default=None,
+                   help="dataset root (train/ and val/ class folders, or --dataset's): the BatchNorm statistics are "
+                        "re-estimated on its train split (on by default when given), fine-tuning trains on it, "
+                        "--eval measures on its val split")
+    g.add_argument("--dataset", default="", help="'' (class folders), fashion-mnist, or a timm dataset spec")
+    g.add_argument("--calib-batches", type=nonneg_int, default=64,
+                   help="training batches for the BatchNorm recalibration (0: none)")
+    g.add_argument("--eval", action="store_true", help="top-1 on the val split: unshared, compressed as is, after "
+                   "recalibration / fine-tuning")
+    g.add_argument("--eval-limit", type=positive_int, default=None, help="evaluate only the first N val images")
+    g.add_argument("--finetune-epochs", type=nonneg_int, default=0,
+                   help="fuse-then-fine-tune: train the fusion form from the unshared weights for N epochs with "
+                        "--recipe, then collapse it (instead of recalibrating)")
+    g.add_argument("--recipe", default="finetune", choices=sorted(RECIPES), help="fine-tuning hyper-parameters")
+    g.add_argument("--lr", type=nonneg_float, default=None, help="fine-tuning peak LR (default: the recipe's)")
+    g.add_argument("--finetune-output", default=None, help="fine-tuning run folder (default: OUTPUT-finetune/)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing fine-tuning run folder")
+    g.add_argument("-b", "--batch-size", type=positive_int, default=128)
+    g.add_argument("-j", "--workers", type=nonneg_int, default=None)
+    g.add_argument("--img-size", type=positive_int, default=None,
+                   help="input resolution (default: the checkpoint's); also the MACs column's")
+    g.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--quiet", action="store_true", help="no progress bars while fine-tuning")
     p.set_defaults(func=cmd_compress)
 
     # ---------------------------------------------------------------- info
@@ -191,6 +214,8 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--only", choices=["unshared", "shared"], default=None, help="train just one of the two")
+    p.add_argument("--no-compress", action="store_true", help="skip the compression story (compress the unshared "
+                   "model to r=2: as is, BatchNorm recalibrated, fine-tuned)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 

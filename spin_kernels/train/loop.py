@@ -489,6 +489,8 @@ def _train(cfg: dict, di: DistInfo, stopper: StopRequested) -> dict:
             atomic_save({"model": collapsed.state_dict(), "spin_config": collapsed.spin_config, "data_cfg": data_cfg},
                         out / "model_shared.pth")
             result["collapsed"] = str(out / "model_shared.pth")
+        result["collapsed_model"] = collapsed
+    result["data_cfg"] = data_cfg
     if di.is_main:
         log.event(type="end", best_top1=best, update=update)
     return result

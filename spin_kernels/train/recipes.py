@@ -31,7 +31,7 @@ RECIPES: dict[str, dict] = {
     "demo": {
         "opt": "adamw", "lr": 0.005, "sched": "onecycle", "warmup_epochs": 0, "weight_decay": 5e-5, "clip_grad": 1.0,
         "aug": "simple", "auto_augment": None, "mixup": 0.0, "cutmix": 0.0, "reprob": 0.0, "smoothing": 0.1,
-        "epochs": 3, "batch_size": 128, "workers": 0,
+        "epochs": 2, "batch_size": 128, "workers": 0,
     },
 }
 

@@ -54,6 +54,27 @@ def load_any_model(checkpoint: str, model_name: str | None = None, model_kwargs:
                      **({"backend": backend} if backend else {})), {}
 
 
+def eval_loader(model, saved_dcfg: dict, data_dir, split: str, *, dataset: str = "", batch_size: int = 256,
+                workers: int | None = None, limit: int | None = None, img_size: int | None = None,
+                crop_pct: float | None = None, mean=None, std=None, world_size: int = 1, rank: int = 0,
+                pin_memory: bool = False):
+    """``(loader, data_cfg)``: ``split`` of ``data_dir`` through ``model``'s eval transform — the training run's
+    (``saved_dcfg``, from our checkpoints) over the model cfg's, with explicit arguments overriding both — in
+    order, each sample once across ``world_size`` ranks. The split's class count must match the model's head."""
+    dcfg = {**model_data_cfg(model, img_size), **saved_dcfg}
+    if img_size:
+        dcfg["img_size"] = img_size
+    ds = build_dataset(data_dir, split, dataset=dataset, in_chans=dcfg["in_chans"], limit=limit)
+    check_num_classes(ds, model.num_classes, split, where="the checkpoint's model")
+    tf = build_eval_transform(dcfg["img_size"], in_chans=dcfg["in_chans"], crop_pct=crop_pct or dcfg["crop_pct"],
+                              interpolation=dcfg["interpolation"], mean=tuple(mean or dcfg["mean"]),
+                              std=tuple(std or dcfg["std"]))
+    _set_transform(ds, tf)
+    loader = build_eval_loader(ds, batch_size, world_size=world_size, rank=rank,
+                               workers=workers if workers is not None else default_workers(), pin_memory=pin_memory)
+    return loader, dcfg
+
+
 def run_eval(args) -> int:
     """Evaluate ``args.checkpoint`` on ``args.data_dir``'s ``args.split``; print a report and a JSON line."""
 
@@ -65,20 +86,10 @@ def run_eval(args) -> int:
     try:
         model, saved_dcfg = load_any_model(args.checkpoint, args.model, parse_kv(args.model_kwargs), args.backend,
                                            args.use_ema, trusted=args.trust_checkpoint)
-        # The eval transform: the training run's (saved in our checkpoints), else the model cfg's; flags override.
-        dcfg = {**model_data_cfg(model, args.img_size), **saved_dcfg}
-        if args.img_size:
-            dcfg["img_size"] = args.img_size
-        ds = build_dataset(args.data_dir, args.split, dataset=args.dataset, in_chans=dcfg["in_chans"],
-                           limit=args.limit)
-        check_num_classes(ds, model.num_classes, args.split, where="the checkpoint's model")
-        tf = build_eval_transform(dcfg["img_size"], in_chans=dcfg["in_chans"],
-                                  crop_pct=args.crop_pct or dcfg["crop_pct"], interpolation=dcfg["interpolation"],
-                                  mean=tuple(args.mean or dcfg["mean"]), std=tuple(args.std or dcfg["std"]))
-        _set_transform(ds, tf)
-        loader = build_eval_loader(ds, args.batch_size, world_size=di.world_size, rank=di.rank,
-                                   workers=args.workers if args.workers is not None else default_workers(),
-                                   pin_memory=di.device.type == "cuda")
+        loader, dcfg = eval_loader(model, saved_dcfg, args.data_dir, args.split, dataset=args.dataset,
+                                   batch_size=args.batch_size, workers=args.workers, limit=args.limit,
+                                   img_size=args.img_size, crop_pct=args.crop_pct, mean=args.mean, std=args.std,
+                                   world_size=di.world_size, rank=di.rank, pin_memory=di.device.type == "cuda")
         model.to(di.device)
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
