@@ -8,7 +8,7 @@ TORCHVISION_PIN ?= torchvision==0.29.1
 PYTEST_ARGS     ?=
 export MAX_JOBS ?= 2
 
-.PHONY: install test demo fashion-mnist bench bench-analytic kernels-report cost-report cost-budgets gpu gpu-build gpu-test gpu-sanitize gpu-targets gpu-bench gpu-bench-e2e lint clean
+.PHONY: install test demo fashion-mnist bench bench-analytic kernels-report cost-report cost-budgets gpu gpu-proof gpu-build gpu-test gpu-sanitize gpu-targets gpu-bench gpu-bench-e2e lint clean
 
 install: $(STAMP)
 
@@ -54,18 +54,25 @@ cost-budgets: install
 	$(VENV)/bin/spin kernels-report --cost --json $(COST_JSON) --record-budgets $(COST_BUDGETS)
 
 # On a GPU machine (an H100/H200 lent through the device tool): the machine's own python3 already has torch,
-# triton, timm and pytest, so nothing is installed from the network. Each stage fits in one 10-minute command:
+# triton, timm and pytest, so nothing is installed from the network.
+#   make gpu-proof   THE command for a short window: build, `spin info`, ceilings, every kernel test compiled (plus
+#                    bf16 and whole models), targets (outputs checked first), per-kernel time vs the cost model,
+#                    compute-sanitizer, torch.compile baselines; <= PROOF_BUDGET seconds in all, each stage time-boxed,
+#                    results.json / report.md rewritten after every stage into PROOF_OUT
+#                    (default bench/results/<gpu>-<date>/; on the device tool: make gpu-proof PROOF_OUT=$OUT).
+# For a longer window, the older stages (each fits one 10-minute command):
 #   make gpu-build   compile spin_kernels._C against that machine's torch (--no-build-isolation --no-deps)
 #   make gpu-test    the GPU tests (bf16/fp16/fp32 at real sizes)
 #   make gpu-sanitize compute-sanitizer memcheck + racecheck on the small CUDA cases
 #   make gpu-targets issue 4's targets (batch-1 latency vs compile max-autotune / eager, dwconv vs native)
 #   make gpu-bench   ceilings and per-op benchmarks;  make gpu-bench-e2e  training steps and batch-1 latency
 # The bench stages write bench/results/<gpu>-<date>/{targets,ops,e2e}/ (results.json, report.md, plots).
-# In that order, build + tests + sanitizer + targets + ops fit one session's 30 GPU minutes.
 GPU_PY ?= python3
-# the GPU instances (-m gpu) of small cases of every CUDA kernel: depthwise fwd / backward-data / weight grad, the
-# shared run (kernel and a small model)
-GPU_SANITIZE_CASES ?= -m gpu tests/cuda -k "(small_models and spin_convmixer_768_32 and dtype0) or (test_kernel_against_reference and 64) or (test_backward_data_and_weight and shape0) or (test_forward_with_input_prologue and shape0)"
+PROOF_BUDGET ?= 540
+PROOF_OUT ?=
+
+gpu-proof:
+	$(GPU_PY) -m bench.gpu_proof --budget-s $(PROOF_BUDGET) $(if $(PROOF_OUT),--out $(PROOF_OUT))
 
 gpu: gpu-build gpu-test gpu-sanitize gpu-targets gpu-bench gpu-bench-e2e
 
@@ -76,9 +83,9 @@ gpu-build:
 gpu-test:
 	$(GPU_PY) -m pytest -q -m gpu -p no:cacheprovider tests
 
+# the smallest case of each CUDA kernel (bench/gpu/stages.py SANITIZE_CASES), memcheck then racecheck
 gpu-sanitize:
-	compute-sanitizer --tool memcheck --error-exitcode 1 $(GPU_PY) -m pytest -q -p no:cacheprovider $(GPU_SANITIZE_CASES)
-	compute-sanitizer --tool racecheck --error-exitcode 1 $(GPU_PY) -m pytest -q -p no:cacheprovider $(GPU_SANITIZE_CASES)
+	$(GPU_PY) -m bench.gpu_proof --only sanitizer --budget-s 600 $(if $(PROOF_OUT),--out $(PROOF_OUT))
 
 gpu-targets:
 	$(GPU_PY) -m bench.gpu_suite --only targets --part targets --max-autotune-latency-timeout 420

@@ -67,3 +67,49 @@ def nan_fenced(t: torch.Tensor, guard: int = 64) -> torch.Tensor:
     view = buf[guard:guard + t.numel()].view(t.shape)
     view.copy_(t)
     return view
+
+
+def _forward_backward(model: torch.nn.Module, x: torch.Tensor, train: bool, grad_out: torch.Tensor | None):
+    """Logits and, with ``train``, the gradients of the input (``"input"``) and of every parameter."""
+    model.train(train)
+    x = x.detach().clone().requires_grad_(train)
+    with torch.enable_grad() if train else torch.no_grad():
+        out = model(x)
+    if not train:
+        return out.detach(), {}
+    out.backward(grad_out.to(out.dtype))
+    grads = {"input": x.grad}
+    grads.update({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    return out.detach(), grads
+
+
+def compare_models(reference: torch.nn.Module, candidate: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype,
+                   train: bool, grad_out: torch.Tensor | None = None, tolerance: float | None = None) -> dict:
+    """Errors of ``candidate`` (same weights as ``reference``, e.g. a fused backend) run in ``dtype`` against
+    ``reference`` in float64: ``{name: (relative error, bound)}`` for the logits and, with ``train``, the gradient
+    of the input and of every parameter for the output gradient ``grad_out``.
+
+    A bound is ``tolerance`` (default: :data:`TOLERANCES`, fp32 as :data:`TF32_TOLERANCE` on CUDA) or twice
+    PyTorch's own error (``reference`` run in ``dtype``), whichever is larger: deep models compound rounding that
+    a single kernel's tolerance does not cover, and a kernel may not be worse than PyTorch by more than 2x.
+    ``candidate`` is converted to ``dtype`` in place; ``reference`` is left as it is (copies run).
+    """
+    import copy
+
+    if tolerance is None:
+        tolerance = TF32_TOLERANCE if dtype == torch.float32 and x.is_cuda else TOLERANCES[dtype]
+    out64, grads64 = _forward_backward(copy.deepcopy(reference).double(), x.double(), train,
+                                       None if grad_out is None else grad_out.double())
+    low, grads_low = _forward_backward(copy.deepcopy(reference).to(dtype), x.to(dtype), train, grad_out)
+    got, grads = _forward_backward(candidate.to(dtype), x.to(dtype), train, grad_out)
+    if train and set(grads) != set(grads64):
+        raise AssertionError(f"gradients of different parameters: {sorted(set(grads) ^ set(grads64))}")
+    result = {"logits": (rel_err(got, out64), max(tolerance, 2 * rel_err(low, out64)))}
+    for name, g64 in grads64.items():
+        result[name] = (rel_err(grads[name], g64), max(tolerance, 2 * rel_err(grads_low[name], g64)))
+    return result
+
+
+def failures(errors: dict) -> dict:
+    """The entries of a :func:`compare_models` result whose error is over its bound (NaN counts as over)."""
+    return {name: eb for name, eb in errors.items() if not eb[0] <= eb[1]}

@@ -34,9 +34,39 @@ class Suite:
 
 
 def do_bench_ms(fn: Callable, warmup: int = 25, rep: int = 100) -> float:
-    """Median milliseconds of ``fn`` (triton.testing.do_bench flushes L2 between runs)."""
+    """Median milliseconds of ``fn`` (triton.testing.do_bench flushes L2 between runs). Without CUDA (the CPU
+    smoke runs of the suites' plumbing): one warm call, then the median of three timed calls."""
+    if not torch.cuda.is_available():
+        import statistics
+        import time
+        fn()
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
     import triton.testing
     return float(triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def time_steps_ms(step: Callable, steps: int) -> float:
+    """Mean milliseconds per call of ``step`` over ``steps`` back-to-back calls (CUDA events on a GPU, the wall
+    clock on the CPU): for training steps, whose state changes from call to call."""
+    import time
+    if not torch.cuda.is_available():
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - t) * 1e3 / steps
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / steps
 
 
 def gpu_slug() -> str:

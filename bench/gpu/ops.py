@@ -163,3 +163,68 @@ def vit_ops(suite: Suite, shape, ceilings: perf.Ceilings, impls: list[str]) -> N
                 ceilings, dn, impls, flops=rows["layer_fwd"].flops + rows["layer_bwd"].flops)
 
 
+
+
+ATTENTION_MAX_REL_ERR = 3e-2        # bf16 outputs and gradients against the float64 reference
+
+
+def attention_vs_sdpa(suite: Suite, batch: int, tokens: int, heads: int, head_dim: int,
+                      ceilings: perf.Ceilings) -> None:
+    """Flash attention forward and forward+backward on the packed qkv [B, N, 3C]: our Triton kernels against
+    ``F.scaled_dot_product_attention`` (+ autograd; PyTorch picks its fastest backend). Outputs and gradients
+    are checked against the float64 reference first. Records ops ``attention_fwd`` / ``attention_fwd_bwd`` of
+    family ``attention``; each implementation is a piece."""
+    from bench import common
+    from spin_kernels.reference import vit_ops as ref
+    from spin_kernels.testing import rel_err
+
+    dt, dn, dev = common.DTYPE, common.DTYPE_NAME, common.DEVICE
+    C = heads * head_dim
+    sid = f"attention-b{batch}-n{tokens}-h{heads}-d{head_dim}"
+    rows = {r.name: r for r in perf.vit_block_costs(batch, C, heads, tokens, dn, train=True)}
+    fwd_row, bwd_row = rows["F2_flash_attention"], rows["F2b_flash_attention_bwd"]
+    fb_flops = fwd_row.flops + bwd_row.flops
+    qkv = torch.randn(batch, tokens, 3 * C, device=dev, dtype=dt)
+    do = torch.randn(batch, tokens, C, device=dev, dtype=dt)
+
+    def sdpa_fwd(t):
+        q, k, v = t.view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, C)
+
+    def sdpa():
+        x = qkv.detach().requires_grad_(True)
+
+        def fwd_bwd():
+            return torch.autograd.grad(sdpa_fwd(x), x, do)
+
+        with torch.no_grad():
+            _record(suite, "attention", sid, "attention_fwd", "sdpa", harness.do_bench_ms(lambda: sdpa_fwd(qkv)),
+                    fwd_row, ceilings, dn)
+        _record(suite, "attention", sid, "attention_fwd_bwd", "sdpa", harness.do_bench_ms(fwd_bwd), fwd_row,
+                ceilings, dn, flops=fb_flops)
+
+    def ours():
+        from spin_kernels.triton import attention as tri
+        o, lse = tri.attn_fwd(qkv, heads)
+        o64, lse64 = ref.attn_fwd(qkv.double(), heads)
+        dqkv = tri.attn_bwd(do, qkv, o, lse, heads)
+        dqkv64 = ref.attn_bwd(do.double(), qkv.double(), o64, lse64, heads)
+        errs = {"o": rel_err(o, o64), "dqkv": rel_err(dqkv, dqkv64)}
+        bad = {n: e for n, e in errs.items() if not e <= ATTENTION_MAX_REL_ERR}
+        if bad:
+            raise AssertionError(f"Triton attention disagrees with the float64 reference ({bad}, tolerance "
+                                 f"{ATTENTION_MAX_REL_ERR}); not timed")
+        del o64, lse64, dqkv64
+
+        def fwd_bwd():
+            o_, lse_ = tri.attn_fwd(qkv, heads)
+            return tri.attn_bwd(do, qkv, o_, lse_, heads)
+
+        for op, fn, row, flops in (("attention_fwd", lambda: tri.attn_fwd(qkv, heads), fwd_row, None),
+                                   ("attention_fwd_bwd", fwd_bwd, fwd_row, fb_flops)):
+            rec = _record(suite, "attention", sid, op, "triton", harness.do_bench_ms(fn), row, ceilings, dn,
+                          flops=flops)
+            rec["max_rel_err"] = errs
+
+    suite.piece(f"targets/{sid}/sdpa", sdpa)
+    suite.piece(f"targets/{sid}/triton", ours)

@@ -142,7 +142,7 @@ def _op_row(r: dict) -> str:
 
 def _train_row(r: dict) -> str:
     return _md_row([r["model"], r["share_rate"], r["backend"], r["compile"], f"{r['ms_per_step']:.1f}",
-                    f"{r['img_per_s']:.0f}", f"{r['peak_mem_gib']:.2f}", f"{r['params']:,}"])
+                    f"{r['img_per_s']:.0f}", _fmt(r.get("peak_mem_gib"), ".2f"), f"{r['params']:,}"])
 
 
 def _latency_row(r: dict) -> str:

@@ -690,7 +690,7 @@ def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132) -> tuple
     return launches, arch["depth"] // rate
 
 
-_REPLACED = {"fwd": {"dw_fwd_kernel"}, "bwd": {"dw_bwd_kernel"}, "eval": {"dw_fwd_kernel"}}
+REPLACED_BY_CUDA = {"fwd": {"dw_fwd_kernel"}, "bwd": {"dw_bwd_kernel"}, "eval": {"dw_fwd_kernel"}}
 """The Triton rows the per-layer CUDA path replaces: the depthwise half (pointwise and BN stay Triton)."""
 
 
@@ -740,7 +740,7 @@ def cuda_shape_costs(name: str, triton_rows: list, runs: int, rates: cost_model.
         if phase == "eval" and trunk:
             totals[phase] = None
             continue
-        sel = [r for r in triton_rows if r["phase"] == phase and r["kernel"] not in _REPLACED[phase]]
+        sel = [r for r in triton_rows if r["phase"] == phase and r["kernel"] not in REPLACED_BY_CUDA[phase]]
         totals[phase] = phase_total(sel + [r for r in table if r["phase"] == phase], runs)
     train = train_step(totals)
     eval_persistent = _total(trunk, runs) if trunk else None

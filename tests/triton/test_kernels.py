@@ -6,11 +6,10 @@ shapes (H, W not tile multiples, B = 1 and 3), k ∈ {3, 5, 7, 9}; outputs are p
 import pytest
 import torch
 
-from spin_triton_testutils import DEVICE, TOL, rel_err
+from spin_triton_testutils import DEVICE, DTYPES, TOL, rel_err
 from spin_kernels.reference import convmixer_ops as ref
 from spin_kernels.triton import bn, dwconv, pointwise
 
-DTYPES = [torch.float32, torch.float16]
 
 
 def rnd(*shape, dtype=torch.float32, scale=1.0):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from vit_testutil import check
+from vit_testutil import DTYPES, check
 
 from spin_kernels.reference import vit_ops as ref
 from spin_kernels.triton import attention as tri
@@ -22,7 +22,7 @@ def _torch_attn(qkv, h):
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c3 // 3)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,n,h,d", CASES)
 def test_attn_fwd_bwd(b, n, h, d, dtype):
     qkv = torch.randn(b, n, 3 * h * d, dtype=dtype)
@@ -49,7 +49,7 @@ def test_attn_errors():
         tri.attn_fwd(torch.randn(1, 4, 10), 2)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,n,h,d", [(1, 17, 3, 32), (2, 70, 1, 64), (1, 197, 6, 16)])
 def test_attn_dropout(b, n, h, d, dtype):
     """Philox dropout: the kernels match the float64 math under the same keep mask, fwd and bwd."""

@@ -2,13 +2,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from vit_testutil import check
+from vit_testutil import DTYPES, check
 
 from spin_kernels.reference import vit_ops as ref
 from spin_kernels.triton import layernorm as tri
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 48), (2, 17, 96), (1, 197, 40)])
 def test_ln_fwd(shape, dtype):
     c = shape[-1]
@@ -25,7 +25,7 @@ def test_ln_fwd(shape, dtype):
     assert torch.equal(m2, mean) and torch.equal(r2, rstd)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,progs", [((1, 1, 48), 3), ((2, 17, 96), 3), ((1, 197, 40), 5)])
 @pytest.mark.parametrize("with_res", [False, True])
 def test_ln_bwd(shape, progs, with_res, dtype):

@@ -1,13 +1,13 @@
 """The prologue/epilogue GEMM (spin_kernels/triton/vit_gemm.py) in the interpreter vs float64 references."""
 import pytest
 import torch
-from vit_testutil import check
+from vit_testutil import DTYPES, check
 
 from spin_kernels.reference import vit_ops as ref
 from spin_kernels.triton import layernorm as tln
 from spin_kernels.triton.vit_gemm import gemm
 
-DT = [torch.float32, torch.float16]
+DT = DTYPES
 
 
 def _ln_params(c, dtype):

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from vit_testutil import TOL, check, rel_err
+from vit_testutil import DTYPES, TOL, check, rel_err
 
 from spin_kernels.ops import vit as ops
 
@@ -57,7 +57,7 @@ CASES = [  # (r, B, N, heads, C, drop_path, attention dropout)
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("r,b,n,heads,c,drop,p_attn", CASES)
 def test_vit_run(r, b, n, heads, c, drop, p_attn, dtype):
     from spin_kernels.triton.attention import attn_dropout_mask

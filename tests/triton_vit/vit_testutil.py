@@ -6,7 +6,10 @@ from spin_kernels.testing import TF32_TOLERANCE, TOLERANCES, rel_err
 ON_GPU = torch.cuda.is_available()
 
 # fp32: 1e-5 in the interpreter; on a GPU tl.dot runs fp32 as tf32 (DESIGN.md §5)
-TOL = {torch.float32: TF32_TOLERANCE if ON_GPU else TOLERANCES[torch.float32], torch.float16: TOLERANCES[torch.float16]}
+TOL = {torch.float32: TF32_TOLERANCE if ON_GPU else TOLERANCES[torch.float32], torch.float16: TOLERANCES[torch.float16],
+       torch.bfloat16: TOLERANCES[torch.bfloat16]}
+# bf16 compiled on a GPU only: the interpreter's bf16 arithmetic is wrong (numpy has no bf16)
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
 
 
 def check(out, ref64, torch_out=None, dtype=torch.float32, what=""):
