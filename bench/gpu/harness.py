@@ -82,15 +82,20 @@ class PieceTimeout(Exception):
 def time_limit(seconds: float | None):
     """Raise :class:`PieceTimeout` in the body once ``seconds`` of wall time have passed (SIGALRM; the main thread
     of a POSIX process only, elsewhere and for ``None`` / ``<= 0`` no limit). Code inside C / CUDA calls is only
-    interrupted when it returns to Python."""
+    interrupted when it returns to Python. An alarm whose exception was swallowed (raised inside a garbage-collector
+    callback or a ``__del__``, where Python only prints it) still ends the piece: PieceTimeout is raised when the
+    body returns."""
     usable = (seconds is not None and seconds > 0 and hasattr(signal, "SIGALRM")
               and threading.current_thread() is threading.main_thread())
     if not usable:
         yield
         return
+    message = f"stopped after the {seconds:g} s time limit"
+    fired = []
 
     def on_alarm(signum, frame):
-        raise PieceTimeout(f"stopped after the {seconds:g} s time limit")
+        fired.append(True)
+        raise PieceTimeout(message)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -99,5 +104,7 @@ def time_limit(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:  # the body returned normally although the alarm went off: its exception was swallowed
+        raise PieceTimeout(message + " (the alarm's exception was swallowed; raised when the piece returned)")
 
 

@@ -155,8 +155,12 @@ def test_info_and_demo_quick(tmp_path, capsys):
         pytest.skip(f"Fashion-MNIST not installed: {e}")
     assert main(["demo", "--quick", "--output", str(tmp_path / "demo"), "--threads", "1", "--quiet"]) == 0
     res = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
-    assert [r["model"] for r in res["results"]] == ["unshared", "shared"]
+    # The demo tells the compression story (issue 20): train both, compress the unshared one, recalibrate, fine-tune.
+    assert [r["model"] for r in res["results"]] == [
+        "unshared", "shared", "compressed", "compressed + BN recal", "fused + fine-tuned"]
     assert res["checks"]["param_ratio"] <= 0.6
+    shared_params = res["results"][1]["params"]
+    assert all(r["params"] == shared_params for r in res["results"][2:])  # compression lands on the shared size
     assert (tmp_path / "demo" / "demo_results.md").exists() and (tmp_path / "demo" / "demo_loss.png").exists()
 
 
