@@ -21,9 +21,19 @@ $(STAMP): setup.py $(wildcard csrc/*)
 	$(PY) -m pip install -q -e . --no-build-isolation --no-deps
 	touch $(STAMP)
 
+# timm's own model tests for the installed timm, from its source distribution (run by tests/models/test_timm_models.py;
+# never copied into the repository).
+TIMM_TESTS := $(VENV)/.timm-tests
+$(TIMM_TESTS): $(STAMP)
+	rm -rf $(VENV)/timm-src && mkdir -p $(VENV)/timm-src
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d $(VENV)/timm-src \
+	    "timm==$$($(PY) -c 'import timm; print(timm.__version__)')"
+	tar xzf $(VENV)/timm-src/timm-*.tar.gz -C $(VENV)/timm-src --wildcards '*/tests/*'
+	touch $@
+
 # The whole CPU suite (Triton kernels run in the interpreter).
-test: install fashion-mnist
-	$(PY) -m pytest -q -n 2 --benchmark-disable $(PYTEST_ARGS) tests
+test: install $(TIMM_TESTS) fashion-mnist
+	SPIN_TIMM_TESTS_REQUIRED=1 $(PY) -m pytest -q -n 2 --benchmark-disable $(PYTEST_ARGS) tests
 
 # Fashion-MNIST comes from the Debian package; install it with apt when it is missing and apt is there.
 fashion-mnist:

@@ -21,6 +21,7 @@ from .models.registry import (
     _family,
     convert_timm_state_dict,
     create_model,
+    default_cfg,
     load_weights,
 )
 from .sharing import make_plan
@@ -88,37 +89,62 @@ def from_timm(timm_model_or_state_dict, name: str, *, share_rate: int = 1, mappi
     return shared
 
 
-_TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only", "out_indices")
-
-
-def register_with_timm():
-    """Register every model in timm's registry under a ``spin_`` prefix.
-
-    ``spin_convmixer_768_32`` is SPIN's variant under its own name, so timm's ``convmixer_768_32`` architecture
-    registers as ``spin_timm_convmixer_768_32`` to avoid the clash.
-    """
-    try:
-        from timm.models import register_model
-        from timm.models._registry import is_model
-    except ImportError:  # timm is a dependency, but the package must still import without it
-        return
-    this = sys.modules[__name__]  # the entries live in this module, where timm's registry records them
+def timm_names() -> dict:
+    """Our model names under their ``spin_`` names in timm's registry: ``spin_<name>``, except that timm's
+    ``convmixer_768_32`` architecture is ``spin_timm_convmixer_768_32`` (``spin_convmixer_768_32`` is SPIN's
+    variant under its own name)."""
+    out = {}
     for name in MODELS:
         timm_name = name if name.startswith("spin_") else "spin_" + name
         if timm_name in MODELS and timm_name != name:
             timm_name = "spin_timm_" + name
-        if is_model(timm_name) and getattr(this, timm_name, None) is not None:
-            continue
+        out[timm_name] = name
+    return out
 
-        def entry(pretrained=False, _name=name, **kwargs):
-            for key in _TIMM_FACTORY_KWARGS:  # what timm.create_model adds for its own builders
-                kwargs.pop(key, None)
-            return create_model(_name, pretrained=pretrained, **kwargs)
 
-        entry.__name__ = timm_name
-        entry.__qualname__ = timm_name
-        entry.__module__ = __name__
-        entry.__doc__ = f"spin_kernels {name} (see spin_kernels.create_model for the sharing arguments)."
+def _timm_entry(timm_name: str, name: str):
+    """The registry entry for ``timm_name``: timm's builder (pretrained cfg, features_only wrappers, model traits)
+    around :func:`create_model`."""
+    from timm.models import build_model_with_cfg
+
+    def build(pretrained_file=None, pretrained_hub=False, **kwargs):
+        return create_model(name, pretrained=pretrained_hub, checkpoint_path=pretrained_file, **kwargs)
+
+    def entry(pretrained=False, **kwargs):
+        # No hub weights are registered for spin_ names: pretrained=True loads the timm namesake's weights through
+        # create_model (or, with pretrained_cfg_overlay=dict(file=...), that file, read without running code).
+        overlay = kwargs.get("pretrained_cfg_overlay") or {}
+        if pretrained:
+            kwargs["pretrained_file" if overlay.get("file") else "pretrained_hub"] = overlay.get("file") or True
+        kwargs.pop("cache_dir", None)
+        # features_only: timm's FeatureGetterNet over forward_intermediates (by default the last three layers)
+        feature_cfg = dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
+        return build_model_with_cfg(build, timm_name, pretrained=False, feature_cfg=feature_cfg, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = timm_name
+    entry.__module__ = __name__
+    entry.__doc__ = f"spin_kernels {name} (see spin_kernels.create_model for the sharing arguments)."
+    return entry
+
+
+def register_with_timm():
+    """Register every model in timm's registry under its ``spin_`` name (:func:`timm_names`), with a pretrained
+    cfg (eval transform, ``pool_size``, classifier; no hub weights). Runs once when ``spin_kernels`` is
+    imported."""
+    try:
+        from timm.models import generate_default_cfgs, register_model
+        from timm.models._registry import is_model
+    except ImportError:  # timm is a dependency, but the package must still import without it
+        return
+    this = sys.modules[__name__]  # timm records entries and their cfgs in the entry's module (default_cfgs)
+    names = {t: n for t, n in timm_names().items() if not (is_model(t) and getattr(this, t, None) is not None)}
+    cfgs = {}
+    for timm_name, name in names.items():
+        cfg = default_cfg(name)
+        cfgs[timm_name] = {k: v for k, v in cfg.items() if k != "architecture"}
+    this.default_cfgs = {**getattr(this, "default_cfgs", {}), **generate_default_cfgs(cfgs)}
+    for timm_name, name in names.items():
+        entry = _timm_entry(timm_name, name)
         setattr(this, timm_name, entry)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -171,3 +171,23 @@ def make_plan(depth: int, share_rate: int, mapping) -> "SharingPlan":
             raise ValueError(f"mapping: the list has {plan.depth} entries but the model has depth {depth}")
         return plan
     return SharingPlan(depth, rate=share_rate, mapping=mapping)
+
+
+def split_runs(runs: Sequence[tuple[int, int]], ends: Sequence[int] = (), stop: int | None = None
+               ) -> list[tuple[int, int]]:
+    """``runs`` cut so that every layer in ``ends`` is the last layer of its run, and no run reaches ``stop``.
+
+    The fused kernels hand back gradients only through the last layer of a run, so a layer whose output is read
+    (``forward_intermediates``) must end one; a weight stays on chip across the pieces of a cut run only within each.
+    """
+    cuts = {e + 1 for e in ends}
+    out = []
+    for start, end in runs:
+        if stop is not None:
+            end = min(end, stop)
+        for cut in sorted(c for c in cuts if start < c < end):
+            out.append((start, cut))
+            start = cut
+        if start < end:
+            out.append((start, end))
+    return out

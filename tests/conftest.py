@@ -16,6 +16,10 @@ torch.set_num_threads(1)
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds on 2 CPU cores")
+    # the markers of timm's own model tests (tests/models/test_timm_models.py runs them against our models)
+    for name in ("base", "cfg", "cfg_nonstd", "forward", "backward", "torchscript", "features", "fxforward",
+                 "fxbackward", "timeout(seconds): timm's per-test time limit (enforced only with pytest-timeout)"):
+        config.addinivalue_line("markers", name if ":" in name else f"{name}: a group of timm's model tests")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,11 +1,13 @@
 """Model names, ``create_model``, checkpoints, timm interop and the analytic profile."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import warnings
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .. import checkpoint_io
@@ -13,7 +15,7 @@ from ..fusion import check_method, fuse_into
 from ..sharing import make_plan
 from . import convmixer as _convmixer
 from . import vit as _vit
-from .common import IsotropicModel
+from .common import IsotropicModel, UnknownArgumentError
 
 # name -> (family, architecture arguments). ConvMixer entries follow timm's, plus SPIN's variant (DESIGN.md §1).
 MODELS: dict[str, tuple[str, dict]] = {
@@ -47,9 +49,14 @@ def _family(name: str) -> str:
     return MODELS[name][0]
 
 
-def _default_cfg(name: str, family: str, arch: dict) -> dict:
-    """timm-style pretrained cfg: the eval transform (input size, crop_pct, interpolation, mean/std)."""
-    size = arch.get("img_size", 224)
+def default_cfg(name: str, arch: dict | None = None) -> dict:
+    """timm-style pretrained cfg of model ``name`` (architecture arguments ``arch``, default: the registered
+    ones): the eval transform (input size, crop_pct, interpolation, mean/std), the final feature map's
+    ``pool_size`` (ConvMixer), the classifier, and no hub weights (``url`` / ``hf_hub_id`` empty)."""
+    family = _family(name)
+    arch = MODELS[name][1] if arch is None else arch
+    size = arch.get("img_size") or 224
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
     crop_pct = 0.96 if family == "convmixer" else 0.875
     first_conv = "stem.0" if family == "convmixer" else "patch_embed.proj"
     try:  # take timm's own numbers for the architectures timm has
@@ -60,16 +67,18 @@ def _default_cfg(name: str, family: str, arch: dict) -> dict:
             crop_pct = cfg.crop_pct
     except Exception:  # noqa: BLE001 - timm cfg lookups are a nicety, the defaults above are right
         pass
-    return dict(architecture=name, input_size=(arch.get("in_chans", 3), size, size), crop_pct=crop_pct,
-                crop_mode="center", interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                num_classes=arch.get("num_classes", 1000), first_conv=first_conv, classifier="head",
-                fixed_input_size=family == "vit")
+    p = arch["patch_size"]
+    pool_size = (height // p, width // p) if family == "convmixer" else None
+    return dict(architecture=name, url="", hf_hub_id="", input_size=(arch.get("in_chans", 3), height, width),
+                pool_size=pool_size, crop_pct=crop_pct, crop_mode="center", interpolation="bicubic",
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=arch.get("num_classes", 1000),
+                first_conv=first_conv, classifier="head", fixed_input_size=family == "vit", license="apache-2.0")
 
 
 def create_model(name: str, *, share_rate: int = 1, mapping="sequential", share=None, share_norms: bool = False,
                  fusion: str | None = None, backend: str = "reference", num_classes: int = 1000,
                  pretrained: bool = False, checkpoint_path: str | Path | None = None,
-                 trust_checkpoint: bool = False, **arch_overrides) -> nn.Module:
+                 trust_checkpoint: bool = False, device=None, dtype=None, **arch_overrides) -> nn.Module:
     """Build a ConvMixer or DeiT with cross-layer weight sharing.
 
     Args:
@@ -87,6 +96,7 @@ def create_model(name: str, *, share_rate: int = 1, mapping="sequential", share=
         checkpoint_path: load weights from one of our checkpoints or a timm-format checkpoint (``.pth`` or
             ``.safetensors``); files are read without running code from them (``weights_only``).
         trust_checkpoint: also read legacy pickled checkpoints (only for files whose origin you trust).
+        device, dtype: where and in what dtype the parameters are made (``device="meta"``: shapes only, no memory).
         arch_overrides: timm's architecture arguments — ConvMixer ``dim, depth, kernel_size, patch_size,
             in_chans`` (+ ``act``, ``spin_residual``, ``drop_rate``); ViT ``embed_dim, depth, num_heads,
             patch_size, img_size, mlp_ratio, in_chans`` (+ ``drop_rate``, ``drop_path_rate``,
@@ -105,11 +115,15 @@ def create_model(name: str, *, share_rate: int = 1, mapping="sequential", share=
                        share=share, share_norms=share_norms, fusion=fusion, backend=backend,
                        num_classes=num_classes, **arch_overrides)
     cls = FAMILY_CLASSES[family]
-    try:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+    bad = sorted(set(arch_overrides) - set(inspect.signature(cls.__init__).parameters))
+    if bad:  # timm's contract: an argument the model does not take is a TypeError
+        raise UnknownArgumentError(f"arch_overrides: {name} takes no argument {', '.join(map(repr, bad))}; it "
+                                   f"takes {_arch_args(cls)}")
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         model = cls(num_classes=num_classes, plan=plan, share=share, share_norms=share_norms, backend=backend,
                     **arch)
-    except TypeError as e:  # an override the family does not take: name it
-        raise ValueError(f"arch_overrides: {e}; {name} takes {_arch_args(cls)}") from None
 
     if pretrained and checkpoint_path is not None:
         raise ValueError("pretrained / checkpoint_path: pass one of them, not both")
@@ -121,7 +135,7 @@ def create_model(name: str, *, share_rate: int = 1, mapping="sequential", share=
     if fusion is not None:
         # The fusion form is built from an unshared model: the checkpoint's per-layer weights, or a fresh init.
         # A checkpoint of the fusion form itself (keys with ".parametrizations.") is loaded after building it.
-        source = create_model(name, num_classes=num_classes, **arch_overrides)
+        source = create_model(name, num_classes=num_classes, device=device, **arch_overrides)
         fused_state = state if state is not None and any(".parametrizations." in k for k in state) else None
         if state is not None and fused_state is None:
             load_weights(source, state, name)
@@ -130,7 +144,9 @@ def create_model(name: str, *, share_rate: int = 1, mapping="sequential", share=
             load_weights(model, fused_state, name)
     elif state is not None:
         load_weights(model, state, name)
-    model.default_cfg = _default_cfg(name, family, {**arch, "num_classes": num_classes})
+    if dtype is not None:
+        model.to(dtype)
+    model.default_cfg = default_cfg(name, {**arch, "num_classes": num_classes})
     model.spin_config = spin_config
     return model
 

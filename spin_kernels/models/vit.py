@@ -12,9 +12,8 @@ Choices made for sharing:
 * timm's depth-scaled init (``fix_init``: proj / fc2 weights divided by sqrt(2·layer_id)) uses, for a shared
   block, the id of the *first* layer that uses it, so the unshared case matches timm exactly.
 """
-from __future__ import annotations
-
 import math
+from typing import List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,13 @@ from torch import nn
 
 from ..backends import fused_forward, warn_reference_fallback
 from ..sharing import SharingPlan
-from .common import IsotropicModel, LayerView, resolve_share
+from .common import (
+    MATCH_PREV_GROUP,
+    IsotropicModel,
+    LayerView,
+    resolve_share,
+    take_indices,
+)
 
 SHARE_CHOICES = ("attn", "mlp")
 
@@ -69,7 +74,7 @@ class DropPath(nn.Module):
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        mask = x.new_empty([x.shape[0]] + [1] * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep
 
     def extra_repr(self) -> str:
@@ -89,11 +94,21 @@ class VitBlock(LayerView):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def square_size(img_size) -> int:
+    """``img_size`` as an int: an int, or an (h, w) pair with h == w (timm's builder passes pairs)."""
+    if isinstance(img_size, (tuple, list)):
+        if len(img_size) != 2 or img_size[0] != img_size[1]:
+            raise ValueError(f"img_size: expected an int or a square (h, w) pair, got {img_size!r}")
+        img_size = img_size[0]
+    return img_size
+
+
 class VisionTransformer(IsotropicModel):
     """DeiT-style ViT (class token, pre-norm, LayerNorm eps 1e-6) with a SharingPlan over depth.
 
     Args:
-        img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio: timm's architecture arguments.
+        img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio: timm's architecture arguments
+            (``img_size`` an int or a square pair).
         num_classes: classifier size (0: no head). drop_rate: dropout before the head.
         drop_path_rate: stochastic depth at the last layer (linear in layer position).
         attn_drop_rate: attention dropout.
@@ -101,13 +116,20 @@ class VisionTransformer(IsotropicModel):
             (``"attn"``, ``"mlp"``), and whether the LayerNorms follow the plan too.
         fix_init: timm's depth-scaled init of proj / fc2.
         backend: ``reference`` (PyTorch), ``triton``, ``cuda`` or ``auto``.
+        global_pool: ``"token"`` (class token), ``"avg"`` (mean of the patch tokens) or ``""`` (all tokens).
+        final_norm: the LayerNorm after the last layer (False once pruned away for features).
     """
+
+    PLAN_OF = {"norm1": "norm_plan", "attn": "attn_plan", "norm2": "norm_plan", "mlp": "mlp_plan"}
+    GLOBAL_POOLS = ("token", "avg", "")
+    STEM_PATTERN = r"^cls_token|^pos_embed|^patch_embed"
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=384, depth=12,
                  num_heads=6, mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0, attn_drop_rate=0.0,
-                 plan: SharingPlan | None = None, share=None, share_norms=False, fix_init=False,
-                 backend="reference", global_pool="token"):
+                 plan: Optional[SharingPlan] = None, share=None, share_norms=False, fix_init=False,
+                 backend="reference", global_pool="token", final_norm=True):
         super().__init__()
+        img_size = square_size(img_size)
         for name, value in (("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim),
                             ("depth", depth), ("num_heads", num_heads), ("in_chans", in_chans)):
             if not isinstance(value, int) or value < 1:
@@ -116,17 +138,18 @@ class VisionTransformer(IsotropicModel):
             raise ValueError(f"num_heads: {num_heads} does not divide embed_dim {embed_dim}")
         if img_size % patch_size:
             raise ValueError(f"patch_size: {patch_size} does not divide img_size {img_size}")
-        if global_pool not in ("token", "avg", ""):
+        if global_pool not in self.GLOBAL_POOLS:
             raise ValueError(f"global_pool: expected 'token', 'avg' or '', got {global_pool!r}")
         hidden = int(embed_dim * mlp_ratio)
         self.arch = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, mlp_hidden=hidden)
+        self.in_chans = in_chans
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.global_pool = global_pool
         self.grad_checkpointing = False
         self.backend = backend
-        plan = plan or SharingPlan.unshared(depth)
+        self.plan = plan = plan or SharingPlan.unshared(depth)
         self.share = resolve_share(share, SHARE_CHOICES, ("attn", "mlp"))
         unshared = SharingPlan.unshared(depth)
         self.attn_plan = plan if "attn" in self.share else unshared
@@ -145,16 +168,24 @@ class VisionTransformer(IsotropicModel):
         self.norm1 = nn.ModuleList(nn.LayerNorm(embed_dim, eps=1e-6) for _ in range(self.norm_plan.num_unique))
         self.norm2 = nn.ModuleList(nn.LayerNorm(embed_dim, eps=1e-6) for _ in range(self.norm_plan.num_unique))
         # Plain Python (not torch.linspace) so the model also builds under a meta-device context.
-        rates = [drop_path_rate * l / (depth - 1) for l in range(depth)] if depth > 1 else [drop_path_rate]
-        self.blocks = nn.ModuleList(
-            VitBlock(l, self.norm1[self.norm_plan.layer_to_unique[l]], self.attn[self.attn_plan.layer_to_unique[l]],
-                     self.norm2[self.norm_plan.layer_to_unique[l]], self.mlp[self.mlp_plan.layer_to_unique[l]],
-                     rates[l])
-            for l in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.drop_path_rates = ([drop_path_rate * l / (depth - 1) for l in range(depth)] if depth > 1
+                                else [drop_path_rate])
+        self._build_blocks()
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(fix_init)
+
+    def _build_blocks(self):
+        depth = self.arch["depth"]
+        self.blocks = nn.ModuleList(
+            VitBlock(l, self.norm1[self.norm_plan.layer_to_unique[l]], self.attn[self.attn_plan.layer_to_unique[l]],
+                     self.norm2[self.norm_plan.layer_to_unique[l]], self.mlp[self.mlp_plan.layer_to_unique[l]],
+                     self.drop_path_rates[l])
+            for l in range(depth))
+        # timm's feature_info: one entry per layer position, all at the patch stride
+        self.feature_info = [dict(num_chs=self.embed_dim, reduction=self.arch["patch_size"], module=f"blocks.{l}")
+                             for l in range(depth)]
 
     def _init_weights(self, fix_init: bool):
         # timm's ViT init: truncated normal (std .02) for Linear weights and pos_embed, zero biases, tiny cls token.
@@ -172,25 +203,19 @@ class VisionTransformer(IsotropicModel):
 
     def _bind_backend(self):
         self._fused = fused_forward("vit", "vit_blocks") if self.backend != "reference" else None
+        self._fused_path = self.backend != "reference"
 
-    def unique_modules(self):
-        """(family, unique ModuleList, plan) for each weight family."""
-        return [("norm1", self.norm1, self.norm_plan), ("attn", self.attn, self.attn_plan),
-                ("norm2", self.norm2, self.norm_plan), ("mlp", self.mlp, self.mlp_plan)]
+    def _tail_groups(self) -> list:
+        return [(r"^norm\.", MATCH_PREV_GROUP)]  # the final norm joins the last layer's group, as in timm
+
+    def _prune_norm(self):
+        self.norm = nn.Identity()
+        self._remember(final_norm=False)
 
     @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
+    def no_weight_decay(self) -> set:
         """Parameters excluded from weight decay (timm API)."""
         return {"pos_embed", "cls_token"}
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        """Replace the head with a new one of ``num_classes`` outputs (timm API)."""
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        ref = self.pos_embed
-        self.head = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype)
-                     if num_classes > 0 else nn.Identity())
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> tokens [B, 1 + N, C] with the class token and position embedding."""
@@ -201,13 +226,59 @@ class VisionTransformer(IsotropicModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> normalised tokens [B, 1 + N, C]."""
         x = self.embed(x)
-        if self._fused is not None:
-            x = self._fused(self, x)
+        if not torch.jit.is_scripting() and self._fused_path:
+            x = self._blocks_fused(x)
         else:
-            if self.backend != "reference":
-                warn_reference_fallback("vit", self.backend)
             x = self._run_blocks(x)
         return self.norm(x)
+
+    @torch.jit.unused
+    def _blocks_fused(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused is not None:
+            return self._fused(self, x)
+        warn_reference_fallback("vit", self.backend)
+        return self._run_blocks(x)
+
+    @torch.jit.ignore
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """The outputs of chosen layers, and the normalised trunk output (timm API).
+
+        Args:
+            x: images [B, in_chans, H, W].
+            indices: layer positions (with shared weights, position ``l`` is the ``l``-th layer applied): ``None``
+                all, an int ``n`` the last ``n``, or a list (negative from the end).
+            return_prefix_tokens: pair each layer output with its class token.
+            norm: apply the final norm to the layer outputs.
+            stop_early: run no layer after the last one asked for.
+            output_fmt: ``"NCHW"`` (patch tokens as a [B, C, H/p, W/p] map) or ``"NLC"`` ([B, N, C]).
+            intermediates_only: return only the list of layer outputs.
+
+        Returns:
+            ``(normalised trunk output [B, 1 + N, C], [layer outputs])`` or ``[layer outputs]``. The fused
+            backends run the layers they need with the fused kernels (runs split at the taps).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt: expected 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, last = take_indices(len(self.blocks), indices)
+        stop = last + 1 if stop_early else len(self.blocks)
+        b, _, h, w = x.shape
+        x = self.embed(x)
+        if self._fused is not None:
+            x, taps = self._fused(self, x, taps=take, stop=stop)
+        else:
+            x, taps = self._run_blocks_tapped(x, take, stop)
+        if norm:
+            taps = [self.norm(t) for t in taps]
+        prefix = [t[:, :1] for t in taps]
+        taps = [t[:, 1:] for t in taps]
+        if output_fmt == "NCHW":
+            p = self.arch["patch_size"]
+            taps = [t.reshape(b, h // p, w // p, -1).permute(0, 3, 1, 2).contiguous() for t in taps]
+        if return_prefix_tokens:
+            taps = list(zip(taps, prefix))
+        return taps if intermediates_only else (self.norm(x), taps)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens -> logits (class token pooling, or mean over patch tokens with global_pool='avg')."""
@@ -219,7 +290,7 @@ class VisionTransformer(IsotropicModel):
         return x if pre_logits else self.head(x)
 
 
-def layer_macs(model: VisionTransformer, img_size: int | None = None) -> list[dict]:
+def layer_macs(model: VisionTransformer, img_size: Optional[int] = None) -> List[dict]:
     """Analytic multiply-accumulates of each part of a ViT (per image), attention matmuls included."""
     a = model.arch
     if img_size is not None and img_size != a["img_size"]:

@@ -24,7 +24,7 @@ exact across runs. Running statistics are updated by :func:`convmixer_features` 
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from .. import collectives
 from .._util import warn_once as _warn_once
 from ..reference import convmixer_ops as _ref
 from ..reference.batchnorm import batch_norm_rows, update_running_stats
+from ..sharing import split_runs
 
 DW_IMPLS = ("triton", "cuda")
 
@@ -395,9 +396,14 @@ def _depthwise_impl(backend: str, rows: Tensor) -> str:
     return "cuda"
 
 
-def convmixer_features(model, images: Tensor) -> Tensor:
+def convmixer_features(model, images: Tensor, taps: Optional[Sequence[int]] = None, stop: Optional[int] = None):
     """Trunk of a ConvMixer (stem + all layers) with the fused kernels: images [B, in_chans, H, W] ->
-    features [B, dim, H/p, W/p] (an NCHW-shaped tensor in channels_last memory format)."""
+    features [B, dim, H/p, W/p] (an NCHW-shaped tensor in channels_last memory format).
+
+    With ``taps`` (layer positions) it returns ``(features, [outputs of those layers, in layer order])``: runs are
+    cut so that each tapped layer ends one (gradients reach the kernels through a run's last layer only). With
+    ``stop`` it runs layers ``0..stop-1`` only (``forward_intermediates(stop_early=True)``).
+    """
     _check_tensor("images", images)
     if images.dim() != 4:
         raise ValueError(f"images: expected a 4-d tensor [B, C, H, W], got shape {tuple(images.shape)}")
@@ -412,7 +418,7 @@ def convmixer_features(model, images: Tensor) -> Tensor:
     reason = _unsupported_reason(model, images)
     if reason is not None:
         _warn_once(reason, f"convmixer_features: {reason}; running the reference PyTorch path")
-        return _ref.convmixer_features_ref(model, images)
+        return model._reference_blocks(model.stem(images), taps, stop)
     act, spin, training = a["act"], bool(a["spin_residual"]), model.training
     conv, _, bn_s = model.stem
     z = F.conv2d(images, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding)
@@ -421,7 +427,7 @@ def convmixer_features(model, images: Tensor) -> Tensor:
             z.device.type == "cpu" and z.dtype == torch.bfloat16):
         reason = f"trunk dtype {z.dtype} is not supported on {z.device.type}"
         _warn_once(reason, f"convmixer_features: {reason}; running the reference PyTorch path")
-        return _ref.convmixer_features_ref(model, images)
+        return model._reference_blocks(model.stem(images), taps, stop)
     dt = z.dtype
 
     def cast(t):  # differentiable cast of conv weights to the trunk dtype (autocast / mixed precision)
@@ -444,8 +450,17 @@ def convmixer_features(model, images: Tensor) -> Tensor:
     u_in = None
     eps1, eps2 = model.norm1[0].eps, model.norm2[0].eps
     dw_impl = _depthwise_impl(model.backend, z_in)
-    for start, stop in model.pw_plan.runs:
-        layers = range(start, stop)
+    tapped = set(taps or ())
+    outs = []
+
+    def layer_output(z, u, mean, invstd, w, b):  # x = BN(act(z)) (+ u), the layer output the kernels keep implicit
+        x = (_act(z.float(), act) - mean) * invstd * w.float() + b.float()
+        if u is not None:
+            x = x + u.float()
+        return x.to(dt).reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+    for start, end in split_runs(model.pw_plan.runs, sorted(tapped), stop):
+        layers = range(start, end)
         dws = [model.depthwise[model.dw_plan.layer_to_unique[l]] for l in layers]
         n1 = [model.norm1[model.norm_plan.layer_to_unique[l]] for l in layers]
         n2 = [model.norm2[model.norm_plan.layer_to_unique[l]] for l in layers]
@@ -466,7 +481,8 @@ def convmixer_features(model, images: Tensor) -> Tensor:
         u_in = U[-1] if spin else None
         in_mean, in_invstd = stats[-1, 3], stats[-1, 5]
         in_w, in_b = n2[-1].weight, n2[-1].bias
-    x = (_act(z_in.float(), act) - in_mean) * in_invstd * in_w.float() + in_b.float()
-    if u_in is not None:
-        x = x + u_in.float()
-    return x.to(dt).reshape(B, H, W, C).permute(0, 3, 1, 2)
+        if end - 1 in tapped:
+            outs.append(layer_output(z_in, u_in, in_mean, in_invstd, in_w, in_b))
+    last_tapped = bool(outs) and end - 1 in tapped
+    x = outs[-1] if last_tapped else layer_output(z_in, u_in, in_mean, in_invstd, in_w, in_b)
+    return x if taps is None else (x, outs)

@@ -34,12 +34,13 @@ in 16..128, CPU tensors without
 TRITON_INTERPRET=1, bfloat16 in the interpreter, mixed activation / weight dtypes, non-LayerNorm norms.
 """
 import os
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .._util import warn_once as _warn_once
+from ..sharing import split_runs
 
 
 def _kernels():
@@ -317,17 +318,19 @@ def _check_tokens(x: Tensor):
         raise TypeError(f"tokens: expected a torch.Tensor, got {type(x).__name__}")
 
 
-def vit_blocks(model, x: Tensor) -> Tensor:
+def vit_blocks(model, x: Tensor, taps: Optional[Sequence[int]] = None, stop: Optional[int] = None):
     """Tokens [B, N, C] after the embedding -> tokens after all blocks (before the final norm).
 
     Runs in autocast's dtype when autocast is on for the tokens' device, else in the tokens' dtype; weights in
-    another dtype are cast (differentiably) to it.
+    another dtype are cast (differentiably) to it. With ``taps`` (layer positions) it returns
+    ``(tokens, [outputs of those layers, in layer order])``, runs cut so that each tapped layer ends one
+    (gradients reach the kernels through a run's last layer only); with ``stop`` it runs layers ``0..stop-1``.
     """
     _check_tokens(x)
     reason = _unsupported_reason(model, x)
     if reason is not None:
         _warn_once(f"vit:{reason}", f"vit_blocks: {reason}; running the reference PyTorch blocks")
-        return model._run_blocks(x)
+        return model._reference_blocks(x, taps, stop)
     dt = _compute_dtype(x)
     x = x.to(dt).contiguous()
     b = x.shape[0]
@@ -336,10 +339,12 @@ def vit_blocks(model, x: Tensor) -> Tensor:
         return t.to(dt)
 
     eps = float(model.norm1[0].eps)
-    for start, stop in _model_runs(model):
+    tapped = set(taps or ())
+    outs = []
+    for start, end in split_runs(_model_runs(model), sorted(tapped), stop):
         attn = model.attn[model.attn_plan.layer_to_unique[start]]
         mlp = model.mlp[model.mlp_plan.layer_to_unique[start]]
-        layers = range(start, stop)
+        layers = range(start, end)
         n1 = [model.norm1[model.norm_plan.layer_to_unique[l]] for l in layers]
         n2 = [model.norm2[model.norm_plan.layer_to_unique[l]] for l in layers]
         dp = None
@@ -355,4 +360,6 @@ def vit_blocks(model, x: Tensor) -> Tensor:
                       [cast(m.weight) for m in n2], [cast(m.bias) for m in n2], dp, attn.num_heads, eps, p_attn,
                       seed)
         x = out[0]
-    return x
+        if end - 1 in tapped:
+            outs.append(x)
+    return x if taps is None else (x, outs)
