@@ -8,7 +8,8 @@ when all of these hold, and otherwise skipped with a one-line reason:
 * the CUDA toolkit is found (``CUDA_HOME`` / ``CUDA_PATH``, else located through ``nvcc`` on the PATH; a
   wrapper script named ``nvcc`` is resolved by asking nvcc itself where it lives).
 
-Knobs: ``TORCH_CUDA_ARCH_LIST`` (default: the visible GPU's capability, else ``9.0a``), ``MAX_JOBS`` (ninja
+Knobs: ``TORCH_CUDA_ARCH_LIST`` (default: the visible GPU's capability, else ``8.0+PTX;9.0a``: Ampere code and
+PTX for any newer GPU, Hopper code; entries older than sm_80 are dropped with a message), ``MAX_JOBS`` (ninja
 parallelism), ``SPIN_NO_CUDA=1`` (skip the extension).
 
 Build with ``pip install -e . --no-build-isolation`` so the already-installed torch is used.
@@ -38,7 +39,7 @@ def _load_build_helpers():
 
 
 _build = _load_build_helpers()
-find_cuda_home, default_arch_list = _build.find_cuda_home, _build.default_arch_list
+find_cuda_home = _build.find_cuda_home
 
 
 def cuda_extension():
@@ -64,7 +65,11 @@ def cuda_extension():
         return [], {}
     # torch.utils.cpp_extension reads CUDA_HOME at import time, so set it before importing.
     os.environ["CUDA_HOME"] = cuda_home
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", default_arch_list())
+    archs, dropped = _build.usable_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST"))
+    if dropped:
+        _say(f"TORCH_CUDA_ARCH_LIST: dropped {', '.join(dropped)}: the kernels need sm_80 or newer (mma.sync)")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    _build.BUILD_ARCH_FILE.write_text(archs + "\n")  # what cuda.status() checks the GPU against
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     _say(f"building spin_kernels._C with CUDA_HOME={cuda_home}, "
@@ -90,6 +95,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["spin_kernels", "spin_kernels.*"]),
+    package_data={"spin_kernels": ["_build_arch.txt"]},
     install_requires=[
         "torch>=2.6",
         "torchvision",

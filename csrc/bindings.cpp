@@ -1,5 +1,6 @@
 // Python bindings of spin_kernels._C: argument checks and tensor plumbing around the raw-pointer launchers.
 // Every check names the argument and what was expected; kernels never see a tensor they cannot handle.
+#include <ATen/MemoryOverlap.h>
 #include <torch/extension.h>
 
 #include <optional>
@@ -105,6 +106,14 @@ at::Tensor output_like(const std::optional<at::Tensor>& out, const at::Tensor& l
   return like_activation(out, like, name);
 }
 
+// A caller-given output must not share memory with an input the kernel reads: outputs are __restrict__ and inputs
+// are read through the non-coherent cache, so an overlap would be a silently wrong result.
+void check_no_overlap(const at::Tensor& out, const at::Tensor& in, const char* out_name, const char* in_name) {
+  if (!out.defined() || !in.defined()) return;
+  TORCH_CHECK(at::get_overlap_status(out, in) == at::MemOverlapStatus::No, out_name, ": must not overlap ",
+              in_name, " (the kernel reads ", in_name, " while it writes ", out_name, "); pass a separate tensor");
+}
+
 // x = [res] + a*act_in(h) + b;  y = post_scale * act(dwconv(x) + bias);
 // returns (y, per-tile stats [3, tiles, C] of stats_act(y), or an empty tensor).
 std::vector<at::Tensor> dwconv_forward(const at::Tensor& h, const std::optional<at::Tensor>& res,
@@ -125,6 +134,8 @@ std::vector<at::Tensor> dwconv_forward(const at::Tensor& h, const std::optional<
   const at::Tensor biasv = channel_vector(bias, h, "bias"), postv = channel_vector(post_scale, h, "post_scale");
   const at::Tensor wc = weight.contiguous();
   at::Tensor y = output_like(out, h, "out");
+  check_no_overlap(y, h, "out", "h");
+  check_no_overlap(y, resv, "out", "res");
   at::Tensor stats = with_stats ? at::empty({3, spin::dw_num_tiles(s), s.C}, h.options().dtype(at::kFloat))
                                 : at::Tensor();
   const spin::DwInput in{h.data_ptr(), vptr(resv), ptr(av), ptr(bv), static_cast<int>(act_in)};
@@ -158,6 +169,9 @@ std::vector<at::Tensor> dwconv_backward_data(const at::Tensor& du, const std::op
   const at::Tensor v6 = channel_rows(vec6, 6, du, "vec6"), xv = channel_rows(xvec, 4, du, "xvec");
   const at::Tensor wc = weight.contiguous();
   at::Tensor dx = write_dx ? output_like(dx_out, du, "dx_out") : at::Tensor();
+  check_no_overlap(dx, du, "dx_out", "du");
+  check_no_overlap(dx, qv, "dx_out", "q");
+  check_no_overlap(dx, hzv, "dx_out", "hz");
   at::Tensor dhz = write_dhz ? at::empty_like(du) : at::Tensor();
   at::Tensor sums = with_sums ? at::empty({2, spin::dw_num_tiles(s), s.C}, du.options().dtype(at::kFloat))
                               : at::Tensor();
@@ -301,4 +315,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("w"), py::arg("w_bias"), py::arg("run_lengths"), py::arg("dw_weight"),
         py::arg("dw_bias"), py::arg("s1"), py::arg("t1"), py::arg("s2"), py::arg("t2"), py::arg("act"),
         py::arg("spin_residual"));
+  m.def(
+      "shared_run_smem_bytes", [](int64_t C) { return spin::shared_run_smem_bytes(static_cast<int>(C)); },
+      "dynamic shared memory one CTA of shared_run_forward needs for C channels", py::arg("C"));
 }

@@ -48,7 +48,17 @@ def _probe() -> dict:
         return dict(built=True, loadable=False, usable=False, reason=f"spin_kernels._C fails to load: {e}")
     if not torch.cuda.is_available():
         return dict(built=True, loadable=True, usable=False, reason="no CUDA GPU is visible")
-    return dict(built=True, loadable=True, usable=True, reason="ok")
+    from .cuda_build import built_arch_list, runs_on
+
+    archs, capability = built_arch_list(), torch.cuda.get_device_capability()
+    if archs is not None and not runs_on(archs, capability):
+        # launching would fail with "no kernel image is available"; the callers take the Triton / PyTorch paths
+        sm = f"sm_{capability[0]}{capability[1]}"
+        return dict(built=True, loadable=True, usable=False,
+                    reason=f"spin_kernels._C was built for TORCH_CUDA_ARCH_LIST={archs}, which has no code for this "
+                           f"{sm} GPU; reinstall with TORCH_CUDA_ARCH_LIST={capability[0]}.{capability[1]} (sm_80 "
+                           "or newer)")
+    return dict(built=True, loadable=True, usable=True, reason=f"ok (built for {archs or 'an unrecorded arch list'})")
 
 
 ACT_CODES = {"none": 0, "relu": 1, "gelu": 2}
@@ -184,11 +194,13 @@ def _kernel_name(symbol: str) -> str:
     return symbol
 
 
-def resource_usage(library: str | None = None) -> list[dict]:
-    """Per-kernel resource use of the built extension from ``cuobjdump --dump-resource-usage``.
+def resource_usage(library: str | None = None, arch: str = "sm_90a") -> list[dict]:
+    """Per-kernel resource use of the built extension's ``arch`` machine code from ``cuobjdump
+    --dump-resource-usage``.
 
     Returns dicts with ``kernel`` (the short name), ``symbol``, ``registers``, ``stack``, ``shared``, ``local``
-    (bytes; spills show up as stack / local memory). Empty when the extension or cuobjdump is missing.
+    (bytes; spills show up as stack / local memory). Empty when the extension or cuobjdump is missing, or the
+    build has no code for ``arch``.
     """
     import subprocess
 
@@ -200,7 +212,8 @@ def resource_usage(library: str | None = None) -> list[dict]:
         return []
     from .perf.machine_code import parse_resource_usage
 
-    out = subprocess.run([tool, "--dump-resource-usage", library], capture_output=True, text=True).stdout
+    out = subprocess.run([tool, "--dump-resource-usage", "-arch", arch, library], capture_output=True,
+                         text=True).stdout
     rows = []
     for symbol, use in parse_resource_usage(out).items():
         dtype = next((t for t in ("bfloat16", "half", "If") if t in symbol), "")
@@ -212,6 +225,21 @@ def resource_usage(library: str | None = None) -> list[dict]:
 
 
 MAX_RUNS_PER_LAUNCH = 64  # csrc/shared_run.h kMaxRuns
+
+
+# The emulated GPU's opt-in shared memory per CTA: an H100 / H200's 227 KiB.
+EMULATED_SMEM_PER_BLOCK = 227 * 1024
+
+
+def shared_run_fits(t: torch.Tensor, channels: int) -> tuple[bool, int, int]:
+    """(fits, bytes needed, bytes available): whether one CTA of :func:`shared_run_forward` for ``channels``
+    channels gets the dynamic shared memory it needs on ``t``'s device (the resident W slice grows with C)."""
+    import torch
+
+    need = _require(t, "x").shared_run_smem_bytes(channels)
+    have = (EMULATED_SMEM_PER_BLOCK if t.device.type == "cpu"
+            else torch.cuda.get_device_properties(t.device).shared_memory_per_block_optin)
+    return need <= have, need, have
 
 
 def shared_run_forward(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, *, act: str, spin_residual: bool,

@@ -39,14 +39,74 @@ def find_cuda_home() -> str | None:
     return str(root) if (root / "include").is_dir() else None
 
 
+# The kernels use mma.sync.m16n8k16 with bf16 operands: sm_80 or newer.
+MIN_CAPABILITY = (8, 0)
+# Without a visible GPU: Ampere machine code + its PTX (JIT-compiled by the driver on any newer GPU, Blackwell
+# included) and Hopper machine code (sm_90a: what the cost model reads).
+PORTABLE_ARCH_LIST = "8.0+PTX;9.0a"
+# Where setup.py records the arch list the extension was built for (cuda.status() reads it)
+BUILD_ARCH_FILE = Path(__file__).resolve().parent / "_build_arch.txt"
+
+
 def default_arch_list() -> str:
-    """TORCH_CUDA_ARCH_LIST default: the visible GPU's compute capability, else Hopper ``9.0a`` (wgmma)."""
+    """TORCH_CUDA_ARCH_LIST default: the visible GPU's compute capability (sm_80 or newer), else
+    :data:`PORTABLE_ARCH_LIST`."""
     try:
         import torch
 
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability()
-            return f"{major}.{minor}" + ("a" if major == 9 else "")
+            if (major, minor) >= MIN_CAPABILITY:
+                return f"{major}.{minor}" + ("a" if major == 9 else "")
     except Exception:  # noqa: BLE001 - any failure just means "no visible GPU"
         pass
-    return "9.0a"
+    return PORTABLE_ARCH_LIST
+
+
+def _parse(entry: str) -> tuple[int, int, bool, bool]:
+    """``"9.0a+PTX"`` -> (9, 0, arch-specific, with PTX)."""
+    ptx = entry.upper().endswith("+PTX")
+    core = entry[:-4] if ptx else entry
+    specific = core.endswith(("a", "f"))
+    major, minor = core.rstrip("af").split(".")
+    return int(major), int(minor), specific, ptx
+
+
+def usable_arch_list(requested: str | None) -> tuple[str, list[str]]:
+    """(the arch list to build, the entries dropped): entries older than sm_80 are dropped (the kernels cannot
+    compile for them), as are unreadable ones; an empty or missing list becomes :func:`default_arch_list`."""
+    entries = [e for e in re.split(r"[;\s]+", requested or "") if e]
+    kept, dropped = [], []
+    for entry in entries:
+        try:
+            major, minor, _, _ = _parse(entry)
+        except ValueError:
+            dropped.append(entry)
+            continue
+        (kept if (major, minor) >= MIN_CAPABILITY else dropped).append(entry)
+    return (";".join(kept) if kept else default_arch_list()), dropped
+
+
+def runs_on(arch_list: str, capability: tuple[int, int]) -> bool:
+    """Whether an extension built for ``arch_list`` has code for a GPU of ``capability``: machine code of the
+    same major version and an equal or lower minor (an arch-specific ``a`` entry only on its own GPU), or PTX of
+    an equal or older arch (the driver compiles it)."""
+    for entry in re.split(r"[;\s]+", arch_list):
+        if not entry:
+            continue
+        major, minor, specific, ptx = _parse(entry)
+        if specific and (major, minor) == capability:
+            return True
+        if not specific and major == capability[0] and minor <= capability[1]:
+            return True
+        if ptx and not specific and (major, minor) <= capability:
+            return True
+    return False
+
+
+def built_arch_list() -> str | None:
+    """The arch list the installed extension was built for, or None when not recorded."""
+    try:
+        return BUILD_ARCH_FILE.read_text().strip() or None
+    except OSError:
+        return None

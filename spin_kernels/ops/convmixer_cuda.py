@@ -33,6 +33,10 @@ def _unsupported(model, images: torch.Tensor) -> str | None:
         return f"batch {images.shape[0]} > {MAX_BATCH}"
     if model.arch["dim"] % SLICE:
         return f"dim {model.arch['dim']} is not a multiple of {SLICE}"
+    fits, need, have = cuda.shared_run_fits(images, model.arch["dim"])
+    if not fits:
+        return (f"dim {model.arch['dim']} needs {need // 1024} KiB of shared memory per CTA (the resident weight "
+                f"slice), this GPU gives {have // 1024} KiB")
     if model.arch["kernel_size"] > 9:
         return f"kernel_size {model.arch['kernel_size']} > 9"
     if any(bn.running_var is None for bn in list(model.norm1) + list(model.norm2)):

@@ -473,9 +473,13 @@ def _cuobjdump() -> str | None:
     return triton_nvidia_bin("cuobjdump")
 
 
+# The machine code the cost model reads: the extension may also carry sm_80 code (and PTX) for other GPUs.
+SASS_ARCH = "sm_90a"
+
+
 @cache
 def _extension_sass(so_path: str) -> str:
-    return run_tool([_cuobjdump(), "-sass", so_path])
+    return run_tool([_cuobjdump(), "-sass", "-arch", SASS_ARCH, so_path])
 
 
 def extension_functions(so_path: str | None = None) -> dict[str, sass.Function]:
@@ -494,7 +498,7 @@ def _parsed_functions(so_path: str) -> dict[str, sass.Function]:
 
 @cache
 def _resource_usage(so_path: str) -> dict:
-    return parse_resource_usage(run_tool([_cuobjdump(), "--dump-resource-usage", so_path]))
+    return parse_resource_usage(run_tool([_cuobjdump(), "--dump-resource-usage", "-arch", SASS_ARCH, so_path]))
 
 
 def extension_resources(so_path: str | None = None) -> dict:

@@ -78,5 +78,22 @@ def test_hot_kernels_do_not_spill():
     names = {r["kernel"] for r in rows}
     assert {"dw_forward_kernel<fp32>", "dw_forward_kernel<bf16>", "dw_wgrad_partial_kernel<fp16>",
             "shared_run_kernel<bf16>"} <= names, names
+    rows += cuda.resource_usage(arch="sm_80")  # the Ampere code of a portable build (none in a GPU-only build)
     for row in rows:
         assert row["stack"] == 0 and row["local"] == 0, row  # no spills, no local-memory arrays
+
+
+def test_outputs_that_overlap_inputs_are_refused(kdev):
+    """out / dx_out sharing memory with an input the kernel reads would be a silently wrong result: a clear error."""
+    h = torch.randn(1, 4, 5, 16, device=kdev)
+    w = torch.randn(16, 1, 3, 3, device=kdev)
+    with pytest.raises(RuntimeError, match="out: must not overlap h"):
+        cuda.dwconv_forward(h, w, out=h)
+    buf = torch.randn(2 * h.numel(), device=kdev)
+    first, second = buf[:h.numel()].view(h.shape), buf[h.numel():].view(h.shape)
+    y, _ = cuda.dwconv_forward(first, w, out=second, with_stats=False)  # same storage, disjoint: fine
+    assert y.data_ptr() == second.data_ptr()
+    du = torch.randn_like(h)
+    xvec = torch.zeros(4, 16, device=kdev)
+    with pytest.raises(RuntimeError, match="dx_out: must not overlap hz"):
+        cuda.dwconv_backward_data(du, w, h, xvec, dx_out=h)
