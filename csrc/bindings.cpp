@@ -1,6 +1,7 @@
 // Python bindings of spin_kernels._C: argument checks and tensor plumbing around the raw-pointer launchers.
 // Every check names the argument and what was expected; kernels never see a tensor they cannot handle.
 #include <ATen/MemoryOverlap.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
 #include <optional>
@@ -218,76 +219,127 @@ std::vector<at::Tensor> dwconv_backward_weight(const at::Tensor& du, const std::
   return {dweight, dbias};
 }
 
-// Eval-mode ConvMixer runs, each sharing one pointwise weight, in one launch: returns the output [B, H, W, C]
-// (x is not modified). ws / w_biases hold one [C, C] weight and [C] bias per run, run_lengths its layer count.
-at::Tensor shared_run_forward(const at::Tensor& x, const std::vector<at::Tensor>& ws,
-                              const std::vector<at::Tensor>& w_biases, const std::vector<int64_t>& run_lengths,
-                              const at::Tensor& dw_weight, const at::Tensor& dw_bias, const at::Tensor& s1,
-                              const at::Tensor& t1, const at::Tensor& s2, const at::Tensor& t2, int64_t act,
-                              bool spin_residual) {
-  check_activation(x, "x");
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-                   "x: the shared-run kernel computes in float16 or bfloat16, got ", x.scalar_type());
-  const int64_t C = x.size(3);
-  TORCH_CHECK(C % spin::kSliceN == 0, "x: C = ", C, " must be a multiple of ", spin::kSliceN);
-  const int64_t R = static_cast<int64_t>(run_lengths.size());
-  TORCH_CHECK(R >= 1 && R <= spin::kMaxRuns, "run_lengths: expected 1 to ", spin::kMaxRuns, " runs, got ", R);
-  TORCH_CHECK(static_cast<int64_t>(ws.size()) == R && static_cast<int64_t>(w_biases.size()) == R,
-              "w, w_bias: expected one per run (", R, "), got ", ws.size(), " and ", w_biases.size());
-  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(1) == C && dw_weight.size(2) == dw_weight.size(3),
-              "dw_weight: expected [L, C, k, k], got ", dw_weight.sizes());
-  const int64_t L = dw_weight.size(0), k = dw_weight.size(3);
-  TORCH_CHECK(k % 2 == 1 && k <= 9, "dw_weight: kernel size must be odd and at most 9, got ", k);
-  TORCH_CHECK(act == 1 || act == 2, "act: expected 1 (relu) or 2 (gelu), got ", act);
-  SPIN_DEVICE_GUARD(x);
-  spin::SharedRunArgs args{};
-  std::vector<at::Tensor> keep;  // contiguous per-run weights / biases, alive until the launch is queued
-  int64_t layers = 0;
-  args.run_start[0] = 0;
-  for (int64_t r = 0; r < R; ++r) {
-    TORCH_CHECK(run_lengths[r] >= 1, "run_lengths: every run needs at least one layer, run ", r, " has ",
-                run_lengths[r]);
-    layers += run_lengths[r];
-    args.run_start[r + 1] = static_cast<int>(layers);
-    const at::Tensor& w = ws[r];
-    TORCH_CHECK(w.device() == x.device() && w.scalar_type() == x.scalar_type(), "w[", r, "]: expected ",
-                x.scalar_type(), " on ", x.device(), ", got ", w.scalar_type(), " on ", w.device());
-    TORCH_CHECK(w.numel() == C * C, "w[", r, "]: expected the [C, C] pointwise weight with C = ", C, ", got ",
-                w.sizes());
-    keep.push_back(w.reshape({C, C}).contiguous());
-    args.w[r] = keep.back().data_ptr();
-    keep.push_back(channel_vector(w_biases[r], x, "w_bias"));
-    args.w_bias[r] = keep.back().data_ptr<float>();
+// Eval-mode ConvMixer runs, each sharing one pointwise weight, in one launch, prepared once: every check,
+// conversion and pointer of the parameters is done at construction, so a call only checks x, allocates the
+// output and scratch, and launches (the batch-1 host path; spin_kernels.ops.convmixer_cuda caches these).
+// ws / w_biases hold one [C, C] weight and [C] bias per run, run_lengths its layer count; `like` is an input of
+// the shape the launches will take (its C, dtype and device are fixed; B, H, W may change per call).
+class SharedRunLaunch {
+ public:
+  SharedRunLaunch(const at::Tensor& like, const std::vector<at::Tensor>& ws, const std::vector<at::Tensor>& w_biases,
+                  const std::vector<int64_t>& run_lengths, const at::Tensor& dw_weight, const at::Tensor& dw_bias,
+                  const at::Tensor& s1, const at::Tensor& t1, const at::Tensor& s2, const at::Tensor& t2,
+                  int64_t act, bool spin_residual)
+      : dtype_(like.scalar_type()), device_(like.device()), C_(like.dim() == 4 ? like.size(3) : 0) {
+    check_activation(like, "x");
+    TORCH_CHECK_TYPE(dtype_ == at::kHalf || dtype_ == at::kBFloat16,
+                     "x: the shared-run kernel computes in float16 or bfloat16, got ", dtype_);
+    TORCH_CHECK(C_ % spin::kSliceN == 0, "x: C = ", C_, " must be a multiple of ", spin::kSliceN);
+    const int64_t R = static_cast<int64_t>(run_lengths.size());
+    TORCH_CHECK(R >= 1 && R <= spin::kMaxRuns, "run_lengths: expected 1 to ", spin::kMaxRuns, " runs, got ", R);
+    TORCH_CHECK(static_cast<int64_t>(ws.size()) == R && static_cast<int64_t>(w_biases.size()) == R,
+                "w, w_bias: expected one per run (", R, "), got ", ws.size(), " and ", w_biases.size());
+    TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(1) == C_ && dw_weight.size(2) == dw_weight.size(3),
+                "dw_weight: expected [L, C, k, k], got ", dw_weight.sizes());
+    const int64_t L = dw_weight.size(0), k = dw_weight.size(3);
+    TORCH_CHECK(k % 2 == 1 && k <= 9, "dw_weight: kernel size must be odd and at most 9, got ", k);
+    TORCH_CHECK(act == 1 || act == 2, "act: expected 1 (relu) or 2 (gelu), got ", act);
+    int64_t layers = 0;
+    args_.run_start[0] = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      TORCH_CHECK(run_lengths[r] >= 1, "run_lengths: every run needs at least one layer, run ", r, " has ",
+                  run_lengths[r]);
+      layers += run_lengths[r];
+      args_.run_start[r + 1] = static_cast<int>(layers);
+      const at::Tensor& w = ws[r];
+      TORCH_CHECK(w.device() == device_ && w.scalar_type() == dtype_, "w[", r, "]: expected ", dtype_, " on ",
+                  device_, ", got ", w.scalar_type(), " on ", w.device());
+      TORCH_CHECK(w.numel() == C_ * C_, "w[", r, "]: expected the [C, C] pointwise weight with C = ", C_, ", got ",
+                  w.sizes());
+      keep_.push_back(w.reshape({C_, C_}).contiguous());
+      args_.w[r] = keep_.back().data_ptr();
+      keep_.push_back(channel_vector(w_biases[r], like, "w_bias"));
+      args_.w_bias[r] = keep_.back().data_ptr<float>();
+    }
+    TORCH_CHECK(layers == L, "run_lengths: the runs cover ", layers, " layers, dw_weight has ", L);
+    // [L, C, k, k] in channels-last memory = [L, k, k, C] tap-major, what the kernel reads
+    const at::Tensor filt = dw_weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor db = channel_rows(dw_bias, L, like, "dw_bias"), a1 = channel_rows(s1, L, like, "s1"),
+                     b1 = channel_rows(t1, L, like, "t1"), a2 = channel_rows(s2, L, like, "s2"),
+                     b2 = channel_rows(t2, L, like, "t2");
+    keep_.insert(keep_.end(), {filt, db, a1, b1, a2, b2});
+    args_.num_runs = static_cast<int>(R);
+    args_.dw_weight = filt.data_ptr<float>();
+    args_.dw_bias = db.data_ptr<float>();
+    args_.s1 = a1.data_ptr<float>();
+    args_.t1 = b1.data_ptr<float>();
+    args_.s2 = a2.data_ptr<float>();
+    args_.t2 = b2.data_ptr<float>();
+    args_.num_layers = static_cast<int>(L);
+    args_.C = static_cast<int>(C_);
+    args_.k = static_cast<int>(k);
+    args_.act = static_cast<int>(act);
+    args_.spin_residual = spin_residual;
   }
-  TORCH_CHECK(layers == L, "run_lengths: the runs cover ", layers, " layers, dw_weight has ", L);
-  at::Tensor out = x.clone(), u = at::empty_like(x);
-  // [L, C, k, k] in channels-last memory = [L, k, k, C] tap-major, what the kernel reads; no copy when the caller
-  // keeps it that way (spin_kernels.ops.convmixer_cuda caches it so)
-  const at::Tensor filt = dw_weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor db = channel_rows(dw_bias, L, x, "dw_bias"), a1 = channel_rows(s1, L, x, "s1"),
-                   b1 = channel_rows(t1, L, x, "t1"), a2 = channel_rows(s2, L, x, "s2"),
-                   b2 = channel_rows(t2, L, x, "t2");
-  args.x = out.data_ptr();
-  args.u = u.data_ptr();
-  args.num_runs = static_cast<int>(R);
-  args.dw_weight = filt.data_ptr<float>();
-  args.dw_bias = db.data_ptr<float>();
-  args.s1 = a1.data_ptr<float>();
-  args.t1 = b1.data_ptr<float>();
-  args.s2 = a2.data_ptr<float>();
-  args.t2 = b2.data_ptr<float>();
-  args.num_layers = static_cast<int>(L);
-  args.B = static_cast<int>(x.size(0));
-  args.H = static_cast<int>(x.size(1));
-  args.W = static_cast<int>(x.size(2));
-  args.C = static_cast<int>(C);
-  args.k = static_cast<int>(k);
-  args.act = static_cast<int>(act);
-  args.spin_residual = spin_residual;
-  check_cuda(spin::shared_run_forward(x.scalar_type() == at::kHalf ? 1 : 2, args, current_stream(), nullptr),
-             "shared_run_forward");
-  return out;
-}
+
+  // The output of the prepared layers for x [B, H, W, C] (x is not modified).
+  at::Tensor operator()(const at::Tensor& x) const {
+    check_activation(x, "x");
+    TORCH_CHECK(x.device() == device_ && x.scalar_type() == dtype_ && x.size(3) == C_, "x: this launch was prepared "
+                "for C = ", C_, " ", dtype_, " on ", device_, ", got C = ", x.size(3), " ", x.scalar_type(), " on ",
+                x.device());
+    SPIN_DEVICE_GUARD(x);
+    at::Tensor out = x.clone(), u = at::empty_like(x);
+    spin::SharedRunArgs args = args_;
+    args.x = out.data_ptr();
+    args.u = u.data_ptr();
+    args.B = static_cast<int>(x.size(0));
+    args.H = static_cast<int>(x.size(1));
+    args.W = static_cast<int>(x.size(2));
+    check_cuda(spin::shared_run_forward(dtype_ == at::kHalf ? 1 : 2, args, current_stream(), nullptr),
+               "shared_run_forward");
+    return out;
+  }
+
+ private:
+  at::ScalarType dtype_;
+  at::Device device_;
+  int64_t C_;
+  spin::SharedRunArgs args_{};
+  std::vector<at::Tensor> keep_;  // the contiguous / fp32 parameter copies args_ points into
+};
+
+// Whether tensors changed since the watch was made: modified in place (version counter), given new data
+// (`.data =`, `.to()`) or swapped (torch.utils.swap_tensors). A few ns per tensor: what lets the folded
+// parameters of the persistent kernel be cached without walking the model in Python on every call.
+class TensorWatch {
+ public:
+  explicit TensorWatch(const std::vector<py::object>& tensors) : objects_(tensors) {
+    for (const py::object& obj : objects_) {
+      TORCH_CHECK(THPVariable_Check(obj.ptr()), "tensors: expected torch.Tensor objects");
+      const at::Tensor& t = THPVariable_Unpack(obj.ptr());
+      impls_.push_back(t.unsafeGetTensorImpl());
+      versions_.push_back(t._version());
+      data_.push_back(t.data_ptr());
+    }
+  }
+
+  bool unchanged() const {
+    for (size_t i = 0; i < objects_.size(); ++i) {
+      const at::Tensor& t = THPVariable_Unpack(objects_[i].ptr());
+      if (t.unsafeGetTensorImpl() != impls_[i] || t._version() != versions_[i] || t.data_ptr() != data_[i]) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+ private:
+  std::vector<py::object> objects_;  // the Python tensors (a swap replaces what they hold)
+  std::vector<const c10::TensorImpl*> impls_;
+  std::vector<uint32_t> versions_;
+  std::vector<const void*> data_;
+};
 
 }  // namespace
 
@@ -309,12 +361,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dwconv_backward_weight", &dwconv_backward_weight, "depthwise conv weight and bias gradient (fp32)",
         py::arg("du"), py::arg("q"), py::arg("vec6"), py::arg("act"), py::arg("h"), py::arg("res"), py::arg("a"),
         py::arg("b"), py::arg("act_in"), py::arg("kernel_size"), py::arg("partial_ctas") = 264);
-  m.def("shared_run_forward", &shared_run_forward,
-        "eval-mode ConvMixer runs, each run's shared pointwise weight resident in shared memory, in one "
-        "cooperative launch",
-        py::arg("x"), py::arg("w"), py::arg("w_bias"), py::arg("run_lengths"), py::arg("dw_weight"),
-        py::arg("dw_bias"), py::arg("s1"), py::arg("t1"), py::arg("s2"), py::arg("t2"), py::arg("act"),
-        py::arg("spin_residual"));
+  py::class_<SharedRunLaunch>(m, "SharedRunLaunch",
+                              "eval-mode ConvMixer runs, each run's shared pointwise weight resident in shared "
+                              "memory, in one cooperative launch; prepared once, called per input")
+      .def(py::init<const at::Tensor&, const std::vector<at::Tensor>&, const std::vector<at::Tensor>&,
+                    const std::vector<int64_t>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                    const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, bool>(),
+           py::arg("like"), py::arg("w"), py::arg("w_bias"), py::arg("run_lengths"), py::arg("dw_weight"),
+           py::arg("dw_bias"), py::arg("s1"), py::arg("t1"), py::arg("s2"), py::arg("t2"), py::arg("act"),
+           py::arg("spin_residual"))
+      .def("__call__", &SharedRunLaunch::operator(), py::arg("x"));
+  py::class_<TensorWatch>(m, "TensorWatch", "whether tensors changed since the watch was made")
+      .def(py::init<const std::vector<py::object>&>(), py::arg("tensors"))
+      .def("unchanged", &TensorWatch::unchanged);
   m.def(
       "shared_run_smem_bytes", [](int64_t C) { return spin::shared_run_smem_bytes(static_cast<int>(C)); },
       "dynamic shared memory one CTA of shared_run_forward needs for C channels", py::arg("C"));

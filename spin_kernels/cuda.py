@@ -242,6 +242,27 @@ def shared_run_fits(t: torch.Tensor, channels: int) -> tuple[bool, int, int]:
     return need <= have, need, have
 
 
+def prepare_shared_run(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, *, act: str, spin_residual: bool,
+                       run_lengths=None):
+    """A prepared :func:`shared_run_forward`: every check and conversion of the parameters done once; call it with
+    an input like ``x`` (same C, dtype and device; any B, H, W) for the output. What the eval model caches."""
+    ext = _require(x, "x")
+    if act == "none":
+        raise ValueError("act: the shared run takes 'relu' or 'gelu', got 'none'")
+    code = _act_code(act, "act")
+    if run_lengths is None:
+        if isinstance(w, (list, tuple)):
+            raise ValueError("run_lengths: required when w is a list of per-run weights")
+        w, w_bias, run_lengths = [w], [w_bias], [dw_weight.shape[0]]
+    return ext.SharedRunLaunch(x, list(w), list(w_bias), [int(n) for n in run_lengths], dw_weight, dw_bias,
+                               s1, t1, s2, t2, code, bool(spin_residual))
+
+
+def launch_shared_run(prepared, x):
+    """Run a :func:`prepare_shared_run` launch on ``x`` (one cooperative launch)."""
+    return prepared(x)
+
+
 def shared_run_forward(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, *, act: str, spin_residual: bool,
                        run_lengths=None):
     """Eval-mode ConvMixer layers in one cooperative launch (CUDA, fp16/bf16), each run of layers keeping its
@@ -253,13 +274,29 @@ def shared_run_forward(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, *, act:
     ``dw_bias`` and folded BatchNorms ``s1, t1, s2, t2`` [L, C] (BN(v) = s * v + t). Returns the output of the
     L layers.
     """
-    ext = _require(x, "x")
-    if act == "none":
-        raise ValueError("act: the shared run takes 'relu' or 'gelu', got 'none'")
-    code = _act_code(act, "act")
-    if run_lengths is None:
-        if isinstance(w, (list, tuple)):
-            raise ValueError("run_lengths: required when w is a list of per-run weights")
-        w, w_bias, run_lengths = [w], [w_bias], [dw_weight.shape[0]]
-    return ext.shared_run_forward(x, list(w), list(w_bias), [int(n) for n in run_lengths], dw_weight, dw_bias,
-                                  s1, t1, s2, t2, code, bool(spin_residual))
+    prepared = prepare_shared_run(x, w, w_bias, dw_weight, dw_bias, s1, t1, s2, t2, act=act,
+                                  spin_residual=spin_residual, run_lengths=run_lengths)
+    return launch_shared_run(prepared, x)
+
+
+class _PythonTensorWatch:
+    """TensorWatch without the extension: the same answer, walking the tensors in Python."""
+
+    def __init__(self, tensors):
+        self._tensors = list(tensors)
+        self._key = self._now()
+
+    def _now(self):
+        return [(t.data_ptr(), t._version) for t in self._tensors]
+
+    def unchanged(self) -> bool:
+        return self._now() == self._key
+
+
+def tensor_watch(tensors):
+    """An object whose ``unchanged()`` says whether any of ``tensors`` was modified in place, given new data or
+    swapped since: the extension's (a few ns per tensor) when one is loaded, else a Python walk."""
+    from . import cuda_emulation
+
+    ext = extension() or (cuda_emulation.load() if cuda_emulation.enabled() else None)
+    return ext.TensorWatch(list(tensors)) if ext is not None else _PythonTensorWatch(tensors)

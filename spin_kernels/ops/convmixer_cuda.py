@@ -24,13 +24,23 @@ def fold_bn(bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _unsupported(model, images: torch.Tensor) -> str | None:
-    """Why the persistent kernel cannot run this call, or None when it can."""
+    """Why the persistent kernel cannot run this call, or None when it can (checks of the call, then of the
+    model's structure, cached: this is the batch-1 host path)."""
     if model.training:
         return "training mode (the persistent kernel is inference-only)"
     if not cuda.runs_here(images):
         return "the input is not on a CUDA device" if not images.is_cuda else cuda.status()["reason"]
     if images.shape[0] > MAX_BATCH:
         return f"batch {images.shape[0]} > {MAX_BATCH}"
+    cached = model.__dict__.get("_persistent_model_reason")
+    if cached is None or cached[0] is not model.blocks or cached[1] != images.device:
+        cached = (model.blocks, images.device, _model_reason(model, images))
+        model.__dict__["_persistent_model_reason"] = cached
+    return cached[2]
+
+
+def _model_reason(model, images: torch.Tensor) -> str | None:
+    """Why the kernel cannot run this model on ``images``' device, or None (fixed until the layers are rebuilt)."""
     if model.arch["dim"] % SLICE:
         return f"dim {model.arch['dim']} is not a multiple of {SLICE}"
     fits, need, have = cuda.shared_run_fits(images, model.arch["dim"])
@@ -39,7 +49,7 @@ def _unsupported(model, images: torch.Tensor) -> str | None:
                 f"slice), this GPU gives {have // 1024} KiB")
     if model.arch["kernel_size"] > 9:
         return f"kernel_size {model.arch['kernel_size']} > 9"
-    if any(bn.running_var is None for bn in list(model.norm1) + list(model.norm2)):
+    if any(b.norm1.running_var is None or b.norm2.running_var is None for b in model.blocks):
         return "BatchNorm without running statistics"
     return None
 
@@ -62,10 +72,14 @@ def eval_features(model, images: torch.Tensor) -> torch.Tensor | None:
         warn_once(f"convmixer_cuda:{reason}", f"weights-resident CUDA kernel not used: {reason}")
         return None
     x = model.stem(images).to(dtype).permute(0, 2, 3, 1).contiguous()
-    act, spin = model.arch["act"], model.arch["spin_residual"]
-    for i, (*params, run_lengths) in enumerate(launch_parameters(model, dtype)):
+    cache = _launch_cache(model, dtype)
+    if cache.prepared is None:  # first call after a parameter change: check and convert once
+        act, spin = model.arch["act"], model.arch["spin_residual"]
+        cache.prepared = [cuda.prepare_shared_run(x, *params, act=act, spin_residual=spin, run_lengths=run_lengths)
+                          for *params, run_lengths in cache.launches]
+    for i, prepared in enumerate(cache.prepared):
         try:
-            x = cuda.shared_run_forward(x, *params, act=act, spin_residual=spin, run_lengths=run_lengths)
+            x = cuda.launch_shared_run(prepared, x)
         except RuntimeError as e:
             # Too few co-resident CTAs for one per W slice (a small GPU or MIG slice): every launch has the same
             # width, so the first one decides; the caller takes the per-layer path.
@@ -76,25 +90,58 @@ def eval_features(model, images: torch.Tensor) -> torch.Tensor | None:
     return x.permute(0, 3, 1, 2)
 
 
-def _version_key(model, dtype) -> tuple:
-    """Identifies the current values of every tensor the folded parameters are made from."""
-    tensors = [t for _, mods, _ in model.unique_modules() for m in mods
-               for t in list(m.parameters()) + list(m.buffers())]
-    return (dtype,) + tuple((t.data_ptr(), t._version) for t in tensors)
+class _LaunchCache:
+    """The folded launch parameters of one model and dtype, the watch that says when they are stale, and the
+    prepared launches (made on the first call, which knows the input's device)."""
+
+    def __init__(self, token, watch, launches):
+        self.token, self.watch, self.launches, self.prepared = token, watch, launches, None
+
+    def __reduce__(self):  # a copied or pickled model rebuilds its own cache (the watch follows these tensors)
+        return _no_cache, ()
+
+
+def _no_cache():
+    return None
+
+
+def _structure(model, dtype) -> tuple:
+    """What identifies the model's structure: the dtype and the layer views (``blocks``, compared by identity:
+    every change of plan or module rebuilds them, and the launches are folded from them)."""
+    return dtype, model.blocks
+
+
+def _source_tensors(model) -> list:
+    """Every parameter and buffer of the modules the layers use, each once."""
+    modules = {}
+    for block in model.blocks:
+        for m in (block.depthwise, block.norm1, block.pointwise, block.norm2):
+            modules[id(m)] = m
+    return [t for m in modules.values() for t in (*m.parameters(), *m.buffers())]
+
+
+def _launch_cache(model, dtype) -> _LaunchCache:
+    """The model's launch cache, rebuilt when a parameter or running statistic changed (tracked by a tensor watch:
+    in-place updates, new data, swaps) or the structure did. At batch 1 the folding would otherwise cost more than
+    the whole trunk; the check costs a few microseconds."""
+    token = _structure(model, dtype)
+    cache = model.__dict__.get("_persistent_run_cache")
+    if cache is not None and cache.token == token and cache.watch.unchanged():
+        return cache
+    cache = _LaunchCache(token, cuda.tensor_watch(_source_tensors(model)), _fold(model, dtype))
+    model.__dict__["_persistent_run_cache"] = cache
+    return cache
 
 
 def launch_parameters(model, dtype) -> list[tuple]:
     """The trunk as few launches as possible (cuda.MAX_RUNS_PER_LAUNCH runs each; one for any usual depth):
     per launch (Ws, bs, dw filters [L,C,k,k], dw bias, s1, t1, s2, t2, run_lengths) — the per-run pointwise
-    weights and biases as lists, the per-layer tensors stacked, BatchNorms folded — computed once, then cached.
+    weights and biases as lists, the per-layer tensors stacked, BatchNorms folded — computed once, then cached
+    until a parameter or running statistic changes."""
+    return _launch_cache(model, dtype).launches
 
-    At batch 1 the stacking and BN folding would otherwise cost more launches than the whole trunk, so they are
-    recomputed only when a parameter or running statistic changes (tracked by tensor version counters).
-    """
-    key = _version_key(model, dtype)
-    cache = getattr(model, "_persistent_run_cache", None)
-    if cache is not None and cache[0] == key:
-        return cache[1]
+
+def _fold(model, dtype) -> list[tuple]:
     runs = model.pw_plan.runs
     launches = []
     for first in range(0, len(runs), cuda.MAX_RUNS_PER_LAUNCH):
@@ -112,5 +159,4 @@ def launch_parameters(model, dtype) -> list[tuple]:
             torch.stack([s for s, _ in folded1]), torch.stack([t for _, t in folded1]),
             torch.stack([s for s, _ in folded2]), torch.stack([t for _, t in folded2]),
             [stop - start for start, stop in chunk]))
-    model._persistent_run_cache = (key, launches)
     return launches

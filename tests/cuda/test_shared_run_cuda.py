@@ -19,7 +19,7 @@ def compare(name, dtype, batch, img, share_rate, dev="cuda", **arch):
     expected = ref.to(dev).double()(x.double())
     torch_low = ref.to(dtype)(x.to(dtype))  # PyTorch's own error in this dtype
     model = model.to(dev).to(dtype)
-    with mock.patch.object(cuda, "shared_run_forward", wraps=cuda.shared_run_forward) as kernel:
+    with mock.patch.object(cuda, "launch_shared_run", wraps=cuda.launch_shared_run) as kernel:
         feats = model.forward_features(x.to(dtype))
     assert kernel.call_count == 1  # the whole trunk in one persistent launch, no fallback
     got = model.forward_head(feats)
@@ -172,7 +172,7 @@ def test_eval_model_compiles_fullgraph(kdev):
                                                 kernel_size=3, num_classes=5, backend="cuda")).eval()
     model = model.to(kdev).half()
     x = torch.randn(1, 3, 32, 32, device=kdev).half()  # batch 1: the latency case
-    with mock.patch.object(cuda, "shared_run_forward", wraps=cuda.shared_run_forward) as kernel:
+    with mock.patch.object(cuda, "launch_shared_run", wraps=cuda.launch_shared_run) as kernel:
         eager = model(x)
     assert kernel.call_count == 1
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
@@ -196,7 +196,7 @@ def test_wide_models_fall_back_instead_of_raising():
         ref = sk.create_model("convmixer_1536_20", **kw).eval()
         ref.load_state_dict(model.state_dict())
         x = torch.randn(1, 3, 32, 32)
-        with mock.patch.object(cuda, "shared_run_forward", wraps=cuda.shared_run_forward) as kernel, \
+        with mock.patch.object(cuda, "launch_shared_run", wraps=cuda.launch_shared_run) as kernel, \
                 pytest.warns(UserWarning, match="shared memory per CTA"):
             got = model(x)
         assert kernel.call_count == 0
