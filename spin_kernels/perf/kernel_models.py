@@ -58,7 +58,7 @@ def _numel(t) -> int:
 
 
 def _attn_fwd_flops(a) -> float:
-    return 4.0 * a.grid[1] * a.N * a.N * a.D          # QKᵀ and PV over all (batch, head) pairs
+    return 4.0 * a.grid[0] * a.N * a.N * a.D          # QKᵀ and PV over all (batch, head) pairs (grid axis 0)
 
 
 # Triton kernels, by function name. The loops are the `for ... in range(...)` loops of the kernels' source.
@@ -92,7 +92,7 @@ TRITON_MODELS: dict[str, KernelModel] = {
     "attn_fwd_kernel": KernelModel(
         loops=(LoopSpec("for start_n in range(0, N, BLOCK_N)", lambda a: cdiv(a.N, a.BLOCK_N)),),
         flops=_attn_fwd_flops, unit="tensor"),
-    "attn_bwd_pre_kernel": KernelModel(loops=(), flops=lambda a: 2.0 * a.grid[1] * a.N * a.D),
+    "attn_bwd_pre_kernel": KernelModel(loops=(), flops=lambda a: 2.0 * a.grid[0] * a.N * a.D),
     "attn_bwd_kernel": KernelModel(
         loops=(LoopSpec("for start_m in range(0, N, STEP)", lambda a: cdiv(a.N, a.STEP) / 2),
                LoopSpec("for start_n in range(0, N, STEP)", lambda a: cdiv(a.N, a.STEP) / 2)),

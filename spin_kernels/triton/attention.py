@@ -35,8 +35,8 @@ def _keep(seed, bh, rows, cols, N, p_drop):
 @triton.jit
 def attn_dropout_mask_kernel(mask_ptr, N, seed, p_drop, BLOCK: tl.constexpr):
     """The keep mask [B*H, N, N] (int8) the attention kernels use for ``seed`` (tests / debugging only)."""
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     for c0 in range(0, N, BLOCK):
         cols = c0 + tl.arange(0, BLOCK)
         keep = _keep(seed, bh, rows[:, None], cols[None, :], N, p_drop)
@@ -49,8 +49,9 @@ def attn_dropout_mask_kernel(mask_ptr, N, seed, p_drop, BLOCK: tl.constexpr):
 #   computes  o = softmax(scale * q kᵀ) v per (batch, head), online softmax in the exp2 domain, and
 #             lse2 = m2 + log2(l) per query row (fp32). DROPOUT: o = (keep ⊙ softmax / (1 - p)) v with the
 #             Philox keep mask of _keep (regenerated, never stored).
-#   tiling    one program per (BLOCK_M query rows, batch*head); loop over the keys in BLOCK_N steps; q tile stays in
-#             registers, k/v tiles streamed; acc [BLOCK_M, D] fp32.
+#   tiling    one program per (batch*head, BLOCK_M query rows), batch*head on grid axis 0 (the one axis CUDA does
+#             not cap at 65535); loop over the keys in BLOCK_N steps; q tile stays in registers, k/v tiles
+#             streamed; acc [BLOCK_M, D] fp32.
 #   bytes     reads q once, k and v once per query block (cdiv(N, BLOCK_M) times, L2-resident for ViT sizes),
 #             writes o (N*D per head) and lse (4*N bytes per head). No N x N matrix leaves registers.
 # ---------------------------------------------------------------------------------------------------------------
@@ -74,8 +75,8 @@ def head_bases(qkv_ptr, bh, H, stride_qb, D: tl.constexpr):
 def attn_fwd_kernel(qkv_ptr, o_ptr, lse_ptr, N, H, qk_scale,
                     stride_qb, stride_qn, stride_ob, stride_on, seed, p_drop,
                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)  # batch x head on grid axis 0: axis 1 is capped at 65535 by CUDA, axis 0 is not
+    pid_m = tl.program_id(1)
     b, h, q_base, k_base, v_base = head_bases(qkv_ptr, bh, H, stride_qb, D)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
@@ -112,14 +113,14 @@ def attn_fwd_kernel(qkv_ptr, o_ptr, lse_ptr, N, H, qk_scale,
 # ---------------------------------------------------------------------------------------------------------------
 # attn_bwd_pre_kernel
 #   computes  delta = rowsum(dO * O) per (batch, head, row), fp32.
-#   tiling    one program per (BLOCK_M rows, batch*head), [BLOCK_M, D] tiles.
+#   tiling    one program per (batch*head, BLOCK_M rows), [BLOCK_M, D] tiles.
 #   bytes     reads o and do once, writes 4*N bytes per head.
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
 def attn_bwd_pre_kernel(o_ptr, do_ptr, delta_ptr, N, H, stride_ob, stride_on,
                         D: tl.constexpr, BLOCK_M: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)  # batch x head on grid axis 0: axis 1 is capped at 65535 by CUDA, axis 0 is not
+    pid_m = tl.program_id(1)
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -138,7 +139,7 @@ def attn_bwd_pre_kernel(o_ptr, do_ptr, delta_ptr, N, H, stride_ob, stride_on,
 #             program kind 1 (query block i): dQ_i = scale * Σ_j dS_ij k_j
 #             (two independent loops, no atomics: deterministic; results go into the dq/dk/dv slices of dqkv.)
 #             DROPOUT: dV uses the dropped P/(1-p), and dP is masked and scaled the same way before dS.
-#   tiling    grid (cdiv(N, BLOCK), batch*head, 2); kind 0 holds k, v [BLOCK, D] and loops over query blocks of
+#   tiling    grid (batch*head, cdiv(N, BLOCK), 2); kind 0 holds k, v [BLOCK, D] and loops over query blocks of
 #             STEP rows, kind 1 holds q, dO [BLOCK, D] and loops over key blocks of STEP rows; P/dS tiles
 #             [BLOCK, STEP] in registers only (BLOCK = 64 keeps every dot's M at a wgmma multiple; STEP = 32 for
 #             D = 128 keeps the register tiles spill-free).
@@ -149,8 +150,8 @@ def attn_bwd_pre_kernel(o_ptr, do_ptr, delta_ptr, N, H, stride_ob, stride_on,
 def attn_bwd_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, N, H, qk_scale, sm_scale,
                     stride_qb, stride_qn, stride_ob, stride_on, seed, p_drop,
                     D: tl.constexpr, BLOCK: tl.constexpr, STEP: tl.constexpr, DROPOUT: tl.constexpr):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid = tl.program_id(1)
     kind = tl.program_id(2)
     b, h, q_base, k_base, v_base = head_bases(qkv_ptr, bh, H, stride_qb, D)
     C = H * D
@@ -242,7 +243,7 @@ def attn_dropout_mask(seed: int, batch: int, num_heads: int, n: int, dropout_p: 
     """The keep mask (bool [B, H, N, N]) that attn_fwd / attn_bwd use for ``seed`` and ``dropout_p``."""
     _check_dropout(dropout_p)
     mask = torch.empty((batch * num_heads, n, n), device=device, dtype=torch.int8)
-    attn_dropout_mask_kernel[(triton.cdiv(n, 64), batch * num_heads)](mask, n, seed, dropout_p, BLOCK=64)
+    attn_dropout_mask_kernel[(batch * num_heads, triton.cdiv(n, 64))](mask, n, seed, dropout_p, BLOCK=64)
     return mask.view(batch, num_heads, n, n).bool()
 
 
@@ -272,7 +273,7 @@ def attn_fwd(qkv: torch.Tensor, num_heads: int, sm_scale: float | None = None, o
             or not lse.is_contiguous() or lse.dtype != torch.float32:
         raise ValueError("out, lse: expected contiguous [B, N, C] and fp32 [B, H, N] buffers")
     cfg = attn_config(d)["fwd"]
-    grid = (triton.cdiv(n, cfg["BLOCK_M"]), bsz * num_heads)
+    grid = (bsz * num_heads, triton.cdiv(n, cfg["BLOCK_M"]))  # B*H first: only axis 0 may exceed 65535
     _check_dropout(dropout_p)
     attn_fwd_kernel[grid](qkv, o, lse, n, num_heads, scale * LOG2E, n * c3, c3, n * c, c, seed, dropout_p,
                           D=d, DROPOUT=dropout_p > 0, **cfg)
@@ -299,9 +300,9 @@ def attn_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Te
         raise ValueError(f"out: expected a contiguous {tuple(qkv.shape)} buffer")
     cfg = attn_config(d)
     pre, bwd = cfg["pre"], cfg["bwd"]
-    attn_bwd_pre_kernel[(triton.cdiv(n, pre["BLOCK_M"]), bsz * num_heads)](o, do, delta, n, num_heads, n * c, c,
+    attn_bwd_pre_kernel[(bsz * num_heads, triton.cdiv(n, pre["BLOCK_M"]))](o, do, delta, n, num_heads, n * c, c,
                                                                             D=d, **pre)
-    attn_bwd_kernel[(triton.cdiv(n, bwd["BLOCK"]), bsz * num_heads, 2)](qkv, do, lse, delta, dqkv, n, num_heads,
+    attn_bwd_kernel[(bsz * num_heads, triton.cdiv(n, bwd["BLOCK"]), 2)](qkv, do, lse, delta, dqkv, n, num_heads,
                                                                         scale * LOG2E, scale, n * c3, c3, n * c,
                                                                         c, seed, dropout_p, D=d,
                                                                         DROPOUT=dropout_p > 0, **bwd)

@@ -79,3 +79,30 @@ def test_attn_dropout_mask_stats():
     assert torch.equal(keep, tri.attn_dropout_mask(1234, 2, 3, 40, 0.25))
     with pytest.raises(ValueError, match="dropout_p"):
         tri.attn_fwd(torch.randn(1, 4, 96), 2, dropout_p=1.0)
+
+
+def test_batch_times_heads_is_on_the_uncapped_grid_axis(monkeypatch):
+    """CUDA caps grid axes 1 and 2 at 65535: batch x heads (5462 images at 12 heads already exceed it) must be
+    on axis 0 for every attention launch, the query / key blocks on axis 1. Outputs still match the reference."""
+    grids = {}
+
+    class Spy:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            grids[self.name] = grid
+            return self.kernel[grid]
+
+    for name in ("attn_fwd_kernel", "attn_bwd_pre_kernel", "attn_bwd_kernel", "attn_dropout_mask_kernel"):
+        monkeypatch.setattr(tri, name, Spy(name, getattr(tri, name)))
+    b, n, h, d = 3, 70, 5, 16
+    qkv = torch.randn(b, n, 3 * h * d)
+    o, lse = tri.attn_fwd(qkv, h)
+    tri.attn_bwd(torch.randn_like(o), qkv, o, lse, h)
+    tri.attn_dropout_mask(1, b, h, n, 0.1)
+    assert set(grids) == {"attn_fwd_kernel", "attn_bwd_pre_kernel", "attn_bwd_kernel", "attn_dropout_mask_kernel"}
+    for name, grid in grids.items():
+        assert grid[0] == b * h and all(g <= 2 for g in grid[1:]), (name, grid)
+    expected, _ = ref.attn_fwd(qkv.double(), h)
+    assert (o.double() - expected).abs().max() < 1e-4
