@@ -232,9 +232,13 @@ def parse_function(name: str, text: str) -> Function:
         m = _LINE.match(line)
         if m:
             instrs.append(parse_instruction(int(m.group(1), 16), m.group(2)))
-    # Drop what follows the last EXIT: the branch-to-self that parks finished warps and the alignment padding.
+    # Drop what follows the last EXIT: the branch-to-self that parks finished warps, the alignment padding and
+    # out-of-line subroutines. One exception: a loop whose exit test is a predicated EXIT (a persistent tile loop)
+    # closes with the backward branch right after it; that latch stays, or the loop would vanish.
     last_exit = max((i for i, ins in enumerate(instrs) if ins.opcode == "EXIT"), default=len(instrs) - 1)
-    instrs = instrs[:last_exit + 1]
+    after = instrs[last_exit + 1] if last_exit + 1 < len(instrs) else None
+    latch = after is not None and after.opcode == "BRA" and after.target is not None and after.target < after.addr
+    instrs = instrs[:last_exit + 1 + latch]
     return Function(name=name, instructions=instrs, loops=_loops(instrs))
 
 

@@ -31,20 +31,26 @@ def _signature(fn, types: dict, constexprs: dict) -> dict:
     return sig
 
 
-def _entry(name, fn, types, constexprs, options, is_gemm):
+def _entry(name, fn, types, constexprs, options, is_gemm, div16=()):
+    # div16: arguments Triton's launcher would mark 16-divisible (aligned pointers, sizes) at the shipped shapes
     return dict(name=name, fn=fn, signature=_signature(fn, types, constexprs), constexprs=dict(constexprs),
-                options=dict(options), is_gemm=is_gemm)
+                options=dict(options), is_gemm=is_gemm, div16=tuple(div16))
 
 
 def _build(dtype="fp16"):
     act = f"*{dtype}"
     f32 = "*fp32"
     out = []
-    dw_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, w_ptr=act, bias_ptr=act, q_ptr=act, part_ptr=f32)
+    dw_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, w_ptr=act, bias_ptr=act, q_ptr=act, part_ptr=f32,
+                    scratch_ptr=act)
     for k, res in ((3, False), (9, True)):
         out.append(_entry(f"dw_fwd_k{k}{'_res' if res else ''}", dwconv.dw_fwd_kernel, dw_types,
-                          dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, EMIT_STATS=True, BLOCK_P=32, BLOCK_C=32),
-                          dict(num_warps=4, num_stages=1), False))
+                          dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, EMIT_STATS=True, TILE_H=8, BLOCK_W=32,
+                               BLOCK_C=32, STAGE=dwconv.DW_FWD_STAGE),
+                          dict(num_warps=4, num_stages=1), False,
+                          # as launched: aligned buffers, C and the staging region multiples of 16 (the staged
+                          # taps are 16-byte vector loads only when the launcher says so)
+                          div16=[*dw_types, "C", "W", "region"]))
     dwb_types = dict(du_ptr=act, q_ptr=act, qvec_ptr=f32, w_ptr=act, hz_ptr=act, res_ptr=act, xvec_ptr=f32,
                      dx_ptr=act, dhz_ptr=act, wpart_ptr=f32, spart_ptr=f32)
     for k, res in ((3, False), (9, True)):

@@ -48,6 +48,39 @@ def test_dw_fwd_and_stats(dtype, k, shape, act, has_res):
     assert rel_err(out[1], g.var(0, unbiased=False)) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,shape,tiling,has_res", [
+    # GPU tiling rules (block_c 32) at several channel blocks, with a partial last one (C = 80)
+    (3, (2, 16, 16, 80), "gpu", True),
+    # k = 9 on 32-wide rows: the convmixer_1536_20 tiling (8 rows x 32 columns), several tiles per program
+    (9, (1, 11, 32, 48), "gpu", False),
+    # forced: tiles of 2 rows (H = 7 leaves a partial one), 16-channel blocks, 2 persistent programs for 12 tiles
+    (5, (3, 7, 6, 40), dict(tile_h=2, block_c=16, programs=2), True),
+    # the kernel wider than the image
+    (7, (2, 3, 2, 16), dict(tile_h=1, block_c=16, programs=3), False),
+])
+def test_dw_fwd_gpu_tilings(dtype, k, shape, tiling, has_res):
+    """dw_fwd at the tilings a GPU runs (several tiles per persistent program, several channel blocks, partial
+    tiles), in the interpreter: output and statistics against float64."""
+    B, H, W, C = shape
+    M = B * H * W
+    if tiling == "gpu":
+        tile_h, _, block_c, _, _ = dwconv.dw_fwd_tiling(H, W, C, k, on_gpu=True)
+        tiling = dict(tile_h=tile_h, block_c=block_c, programs=2)
+    hz, res = rnd(M, C, dtype=dtype), (rnd(M, C, dtype=dtype) if has_res else None)
+    ax, bx = vec(C), rnd(C)
+    w, b = rnd(C, 1, k, k, dtype=dtype, scale=k ** -1), rnd(C, dtype=dtype)
+    q = torch.full((M, C), float("nan"), device=DEVICE, dtype=dtype)
+    _, part = dwconv.dw_fwd(hz, res, ax, bx, w, b, B, H, W, "gelu", "gelu", emit_stats=True, q_out=q, **tiling)
+    assert part.shape[1] == B * -(-H // tiling["tile_h"])
+    qr, _, _ = ref.dw_fwd_ref(*d64(hz, res, ax, bx, w, b), B, H, W, "gelu", "gelu")
+    assert rel_err(q, qr) <= TOL[dtype]
+    out = bn.bn_finalize(part, torch.ones(C, device=DEVICE), torch.zeros(C, device=DEVICE), 1e-5)
+    g = ref.act_ref(q.double(), "gelu")
+    assert rel_err(out[0], g.mean(0)) <= 1e-5
+    assert rel_err(out[1], g.var(0, unbiased=False)) <= 1e-5
+
+
 @pytest.mark.parametrize("momentum", [0.1, 0.3])
 def test_bn_finalize_running_stats(momentum):
     """Chan merge over uneven tiles + running-stat update exactly as nn.BatchNorm2d."""
