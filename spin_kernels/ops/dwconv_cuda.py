@@ -40,11 +40,12 @@ def dw_fwd(hz, res, ax, bx, weight, bias, B, H, W, act_in="gelu", act="gelu", em
 
 
 def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu",
-           write_dx=True, write_dhz=False, dx_out=None, tiles_per_prog=None):
+           write_dx=True, write_dhz=False, dx_out=None, tile_h=None, block_c=None, programs=None):
     """Backward of a layer's depthwise half (see spin_kernels.triton.dwconv.dw_bwd for the contract).
 
     Returns (dx or None, dhz or None, dweight fp32 [C, K, K], dbias fp32 [C], sum(dx) [C], sum(dx·xhat_in) [C]).
-    ``tiles_per_prog`` is accepted for signature compatibility; the CUDA weight gradient sizes its own grid.
+    ``tile_h``, ``block_c``, ``programs`` (the Triton kernel's tiling overrides) are accepted for signature
+    compatibility; the CUDA kernels size their own grids.
     """
     M, C = du.shape
     K = weight.shape[-1]

@@ -70,11 +70,11 @@ TRITON_MODELS: dict[str, KernelModel] = {
         flops=lambda a: 2.0 * a.q_ptr.shape[0] * a.C * a.KS * a.KS,
         note="persistent: the tiles shared by grid[0] programs; halo staged once per tile, k² taps read it"),
     "dw_bwd_kernel": KernelModel(
-        loops=(LoopSpec("for t in range(pid * tiles_per_prog, (pid + 1) * tiles_per_prog)",
-                        lambda a: a.tiles_per_prog, may_fold=True),
-               LoopSpec("for tap in range(KS * KS)", lambda a: a.KS * a.KS)),
-        flops=lambda a: 4.0 * a.M * a.C * a.KS * a.KS,    # dx (transposed conv) and dw (correlation)
-        note="dx and dw per tap"),
+        loops=(LoopSpec("for t in range(pid, n_tiles, n_prog)", lambda a: a.n_tiles / a.grid[0], may_fold=True),
+               LoopSpec("for s0 in range(0, region, STAGE)", lambda a: cdiv(a.region, a.STAGE)),
+               LoopSpec("for tap in range(n_taps)", lambda a: a.n_taps)),
+        flops=lambda a: 4.0 * a.du_ptr.shape[0] * a.C * a.KS * a.KS,    # dx (transposed conv) and dw (correlation)
+        note="persistent like dw_fwd; dq and x halos staged once per tile; dx and dw per tap"),
     "bn_finalize_kernel": KernelModel(
         loops=(LoopSpec("for t0 in range(0, n_tiles, BLOCK_T)", lambda a: cdiv(a.n_tiles, a.BLOCK_T), may_fold=True),),
         flops=lambda a: 10.0 * a.n_tiles * a.C),

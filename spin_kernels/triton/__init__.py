@@ -52,12 +52,12 @@ def _build(dtype="fp16"):
                           # taps are 16-byte vector loads only when the launcher says so)
                           div16=[*dw_types, "C", "W", "region"]))
     dwb_types = dict(du_ptr=act, q_ptr=act, qvec_ptr=f32, w_ptr=act, hz_ptr=act, res_ptr=act, xvec_ptr=f32,
-                     dx_ptr=act, dhz_ptr=act, wpart_ptr=f32, spart_ptr=f32)
+                     dx_ptr=act, dhz_ptr=act, wpart_ptr=f32, spart_ptr=f32, scratch_ptr=act)
     for k, res in ((3, False), (9, True)):
         out.append(_entry(f"dw_bwd_k{k}{'_res' if res else ''}", dwconv.dw_bwd_kernel, dwb_types,
-                          dict(KS=k, KK_PAD=1 << (k * k - 1).bit_length(), ACT_IN=_ACT, ACT=_ACT, HAS_RES=res,
-                               WRITE_DX=True, WRITE_DHZ=True, BLOCK_P=32, BLOCK_C=32),
-                          dict(num_warps=4, num_stages=1), False))
+                          dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, WRITE_DX=True, WRITE_DHZ=True, TILE_H=4,
+                               BLOCK_W=32, BLOCK_C=32, STAGE=dwconv.DW_FWD_STAGE),
+                          dict(num_warps=4, num_stages=1), False, div16=[*dwb_types, "C", "W", "region"]))
     out.append(_entry("bn_finalize", bn.bn_finalize_kernel,
                       dict(part_ptr=f32, gamma_ptr=f32, beta_ptr=f32, out_ptr=f32, rm_ptr=f32, rv_ptr=f32),
                       dict(UPDATE_RUNNING=True, BLOCK_T=32, BLOCK_C=128), dict(num_warps=4, num_stages=1), False))

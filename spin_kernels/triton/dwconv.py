@@ -32,11 +32,19 @@ dw_bwd_kernel
         per-program partials: sum(dx), sum(dx·xhat_in) (the previous BN's backward and its gamma/beta grads),
         dw[tap, c] = Σ dq·x(shifted), dbias = Σ dq   (fp32, one [k²+1, C] slab per program, reduced by the host
         in a fixed order: deterministic, no atomics).
-    tiling    one program = TILES consecutive BLOCK_P-position tiles × BLOCK_C channels; per tile and tap: dq at
-              the mirrored neighbour (for dx) and x at the neighbour (for dw); the per-tap weight-gradient
-              accumulator is one [KK_PAD, BLOCK_C] register tile updated with a one-hot row select.
-    bytes     reads du, q, hz (+ res) once from HBM, writes dx (and/or dhz): 4 (5) activation passes;
-              partials (k²+1+2)·C·4 bytes per program.
+    tiling    dw_fwd_kernel's (persistent programs over TILE_H-row tiles × BLOCK_C channels, at most
+              DW_BWD_TILE_POSITIONS positions: two register tiles, dx and the tile's own dq). Per tile both halos
+              are staged once — dq (BN1 + act backward, recomputed from du and q) and x (the prologue) — then
+              per tap: dx += w·dq at the mirrored shift, and the tap's dw partial += Σ_positions dq·x(shift), a
+              read-modify-write of the program's own fp32 slab (zeroed by the host, accumulated over its tiles).
+    bytes     reads du, q, hz (+ res) once from HBM, writes dx (and/or dhz): 4 (5) activation passes; the
+              staging areas stay in L1/L2; partials (k²+1+2)·C·4 bytes per program, reduced by the host in a
+              fixed order (deterministic, no atomics).
+    cost      (sm_90a SASS, bf16, k = 9, 32 elements per thread): ~342 instructions per tap — about a third
+              the weight-gradient reduction across the tile's positions (shuffles, a shared-memory round and
+              barriers), a third bf16→fp32 conversions of the two staged loads, 64 FMAs; the staging ~1625 per
+              64-position chunk. dw_bwd k = 9 at convmixer_1536_20 b64 went from 58.2x to 8.0x its floor when
+              the prologues left the tap loop.
 """
 import torch
 import triton
@@ -46,17 +54,11 @@ from ._common import (
     ACT_CODES,
     act_fwd,
     act_grad,
-    bn_act_bwd,
-    load_vec6,
+    bn_act_bwd_tile,
     load_x_tile,
     sm_count,
     store_tile_stats,
 )
-
-# dw_bwd: tiles are packed into programs (fp32 weight-gradient partials per program, reduced by the host) so that
-# the grid holds about this many programs per SM: enough to fill the card, few partial slabs to sum.
-DW_BWD_PROGRAMS_PER_SM = 8
-
 
 @triton.jit
 def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_ptr, scratch_ptr,
@@ -117,78 +119,88 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
 
 @triton.jit
 def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
-                  dx_ptr, dhz_ptr, wpart_ptr, spart_ptr,
-                  M, H, W, C, tiles_per_prog, n_prog,
-                  KS: tl.constexpr, KK_PAD: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr,
+                  dx_ptr, dhz_ptr, wpart_ptr, spart_ptr, scratch_ptr,
+                  H, W, C, n_tiles, row_tiles, halo_w, region, n_taps,
+                  KS: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr,
                   HAS_RES: tl.constexpr, WRITE_DX: tl.constexpr, WRITE_DHZ: tl.constexpr,
-                  BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                  TILE_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, STAGE: tl.constexpr):
     pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = offs_c < C
-    alpha, beta, c1, c2, mean1, invstd1 = load_vec6(qvec_ptr, offs_c, cmask, C)
-    ax = tl.load(xvec_ptr + offs_c, mask=cmask, other=0.0)
-    bx = tl.load(xvec_ptr + C + offs_c, mask=cmask, other=0.0)
-    mean_in = tl.load(xvec_ptr + 2 * C + offs_c, mask=cmask, other=0.0)
-    invstd_in = tl.load(xvec_ptr + 3 * C + offs_c, mask=cmask, other=0.0)
-    taps = tl.arange(0, KK_PAD)
+    lane_c = tl.arange(0, BLOCK_C)
+    # (the per-channel vectors are loaded where they are used, from L1: ten of them live through the whole
+    # kernel would cost 80 registers and spills)
+    # this program's staging areas (dq halo, then x halo), each `region` positions × BLOCK_C channels
+    scr_dq = scratch_ptr + (pid_c * n_prog + pid).to(tl.int64) * (2 * region * BLOCK_C)
+    scr_x = scr_dq + region * BLOCK_C
+    offs_s = tl.arange(0, STAGE)
+    o = tl.arange(0, TILE_H * BLOCK_W)
+    o_row = o // BLOCK_W
+    o_col = o % BLOCK_W
+    # output (r, c) finds halo position (r + i)·halo_w + (c + j) at offset shift(i, j) = i·halo_w + j
+    base = ((o_row * halo_w + o_col) * BLOCK_C)[:, None] + lane_c[None, :]
+    centre = ((KS // 2) * halo_w + KS // 2) * BLOCK_C
+    wbase = wpart_ptr + pid.to(tl.int64) * (n_taps + 1) * C   # this program's fp32 partials (zeroed by the host)
     s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     db = tl.zeros([BLOCK_C], dtype=tl.float32)
-    dwacc = tl.zeros([KK_PAD, BLOCK_C], dtype=tl.float32)
-    for t in range(pid * tiles_per_prog, (pid + 1) * tiles_per_prog):
-        offs_p = t * BLOCK_P + tl.arange(0, BLOCK_P)
-        pmask = offs_p < M
-        w_i = offs_p % W
-        h_i = (offs_p // W) % H
+    for t in range(pid, n_tiles, n_prog):  # persistent: tiles (image, row block) strided over the programs
+        img_row0 = (t // row_tiles) * H
+        h0 = (t % row_tiles) * TILE_H
+        # stage both halos once: dq = d/dq through BN1 and act (zero outside the image) and the layer input x
+        for s0 in range(0, region, STAGE):
+            f = s0 + offs_s
+            hh = h0 - KS // 2 + f // halo_w
+            ww = f % halo_w - KS // 2
+            valid = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W) & (f < (TILE_H + KS - 1) * halo_w)
+            m = valid[:, None] & cmask[None, :]
+            offs = ((img_row0 + hh).to(tl.int64) * W + ww)[:, None] * C + offs_c[None, :]
+            dq = bn_act_bwd_tile(du_ptr, q_ptr, qvec_ptr, offs, m, offs_c, cmask, C, ACT)
+            ax = tl.load(xvec_ptr + offs_c, mask=cmask, other=0.0)
+            bx = tl.load(xvec_ptr + C + offs_c, mask=cmask, other=0.0)
+            x = load_x_tile(hz_ptr, res_ptr, offs, m, ax, bx, ACT_IN, HAS_RES)
+            st = (f * BLOCK_C)[:, None] + lane_c[None, :]
+            tl.store(scr_dq + st, dq.to(scratch_ptr.dtype.element_ty))
+            tl.store(scr_x + st, x.to(scratch_ptr.dtype.element_ty))
+        tl.debug_barrier()  # both halos visible to every thread of the program
+        hh = h0 + o_row
+        pmask = (hh < H) & (o_col < W)
         omask = pmask[:, None] & cmask[None, :]
-        offs_o = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
-        dq_c = bn_act_bwd(du_ptr, q_ptr, offs_o, omask, alpha, beta, c1, c2, mean1, invstd1, ACT)
+        offs_o = ((img_row0 + hh).to(tl.int64) * W + o_col)[:, None] * C + offs_c[None, :]
+        # the tile's own dq (padded columns would read the next halo row: masked)
+        dq_c = tl.where(omask, tl.load(scr_dq + base + centre).to(tl.float32), 0.0)
         db += tl.sum(dq_c, axis=0)
         acc = tl.load(du_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)
-        for tap in range(KS * KS):  # runtime loop (see dw_fwd_kernel)
-            di = tap // KS - KS // 2
-            dj = tap % KS - KS // 2
-            # dx[p] += w[i, j] · dq[p - (di, dj)]
-            hm = h_i - di
-            wm = w_i - dj
-            vm = pmask & (hm >= 0) & (hm < H) & (wm >= 0) & (wm < W)
-            mm = vm[:, None] & cmask[None, :]
-            offs_m = (offs_p - (di * W + dj)).to(tl.int64)[:, None] * C + offs_c[None, :]
-            dq = bn_act_bwd(du_ptr, q_ptr, offs_m, mm, alpha, beta, c1, c2, mean1, invstd1, ACT)
+        for tap in range(n_taps):  # runtime trip count: never unrolled (see dw_fwd_kernel)
+            ti = tap // KS
+            tj = tap % KS
+            # dx[p] += w[i, j] · dq[p - (i - k//2, j - k//2)]: the mirrored shift in the dq halo
+            dq = tl.load(scr_dq + base + ((KS - 1 - ti) * halo_w + (KS - 1 - tj)) * BLOCK_C).to(tl.float32)
             wv = tl.load(w_ptr + tap * C + offs_c, mask=cmask, other=0.0).to(tl.float32)
             acc += dq * wv[None, :]
-            # dw[i, j] += Σ_p dq[p] · x[p + (di, dj)]
-            hp = h_i + di
-            wp = w_i + dj
-            vp = pmask & (hp >= 0) & (hp < H) & (wp >= 0) & (wp < W)
-            mp = vp[:, None] & cmask[None, :]
-            offs_x = (offs_p + (di * W + dj)).to(tl.int64)[:, None] * C + offs_c[None, :]
-            x = load_x_tile(hz_ptr, res_ptr, offs_x, mp, ax, bx, ACT_IN, HAS_RES)
-            contrib = tl.sum(dq_c * x, axis=0)
-            dwacc += tl.where(taps[:, None] == tap, contrib[None, :], 0.0)
+            # dw[i, j] += Σ_p dq[p] · x[p + (i - k//2, j - k//2)], into this program's partial slab
+            x = tl.load(scr_x + base + (ti * halo_w + tj) * BLOCK_C).to(tl.float32)
+            wp = wbase + tap * C + offs_c
+            tl.store(wp, tl.load(wp, mask=cmask, other=0.0) + tl.sum(dq_c * x, axis=0), mask=cmask)
+        tl.debug_barrier()  # halos and partial slab settled before the next tile
         dx = tl.where(omask, acc, 0.0)
         if WRITE_DX:
             tl.store(dx_ptr + offs_o, dx.to(dx_ptr.dtype.element_ty), mask=omask)
         hz = tl.load(hz_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)
+        mean_in = tl.load(xvec_ptr + 2 * C + offs_c, mask=cmask, other=0.0)
+        invstd_in = tl.load(xvec_ptr + 3 * C + offs_c, mask=cmask, other=0.0)
         xhat = (act_fwd(hz, ACT_IN) - mean_in[None, :]) * invstd_in[None, :]
         s1 += tl.sum(dx, axis=0)
         s2 += tl.sum(tl.where(omask, dx * xhat, 0.0), axis=0)
         if WRITE_DHZ:
+            ax = tl.load(xvec_ptr + offs_c, mask=cmask, other=0.0)
             dhz = act_grad(hz, ACT_IN) * ax[None, :] * dx
             tl.store(dhz_ptr + offs_o, dhz.to(dhz_ptr.dtype.element_ty), mask=omask)
     tl.store(spart_ptr + pid * C + offs_c, s1, mask=cmask)
     tl.store(spart_ptr + (n_prog + pid) * C + offs_c, s2, mask=cmask)
-    wbase = wpart_ptr + pid * (KS * KS + 1) * C
-    tl.store(wbase + taps[:, None] * C + offs_c[None, :], dwacc, mask=(taps < KS * KS)[:, None] & cmask[None, :])
-    tl.store(wbase + KS * KS * C + offs_c, db, mask=cmask)
-
-
-def _tiles(t, M, C):
-    if t.is_cuda:  # sm_90: 212 registers (bwd, k=9), no spills at 4 warps
-        return 32, min(32, triton.next_power_of_2(C))
-    # interpreter: big tiles (cost is per tile operation, not per element)
-    return min(128, triton.next_power_of_2(M)), min(64, triton.next_power_of_2(C))
+    tl.store(wbase + n_taps * C + offs_c, db, mask=cmask)
 
 
 def _launch_opts(t):
@@ -201,11 +213,16 @@ def _launch_opts(t):
 # staging area that stays in L1/L2; the halo is staged in chunks of DW_FWD_STAGE positions.
 DW_FWD_TILE_POSITIONS = 256
 DW_FWD_MIN_POSITIONS = 32
+# dw_bwd (same tiling, two staged halos and two register tiles: dx and the tile's own dq); below 64 positions
+# ptxas caps it at 128 registers and spills
+DW_BWD_TILE_POSITIONS = 128
+DW_BWD_MIN_POSITIONS = 64
 DW_FWD_PROGRAMS_PER_SM = 4
 DW_FWD_STAGE = 64
 
 
-def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sms=0):
+def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sms=0,
+                  positions=DW_FWD_TILE_POSITIONS, min_positions=DW_FWD_MIN_POSITIONS):
     """(TILE_H, BLOCK_W, BLOCK_C, halo_w, region) of dw_fwd_kernel for ``batch`` H×W images with C channels.
 
     TILE_H: as many rows as DW_FWD_TILE_POSITIONS allow, halved while the batch gives fewer (tile, channel
@@ -219,11 +236,11 @@ def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sm
     block_w = triton.next_power_of_2(W)
     if block_c is None:  # rows wider than a tile: fewer channels, so a tile stays within the registers
         block_c = min(32 if on_gpu else 64, triton.next_power_of_2(C),
-                      max(8, 32 * DW_FWD_TILE_POSITIONS // block_w))
+                      max(8, 32 * positions // block_w))
     if tile_h is None:
-        tile_h = min(triton.next_power_of_2(H), max(1, DW_FWD_TILE_POSITIONS // block_w))
-        # (no tile below DW_FWD_MIN_POSITIONS: with a few elements per thread the tap loop's fixed work dominates)
-        while batch and tile_h * block_w > DW_FWD_MIN_POSITIONS and \
+        tile_h = min(triton.next_power_of_2(H), max(1, positions // block_w))
+        # (no tile below min_positions: with a few elements per thread the tap loop's fixed work dominates)
+        while batch and tile_h * block_w > min_positions and \
                 batch * triton.cdiv(H, tile_h) * triton.cdiv(C, block_c) < sms:
             tile_h //= 2
     halo_w = W + KS - 1
@@ -266,38 +283,43 @@ def dw_fwd(hz, res, ax, bx, weight, bias, B, H, W, act_in="gelu", act="gelu", em
 
 
 def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu",
-           write_dx=True, write_dhz=False, dx_out=None, tiles_per_prog=None):
+           write_dx=True, write_dhz=False, dx_out=None, tile_h=None, block_c=None, programs=None):
     """Launch dw_bwd_kernel.
 
     du, q, hz, res: [M, C]; qvec: fp32 [6, C] (BN1/act backward vectors, see _common.bn_act_bwd); xvec: fp32
     [4, C] (ax, bx, mean_in, invstd_in of the BN that produced x from hz). Returns
     (dx or None, dhz or None, dweight fp32 [C, KS, KS], dbias fp32 [C], sum(dx) fp32 [C], sum(dx·xhat_in) fp32 [C]).
+    ``tile_h``, ``block_c``, ``programs`` override the tiling rules (see dw_fwd).
     """
     M, C = du.shape
     KS = weight.shape[-1]
     wt = weight.reshape(C, KS * KS).t().contiguous()
-    block_p, block_c = _tiles(du, M, C)
+    tile_h, block_w, block_c, halo_w, region = dw_fwd_tiling(H, W, C, KS, du.is_cuda, tile_h, block_c, B,
+                                                             sm_count(du), DW_BWD_TILE_POSITIONS,
+                                                             DW_BWD_MIN_POSITIONS)
+    row_tiles = triton.cdiv(H, tile_h)
+    n_tiles = B * row_tiles
     n_cblk = triton.cdiv(C, block_c)
-    n_tiles = triton.cdiv(M, block_p)
-    if tiles_per_prog is None:  # enough programs to fill a GPU, few enough that the fp32 partials stay small
-        # at most DW_BWD_PROGRAMS_PER_SM programs per SM: whole waves (floor division would overshoot into a
-        # partial extra wave)
-        tiles_per_prog = (max(1, triton.cdiv(n_tiles * n_cblk, DW_BWD_PROGRAMS_PER_SM * sm_count(du)))
-                          if du.is_cuda else n_tiles)
-    n_prog = triton.cdiv(n_tiles, tiles_per_prog)
+    if programs is None:  # fill the card once (persistent): few fp32 partial slabs to sum
+        programs = min(n_tiles, triton.cdiv(DW_FWD_PROGRAMS_PER_SM * sm_count(du), n_cblk)) if du.is_cuda \
+            else n_tiles
+    programs = max(1, min(programs, n_tiles))
     dx = (torch.empty_like(du) if dx_out is None else dx_out) if write_dx else None
     dhz = torch.empty_like(hz) if write_dhz else None
-    wpart = torch.empty((n_prog, KS * KS + 1, C), device=du.device, dtype=torch.float32)
-    spart = torch.empty((2, n_prog, C), device=du.device, dtype=torch.float32)
-    grid = (n_prog, n_cblk)
+    # the program's dw partials are accumulated in place over its tiles: they start at zero
+    wpart = torch.zeros((programs, KS * KS + 1, C), device=du.device, dtype=torch.float32)
+    spart = torch.empty((2, programs, C), device=du.device, dtype=torch.float32)
+    scratch = torch.empty((n_cblk * programs * 2 * region * block_c,), device=du.device, dtype=du.dtype)
+    grid = (programs, n_cblk)
     # outputs a WRITE_* switch turns off still need a tensor: du (never written then)
     dw_bwd_kernel[grid](du_ptr=du, q_ptr=q, qvec_ptr=qvec, w_ptr=wt, hz_ptr=hz,
                         res_ptr=res if res is not None else hz, xvec_ptr=xvec,
                         dx_ptr=dx if dx is not None else du, dhz_ptr=dhz if dhz is not None else du,
-                        wpart_ptr=wpart, spart_ptr=spart, M=M, H=H, W=W, C=C, tiles_per_prog=tiles_per_prog,
-                        n_prog=n_prog, KS=KS, KK_PAD=triton.next_power_of_2(KS * KS), ACT_IN=ACT_CODES[act_in],
-                        ACT=ACT_CODES[act], HAS_RES=res is not None, WRITE_DX=write_dx, WRITE_DHZ=write_dhz,
-                        BLOCK_P=block_p, BLOCK_C=block_c, **_launch_opts(du))
+                        wpart_ptr=wpart, spart_ptr=spart, scratch_ptr=scratch, H=H, W=W, C=C, n_tiles=n_tiles,
+                        row_tiles=row_tiles, halo_w=halo_w, region=region, n_taps=KS * KS, KS=KS,
+                        ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None, WRITE_DX=write_dx,
+                        WRITE_DHZ=write_dhz, TILE_H=tile_h, BLOCK_W=block_w, BLOCK_C=block_c, STAGE=DW_FWD_STAGE,
+                        **_launch_opts(du))
     # separate reductions (fixed order: deterministic) so that no two results alias
     dweight = wpart[:, :KS * KS].sum(0).t().contiguous().reshape(C, KS, KS)
     return dx, dhz, dweight, wpart[:, KS * KS].sum(0), spart[0].sum(0), spart[1].sum(0)
