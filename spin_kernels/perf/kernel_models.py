@@ -78,6 +78,8 @@ TRITON_MODELS: dict[str, KernelModel] = {
     "bn_finalize_kernel": KernelModel(
         loops=(LoopSpec("for t0 in range(0, n_tiles, BLOCK_T)", lambda a: cdiv(a.n_tiles, a.BLOCK_T), may_fold=True),),
         flops=lambda a: 10.0 * a.n_tiles * a.C),
+    "pw_input_kernel": KernelModel(loops=(), flops=lambda a: 12.0 * a.M * a.K,
+                                   note="u = [res] + ax·act(hz) + bx + a1·act(q) + b1: two activations, two FMAs"),
     "pw_fwd_kernel": KernelModel(
         loops=(LoopSpec("for k0 in range(0, K, BLOCK_K)", lambda a: cdiv(a.K, a.BLOCK_K)),),
         flops=lambda a: 2.0 * a.M * a.N * a.K, unit="tensor"),

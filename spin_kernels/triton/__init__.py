@@ -61,15 +61,17 @@ def _build(dtype="fp16"):
     out.append(_entry("bn_finalize", bn.bn_finalize_kernel,
                       dict(part_ptr=f32, gamma_ptr=f32, beta_ptr=f32, out_ptr=f32, rm_ptr=f32, rv_ptr=f32),
                       dict(UPDATE_RUNNING=True, BLOCK_T=32, BLOCK_C=128), dict(num_warps=4, num_stages=1), False))
-    pw_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, q_ptr=act, a1_ptr=f32, b1_ptr=f32, w_ptr=act,
-                    bias_ptr=act, z_ptr=act, u_ptr=act, part_ptr=f32)
+    in_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, q_ptr=act, a1_ptr=f32, b1_ptr=f32, u_ptr=act)
+    for spin in (False, True):
+        out.append(_entry(f"pw_input{'_spin' if spin else ''}", pointwise.pw_input_kernel, in_types,
+                          dict(ACT_IN=_ACT, ACT_G=_ACT, HAS_RES=spin, BLOCK_M=pointwise.PW_INPUT_BLOCK_M, BLOCK_K=128),
+                          dict(num_warps=4, num_stages=1), False, div16=[*in_types, "K"]))
+    pw_types = dict(u_ptr=act, w_ptr=act, bias_ptr=act, z_ptr=act, part_ptr=f32)
     for i, cfg in enumerate(pointwise.PW_FWD_GPU_CONFIGS):
         cfg = dict(cfg)
         opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
-        for spin in (False, True):
-            out.append(_entry(f"pw_fwd_{'spin_' if spin else ''}cfg{i}", pointwise.pw_fwd_kernel, pw_types,
-                              dict(ACT_IN=_ACT, ACT_G=_ACT, ACT=_ACT, HAS_RES=spin, WRITE_U=spin, EMIT_STATS=True,
-                                   **cfg), opts, True))
+        out.append(_entry(f"pw_fwd_cfg{i}", pointwise.pw_fwd_kernel, pw_types,
+                          dict(ACT=_ACT, EMIT_STATS=True, **cfg), opts, True, div16=[*pw_types, "N", "K"]))
     for i, cfg in enumerate(pointwise.PW_DX_GPU_CONFIGS):
         cfg = dict(cfg)
         opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
@@ -89,7 +91,7 @@ def _build(dtype="fp16"):
 
 def _bf16_gemms():
     # bf16 is the training dtype on H100: its GEMM variants must also compile spill-free with wgmma
-    keep = {"pw_fwd_cfg0", "pw_fwd_spin_cfg0", "pw_bwd_dx_cfg0", "pw_bwd_dw_u_rebuilt"}
+    keep = {"pw_fwd_cfg0", "pw_bwd_dx_cfg0", "pw_bwd_dw_u_rebuilt"}
     out = []
     for e in _build("bf16"):
         if e["name"] in keep:

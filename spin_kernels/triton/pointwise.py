@@ -2,15 +2,21 @@
 
 Rows are the M = B·H·W positions, weight W is the conv weight as [N = C_out, K = C_in] (row-major).
 
+pw_input_kernel
+    computes  u = [res] + ax·act(hz) + bx + a1·act(q) + b1   (the layer input x and BN1(act(DW)) rebuilt from the
+              stored pre-activations hz and q), once per element, stored in the activations' dtype: the SPIN
+              layer's saved u, or a temporary for a timm layer.
+    tiling    elementwise, PW_INPUT_BLOCK_M rows × ≤ 128 channels per program.
+    bytes     reads hz, q (+ res), writes u: 3 (4) passes.
+
 pw_fwd_kernel
-    computes  u = [res] + ax·act(hz) + bx + a1·act(q) + b1   (prologue: the layer input x and BN1(act(DW)) rebuilt
-              from the stored pre-activations hz and q — u is never read from HBM)
-              z = u·Wᵀ + bias  (stored pre-activation), per-row-tile partial BN stats of act(z) (count, mean, M2);
-              WRITE_U (SPIN layer): also stores u (by the pid_n == 0 column of programs only).
+    computes  z = u·Wᵀ + bias  (stored pre-activation), per-row-tile partial BN stats of act(z) (count, mean, M2).
     tiling    BLOCK_M × BLOCK_N output tile, K loop in BLOCK_K steps, tl.dot in the activation dtype (fp16/bf16 →
               wgmma on sm_90) with fp32 accumulation; grouped (GROUP_M) tile order for L2 reuse of the A rows.
-    bytes     reads hz, q (+ res) once (re-reads across the N/BLOCK_N column programs hit L2), W once per tile,
-              writes z (+ u): 3 (5) activation passes.
+    bytes     reads u once (re-reads across the N/BLOCK_N column programs hit L2), W once per tile, writes z:
+              2 passes. Until this split the u prologue (two erfs per element at GELU) ran in the GEMM's K loop,
+              once per N tile — 24× per element at C = 1536 — and pw_fwd was 17.4x its floor (cost model,
+              convmixer_1536_20 b64); now pw_input + pw_fwd cost 1.24x and 1.29x their floors, for one extra pass.
 
 pw_bwd_dx_kernel
     computes  dz = BN2/act backward of G (prologue, see _common.bn_act_bwd_tile), du = dz·W [+ R],
@@ -44,10 +50,27 @@ from ._common import (
 
 
 @triton.jit
-def pw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, q_ptr, a1_ptr, b1_ptr, w_ptr, bias_ptr, z_ptr, u_ptr, part_ptr,
-                  M, N, K,
-                  ACT_IN: tl.constexpr, ACT_G: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                  WRITE_U: tl.constexpr, EMIT_STATS: tl.constexpr,
+def pw_input_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, q_ptr, a1_ptr, b1_ptr, u_ptr, M, K,
+                    ACT_IN: tl.constexpr, ACT_G: tl.constexpr, HAS_RES: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    kmask = offs_k < K
+    m = (offs_m < M)[:, None] & kmask[None, :]
+    offs = offs_m.to(tl.int64)[:, None] * K + offs_k[None, :]
+    ax = tl.load(ax_ptr + offs_k, mask=kmask, other=0.0)
+    bx = tl.load(bx_ptr + offs_k, mask=kmask, other=0.0)
+    a1 = tl.load(a1_ptr + offs_k, mask=kmask, other=0.0)
+    b1 = tl.load(b1_ptr + offs_k, mask=kmask, other=0.0)
+    u = load_x_tile(hz_ptr, res_ptr, offs, m, ax, bx, ACT_IN, HAS_RES)
+    g = act_fwd(tl.load(q_ptr + offs, mask=m, other=0.0).to(tl.float32), ACT_G)
+    tl.store(u_ptr + offs, (u + a1[None, :] * g + b1[None, :]).to(u_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def pw_fwd_kernel(u_ptr, w_ptr, bias_ptr, z_ptr, part_ptr, M, N, K,
+                  ACT: tl.constexpr, EMIT_STATS: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n, offs_m, offs_n, mmask, nmask = tile_coords(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -56,17 +79,7 @@ def pw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, q_ptr, a1_ptr, b1_ptr, w_ptr,
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         kmask = offs_k < K
-        m = mmask[:, None] & kmask[None, :]
-        offs = rows + offs_k[None, :]
-        ax = tl.load(ax_ptr + offs_k, mask=kmask, other=0.0)
-        bx = tl.load(bx_ptr + offs_k, mask=kmask, other=0.0)
-        a1 = tl.load(a1_ptr + offs_k, mask=kmask, other=0.0)
-        b1 = tl.load(b1_ptr + offs_k, mask=kmask, other=0.0)
-        u = load_x_tile(hz_ptr, res_ptr, offs, m, ax, bx, ACT_IN, HAS_RES)
-        g = act_fwd(tl.load(q_ptr + offs, mask=m, other=0.0).to(tl.float32), ACT_G)
-        u = tl.where(m, u + a1[None, :] * g + b1[None, :], 0.0).to(z_ptr.dtype.element_ty)
-        if WRITE_U:
-            tl.store(u_ptr + offs, u, mask=m & (pid_n == 0))
+        u = tl.load(u_ptr + rows + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
         wt = tl.load(w_ptr + offs_n[None, :] * K + offs_k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
         acc = tl.dot(u, wt, acc)
     bias = tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
@@ -165,14 +178,16 @@ def pw_bwd_dw_kernel(grun_ptr, glast_ptr, zrun_ptr, zvec_ptr, u_ptr, zin_ptr, qr
 
 
 # ---------------------------------------------------------------------------------------------- launch helpers
-# Shipped GPU configs, checked on sm_90 (tests/triton/test_aot.py): wgmma, zero spills. These GEMMs carry heavy
-# prologues/epilogues (erf GELU, BN affines, statistics) in registers next to the wgmma accumulator, so the tiles
-# are smaller than a plain GEMM's (128×128×64 spills 300-500 bytes); the first entry serves large M, the second
-# small M (more programs). The interpreter uses small fixed tiles.
+# Shipped GPU configs, checked on sm_90 (tests/triton/test_aot.py): wgmma, zero spills; the first entry serves
+# large M, the second small M (more programs). The interpreter uses small fixed tiles.
+# pw_fwd is a plain GEMM with a statistics epilogue (its input u comes from pw_input_kernel): 128×128×64 tiles
+# (cost model, convmixer_1536_20 b64: 1.29x the floor; 128×64×32 1.96x; 128×256×64 spills 704 bytes).
 PW_FWD_GPU_CONFIGS = [
-    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
-    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
 ]
+# The GEMMs below still carry heavy prologues/epilogues (erf GELU, BN affines, statistics) in registers next to
+# the wgmma accumulator, so their tiles are smaller than a plain GEMM's (128×128×64 spills 300-500 bytes).
 # pw_bwd_dx: output tile BLOCK_M × BLOCK_K (over C_in), reduction over C_out in BLOCK_N steps
 PW_DX_GPU_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
@@ -203,27 +218,37 @@ def _pw_cfg(t, M, out_dim, red_dim, gpu_configs, out_block, red_block):
             red_block: max(16, min(32, triton.next_power_of_2(red_dim))), "GROUP_M": 4}
 
 
+# pw_input_kernel: an elementwise pass, BLOCK_M rows × up to 128 channels per program
+PW_INPUT_BLOCK_M = 32
+
+
 def pw_fwd(hz, res, ax, bx, q, a1, b1, weight, bias, act_in="gelu", act_g="gelu", act="gelu",
            write_u=False, emit_stats=True, z_out=None, u_out=None):
-    """Launch pw_fwd_kernel. Activations [M, C]; weight [C_out, C_in(, 1, 1)]; vectors fp32 [C].
+    """The pointwise half of a layer: u = [res] + ax·act_in(hz) + bx + a1·act_g(q) + b1 (pw_input_kernel, one
+    pass), then z = u·Wᵀ + bias with BN statistics of act(z) (pw_fwd_kernel, a plain GEMM).
 
-    Returns (z [M, N], u [M, K] or None, partial stats fp32 [3, T, N] or None).
+    Activations [M, C]; weight [C_out, C_in(, 1, 1)]; vectors fp32 [C]. ``write_u``: u is returned (into ``u_out``
+    when given); otherwise it is a temporary. Returns (z [M, N], u [M, K] or None, partial stats fp32 [3, T, N] or
+    None).
     """
     M, K = hz.shape
     w = weight.reshape(weight.shape[0], -1)
     N = w.shape[0]
+    u = torch.empty_like(hz) if u_out is None or not write_u else u_out
+    block_k = min(128, triton.next_power_of_2(K))
+    pw_input_kernel[(triton.cdiv(M, PW_INPUT_BLOCK_M), triton.cdiv(K, block_k))](
+        hz_ptr=hz, res_ptr=res if res is not None else hz, ax_ptr=ax, bx_ptr=bx, q_ptr=q, a1_ptr=a1, b1_ptr=b1,
+        u_ptr=u, M=M, K=K, ACT_IN=ACT_CODES[act_in], ACT_G=ACT_CODES[act_g], HAS_RES=res is not None,
+        BLOCK_M=PW_INPUT_BLOCK_M, BLOCK_K=block_k)
     cfg = _pw_cfg(hz, M, N, K, PW_FWD_GPU_CONFIGS, out_block="BLOCK_N", red_block="BLOCK_K")
     z = torch.empty((M, N), device=hz.device, dtype=hz.dtype) if z_out is None else z_out
-    u = (torch.empty_like(hz) if u_out is None else u_out) if write_u else None
     n_tiles = triton.cdiv(M, cfg["BLOCK_M"])
     part = torch.empty((3, n_tiles, N), device=hz.device, dtype=torch.float32) if emit_stats else z
     grid = (n_tiles * triton.cdiv(N, cfg["BLOCK_N"]),)
-    # pointers a constexpr switch leaves unused still need a tensor: they get one already passed (never read)
-    pw_fwd_kernel[grid](hz_ptr=hz, res_ptr=res if res is not None else hz, ax_ptr=ax, bx_ptr=bx, q_ptr=q, a1_ptr=a1,
-                        b1_ptr=b1, w_ptr=w, bias_ptr=bias, z_ptr=z, u_ptr=u if u is not None else z, part_ptr=part,
-                        M=M, N=N, K=K, ACT_IN=ACT_CODES[act_in], ACT_G=ACT_CODES[act_g], ACT=ACT_CODES[act],
-                        HAS_RES=res is not None, WRITE_U=write_u, EMIT_STATS=emit_stats, **cfg)
-    return z, u, (part if emit_stats else None)
+    # part: a tensor EMIT_STATS=False leaves unused still needs one (z, never written then)
+    pw_fwd_kernel[grid](u_ptr=u, w_ptr=w, bias_ptr=bias, z_ptr=z, part_ptr=part, M=M, N=N, K=K,
+                        ACT=ACT_CODES[act], EMIT_STATS=emit_stats, **cfg)
+    return z, (u if write_u else None), (part if emit_stats else None)
 
 
 def pw_bwd_dx(g, z, zvec, weight, r, q, qvec, act="gelu", act_g="gelu"):
