@@ -4,16 +4,20 @@ Data flow (DESIGN.md §2, levers 1-2). Activations are rows [M = B·H·W, C] of 
 pre-activations are stored: q (depthwise output) and z (pointwise output), plus u for SPIN's residual; every
 consumer applies ``act`` and the BN affine on load. A layer is two main kernels:
 
-    dw_fwd   x = [u_prev] + BN2_prev(act(z_prev)) (prologue) → q = DW(x) + b → write q, partial stats of act(q)
+    dw_fwd   x = [u_prev] + BN2_prev(act(z_prev)) (halo staged once per tile) → q = DW(x) + b → write q,
+             partial stats of act(q)
     finalize → BN1 affine (a1, b1)
-    pw_fwd   u = x + a1·act(q) + b1 (prologue) → z = u·Wᵀ + b → write z (and u), partial stats of act(z)
+    pw_input u = x + a1·act(q) + b1, once per element → write u (SPIN: saved; timm: a transient)
+    pw_fwd   z = u·Wᵀ + b (a plain GEMM) → write z, partial stats of act(z)
     finalize → BN2 affine, applied by the next layer's prologues
 
-Forward HBM passes per layer: timm 5 (dw: hz r, q w; pw: hz r, q r, z w), SPIN 7 (+ res twice, + u w).
-Saved for backward per layer: q, z (timm) and u (SPIN) + per-channel stats.
-Backward per layer: pw_bwd_dx (G, z, q r [+R]; du w), dw_bwd (du, q, hz r [+res]; dx w), and — once per run —
-pw_bwd_dw, the shared weight/bias gradient as ONE fp32 GEMM over the concatenated rows of all layers of the run
-(G, z, hz, q r per layer): 12 passes per timm layer (≤ 2.5 × 5).
+Forward HBM passes per layer: timm 7 (dw: hz r, q w; pw_input: hz r, q r, u w; pw: u r, z w), SPIN 9
+(+ res twice). Saved for backward per layer: q, z (timm) and u (SPIN) + per-channel stats.
+Backward per layer: pw_dz (G, z r; dz w), pw_bwd_dx (dz, q r [+R]; du w), dw_bwd (du, q, hz r [+res]; dx w),
+and — once per run — pw_bwd_dw, the shared weight/bias gradient as ONE fp32 GEMM over the concatenated rows of
+all layers of the run (dz, u r per layer; a timm run first rebuilds u with pw_input: hz, q r, u w). The
+prologues left the GEMMs for their own passes because a GEMM prologue runs once per output tile (C/BLOCK
+times per element): the extra passes cost less than the recompute (DESIGN.md §2, cost model).
 
 ``spin_kernels::convmixer_run`` is the autograd unit: inputs are the pre-activation ``z_in`` of the layer before
 the run (or the stem conv), its BN as (mean, invstd, gamma, beta) tensors, and the run's parameters; outputs the
@@ -245,6 +249,8 @@ def run_backward(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_
     if spin:
         R_last = gU[R - 1].contiguous() if gU is not None else torch.zeros_like(z_in)
     grun = torch.empty((R - 1, M, C), device=z_in.device, dtype=z_in.dtype) if R > 1 else G_last[None]
+    dz_last = torch.empty_like(G_last)
+    dz_run = (torch.empty_like(grun) if spin else grun) if R > 1 else dz_last[None]
     zvec = torch.empty((R, 6, C), device=z_in.device, dtype=f32)
     g_dw_w, g_dw_b, g_n1_w, g_n1_b = [None] * R, [None] * R, [None] * R, [None] * R
     g_n2_w = [torch.zeros_like(t) for t in n2_w]
@@ -272,7 +278,11 @@ def run_backward(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_
             Rr = G if spin else None
         qvec = torch.empty((6, C), device=z_in.device, dtype=f32)
         qvec[4], qvec[5] = mean1[i], invstd1[i]
-        du, T1, T2 = pointwise.pw_bwd_dx(G, Z[i], zv, pw_w, Rr, Q[i], qvec, act, act)
+        # dz once per element, kept for the run's weight gradient below: a timm layer i < R-1 overwrites its G in
+        # grun (pw_dz is its last reader); a SPIN layer's G is also the residual's gradient, added by pw_bwd_dx,
+        # so its dz goes to a buffer of its own; the last layer's too (G_last may be the caller's gradient)
+        dz = pointwise.pw_dz(G, Z[i], zv, act, out=dz_run[i] if i < R - 1 else dz_last)
+        du, T1, T2 = pointwise.pw_bwd_dx(dz, pw_w, Rr, Q[i], qvec, act)
         g_n1_w[i] = T2.to(n1_w[i].dtype)
         g_n1_b[i] = T1.to(n1_w[i].dtype)
         qvec[0], qvec[1] = a1[i], 0.0
@@ -291,9 +301,11 @@ def run_backward(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_
         S1g, S2g = over_ranks(S1), over_ranks(S2)
         g_dw_w[i] = dw.reshape(dw_w[i].shape).to(dw_w[i].dtype)
         g_dw_b[i] = db.to(dw_w[i].dtype)
-    uvec = None if spin else torch.stack([ax, bx, a1, b1], dim=1).contiguous()
-    dW, dB = pointwise.pw_bwd_dw(grun, G_last, Z, zvec, u=U if spin else None, zin=z_in, qrun=Q, uvec=uvec,
-                                 act=act, act_g=act)
+    # u of every layer: saved by a SPIN forward; a timm forward does not save it, so it is rebuilt here once per
+    # element (a transient of R activations) for the run's single weight-gradient GEMM
+    u_run = U if spin else pointwise.pw_inputs_of_run(z_in, Z, Q, torch.stack([ax, bx, a1, b1], dim=1).contiguous(),
+                                                      act)
+    dW, dB = pointwise.pw_bwd_dw(dz_run, dz_last, u_run)
     g_in_w = S2.to(in_w.dtype)
     g_in_b = S1.to(in_b.dtype)
     g_in_mean = (-ax0 * S1).to(in_mean.dtype)

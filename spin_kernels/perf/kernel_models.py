@@ -72,14 +72,17 @@ TRITON_MODELS: dict[str, KernelModel] = {
     "dw_bwd_kernel": KernelModel(
         loops=(LoopSpec("for t in range(pid, n_tiles, n_prog)", lambda a: a.n_tiles / a.grid[0], may_fold=True),
                LoopSpec("for s0 in range(0, region, STAGE)", lambda a: cdiv(a.region, a.STAGE)),
-               LoopSpec("for tap in range(n_taps)", lambda a: a.n_taps)),
+               LoopSpec("for tap in range(n_taps)", lambda a: a.n_taps),
+               LoopSpec("for tap_w in range(n_taps)", lambda a: a.n_taps)),
         flops=lambda a: 4.0 * a.du_ptr.shape[0] * a.C * a.KS * a.KS,    # dx (transposed conv) and dw (correlation)
-        note="persistent like dw_fwd; dq and x halos staged once per tile; dx and dw per tap"),
+        note="persistent like dw_fwd; dq and x halos staged once per tile; a tap loop for dx, one for dw"),
     "bn_finalize_kernel": KernelModel(
         loops=(LoopSpec("for t0 in range(0, n_tiles, BLOCK_T)", lambda a: cdiv(a.n_tiles, a.BLOCK_T), may_fold=True),),
         flops=lambda a: 10.0 * a.n_tiles * a.C),
     "pw_input_kernel": KernelModel(loops=(), flops=lambda a: 12.0 * a.M * a.K,
                                    note="u = [res] + ax·act(hz) + bx + a1·act(q) + b1: two activations, two FMAs"),
+    "pw_dz_kernel": KernelModel(loops=(), flops=lambda a: 12.0 * a.M * a.N,
+                                note="dz = BN/act backward of G: one activation and its derivative, a few FMAs"),
     "pw_fwd_kernel": KernelModel(
         loops=(LoopSpec("for k0 in range(0, K, BLOCK_K)", lambda a: cdiv(a.K, a.BLOCK_K)),),
         flops=lambda a: 2.0 * a.M * a.N * a.K, unit="tensor"),

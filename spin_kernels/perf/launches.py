@@ -94,9 +94,9 @@ class Launch:
         storage): what this launch must move through memory at least once if it touches all of it."""
         by_storage: dict = {}
         for name, value in self.args.items():
-            # a kernel's scratch_ptr is its own staging area, written and read back by the same program while
+            # a kernel's *scratch_ptr is its own staging area, written and read back by the same program while
             # it stays on chip (L1/L2): working storage, not compulsory memory traffic
-            if isinstance(value, TensorArg) and name != "scratch_ptr":
+            if isinstance(value, TensorArg) and not name.endswith("scratch_ptr"):
                 by_storage[value.storage] = max(by_storage.get(value.storage, 0), value.nbytes)
         return sum(by_storage.values())
 

@@ -52,11 +52,12 @@ def _build(dtype="fp16"):
                           # taps are 16-byte vector loads only when the launcher says so)
                           div16=[*dw_types, "C", "W", "region"]))
     dwb_types = dict(du_ptr=act, q_ptr=act, qvec_ptr=f32, w_ptr=act, hz_ptr=act, res_ptr=act, xvec_ptr=f32,
-                     dx_ptr=act, dhz_ptr=act, wpart_ptr=f32, spart_ptr=f32, scratch_ptr=act)
+                     dx_ptr=act, dhz_ptr=act, wpart_ptr=f32, spart_ptr=f32, scratch_ptr=act, dq_scratch_ptr=f32)
     for k, res in ((3, False), (9, True)):
         out.append(_entry(f"dw_bwd_k{k}{'_res' if res else ''}", dwconv.dw_bwd_kernel, dwb_types,
                           dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, WRITE_DX=True, WRITE_DHZ=True, TILE_H=4,
-                               BLOCK_W=32, BLOCK_C=32, STAGE=dwconv.DW_FWD_STAGE),
+                               BLOCK_W=32, BLOCK_C=32,
+                               STAGE=dwconv.DW_BWD_STAGE_K9 if k >= 9 else dwconv.DW_BWD_STAGE),
                           dict(num_warps=4, num_stages=1), False, div16=[*dwb_types, "C", "W", "region"]))
     out.append(_entry("bn_finalize", bn.bn_finalize_kernel,
                       dict(part_ptr=f32, gamma_ptr=f32, beta_ptr=f32, out_ptr=f32, rm_ptr=f32, rv_ptr=f32),
@@ -72,26 +73,27 @@ def _build(dtype="fp16"):
         opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
         out.append(_entry(f"pw_fwd_cfg{i}", pointwise.pw_fwd_kernel, pw_types,
                           dict(ACT=_ACT, EMIT_STATS=True, **cfg), opts, True, div16=[*pw_types, "N", "K"]))
+    dz_types = dict(g_ptr=act, z_ptr=act, zvec_ptr=f32, dz_ptr=act)
+    out.append(_entry("pw_dz", pointwise.pw_dz_kernel, dz_types,
+                      dict(ACT=_ACT, BLOCK_M=pointwise.PW_INPUT_BLOCK_M, BLOCK_N=128),
+                      dict(num_warps=4, num_stages=1), False, div16=[*dz_types, "N"]))
+    dx_types = dict(dz_ptr=act, w_ptr=act, r_ptr=act, q_ptr=act, qvec_ptr=f32, du_ptr=act, part_ptr=f32)
     for i, cfg in enumerate(pointwise.PW_DX_GPU_CONFIGS):
         cfg = dict(cfg)
         opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
-        out.append(_entry(f"pw_bwd_dx_cfg{i}", pointwise.pw_bwd_dx_kernel,
-                          dict(g_ptr=act, z_ptr=act, zvec_ptr=f32, w_ptr=act, r_ptr=act, q_ptr=act, qvec_ptr=f32,
-                               du_ptr=act, part_ptr=f32),
-                          dict(ACT=_ACT, ACT_G=_ACT, HAS_R=True, **cfg), opts, True))
+        out.append(_entry(f"pw_bwd_dx_cfg{i}", pointwise.pw_bwd_dx_kernel, dx_types,
+                          dict(ACT_G=_ACT, HAS_R=True, **cfg), opts, True, div16=[*dx_types, "N", "K"]))
     cfg = dict(pointwise.PW_DW_GPU_CONFIG)
     opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
-    for saved in (False, True):
-        out.append(_entry(f"pw_bwd_dw_{'u_saved' if saved else 'u_rebuilt'}", pointwise.pw_bwd_dw_kernel,
-                          dict(grun_ptr=act, glast_ptr=act, zrun_ptr=act, zvec_ptr=f32, u_ptr=act, zin_ptr=act,
-                               qrun_ptr=act, uvec_ptr=f32, dw_ptr=f32, db_ptr=f32),
-                          dict(ACT=_ACT, ACT_G=_ACT, U_SAVED=saved, SPLIT=8, **cfg), opts, True))
+    dw_types = dict(dzrun_ptr=act, dzlast_ptr=act, u_ptr=act, dw_ptr=f32, db_ptr=f32)
+    out.append(_entry("pw_bwd_dw", pointwise.pw_bwd_dw_kernel, dw_types, dict(**cfg), opts, True,
+                      div16=[*dw_types, "M", "N", "K"]))
     return out
 
 
 def _bf16_gemms():
     # bf16 is the training dtype on H100: its GEMM variants must also compile spill-free with wgmma
-    keep = {"pw_fwd_cfg0", "pw_bwd_dx_cfg0", "pw_bwd_dw_u_rebuilt"}
+    keep = {"pw_fwd_cfg0", "pw_bwd_dx_cfg0", "pw_bwd_dw"}
     out = []
     for e in _build("bf16"):
         if e["name"] in keep:

@@ -34,17 +34,19 @@ dw_bwd_kernel
         in a fixed order: deterministic, no atomics).
     tiling    dw_fwd_kernel's (persistent programs over TILE_H-row tiles × BLOCK_C channels, at most
               DW_BWD_TILE_POSITIONS positions: two register tiles, dx and the tile's own dq). Per tile both halos
-              are staged once — dq (BN1 + act backward, recomputed from du and q) and x (the prologue) — then
-              per tap: dx += w·dq at the mirrored shift, and the tap's dw partial += Σ_positions dq·x(shift), a
-              read-modify-write of the program's own fp32 slab (zeroed by the host, accumulated over its tiles).
+              are staged once — dq in fp32 (BN1 + act backward, recomputed from du and q) and x in the
+              activations' dtype (the prologue) — then
+              per tap: dx += w·dq at the mirrored shift; then per tap: the tap's dw partial += Σ_positions
+              dq·x(shift), a read-modify-write of the program's own fp32 slab (zeroed by the host, accumulated
+              over its tiles).
     bytes     reads du, q, hz (+ res) once from HBM, writes dx (and/or dhz): 4 (5) activation passes; the
               staging areas stay in L1/L2; partials (k²+1+2)·C·4 bytes per program, reduced by the host in a
               fixed order (deterministic, no atomics).
-    cost      (sm_90a SASS, bf16, k = 9, 32 elements per thread): ~342 instructions per tap — about a third
-              the weight-gradient reduction across the tile's positions (shuffles, a shared-memory round and
-              barriers), a third bf16→fp32 conversions of the two staged loads, 64 FMAs; the staging ~1625 per
-              64-position chunk. dw_bwd k = 9 at convmixer_1536_20 b64 went from 58.2x to 8.0x its floor when
-              the prologues left the tap loop.
+    cost      (sm_90a SASS, bf16, `spin kernels-report --cost`): two tap loops, dx (one fp32 load and an FMA per
+              element) and dw (a load, conversion and FMA per element, plus the reduction across the tile's
+              positions — shuffles, a shared-memory round and barriers — per tap); dx's accumulator is dead in the
+              second loop, which keeps the kernel spill-free with the fp32 dq halo. dw_bwd k = 9 at
+              convmixer_1536_20 b64 went from 58.2x to 9.7x its floor when the prologues left the tap loop.
 """
 import torch
 import triton
@@ -119,7 +121,7 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
 
 @triton.jit
 def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
-                  dx_ptr, dhz_ptr, wpart_ptr, spart_ptr, scratch_ptr,
+                  dx_ptr, dhz_ptr, wpart_ptr, spart_ptr, scratch_ptr, dq_scratch_ptr,
                   H, W, C, n_tiles, row_tiles, halo_w, region, n_taps,
                   KS: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr,
                   HAS_RES: tl.constexpr, WRITE_DX: tl.constexpr, WRITE_DHZ: tl.constexpr,
@@ -132,9 +134,10 @@ def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
     lane_c = tl.arange(0, BLOCK_C)
     # (the per-channel vectors are loaded where they are used, from L1: ten of them live through the whole
     # kernel would cost 80 registers and spills)
-    # this program's staging areas (dq halo, then x halo), each `region` positions × BLOCK_C channels
-    scr_dq = scratch_ptr + (pid_c * n_prog + pid).to(tl.int64) * (2 * region * BLOCK_C)
-    scr_x = scr_dq + region * BLOCK_C
+    # this program's staging areas, `region` positions × BLOCK_C channels each: the dq halo in fp32 (a gradient
+    # rounded to 16 bits before the k² products would cost dx its accuracy), the x halo in the activations' dtype
+    scr_dq = dq_scratch_ptr + (pid_c * n_prog + pid).to(tl.int64) * region * BLOCK_C
+    scr_x = scratch_ptr + (pid_c * n_prog + pid).to(tl.int64) * region * BLOCK_C
     offs_s = tl.arange(0, STAGE)
     o = tl.arange(0, TILE_H * BLOCK_W)
     o_row = o // BLOCK_W
@@ -162,29 +165,21 @@ def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
             bx = tl.load(xvec_ptr + C + offs_c, mask=cmask, other=0.0)
             x = load_x_tile(hz_ptr, res_ptr, offs, m, ax, bx, ACT_IN, HAS_RES)
             st = (f * BLOCK_C)[:, None] + lane_c[None, :]
-            tl.store(scr_dq + st, dq.to(scratch_ptr.dtype.element_ty))
+            tl.store(scr_dq + st, dq)
             tl.store(scr_x + st, x.to(scratch_ptr.dtype.element_ty))
         tl.debug_barrier()  # both halos visible to every thread of the program
         hh = h0 + o_row
         pmask = (hh < H) & (o_col < W)
         omask = pmask[:, None] & cmask[None, :]
         offs_o = ((img_row0 + hh).to(tl.int64) * W + o_col)[:, None] * C + offs_c[None, :]
-        # the tile's own dq (padded columns would read the next halo row: masked)
-        dq_c = tl.where(omask, tl.load(scr_dq + base + centre).to(tl.float32), 0.0)
-        db += tl.sum(dq_c, axis=0)
         acc = tl.load(du_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)
-        for tap in range(n_taps):  # runtime trip count: never unrolled (see dw_fwd_kernel)
+        for tap in range(n_taps):  # dx; runtime trip count: never unrolled (see dw_fwd_kernel)
             ti = tap // KS
             tj = tap % KS
             # dx[p] += w[i, j] · dq[p - (i - k//2, j - k//2)]: the mirrored shift in the dq halo
-            dq = tl.load(scr_dq + base + ((KS - 1 - ti) * halo_w + (KS - 1 - tj)) * BLOCK_C).to(tl.float32)
+            dq = tl.load(scr_dq + base + ((KS - 1 - ti) * halo_w + (KS - 1 - tj)) * BLOCK_C)
             wv = tl.load(w_ptr + tap * C + offs_c, mask=cmask, other=0.0).to(tl.float32)
             acc += dq * wv[None, :]
-            # dw[i, j] += Σ_p dq[p] · x[p + (i - k//2, j - k//2)], into this program's partial slab
-            x = tl.load(scr_x + base + (ti * halo_w + tj) * BLOCK_C).to(tl.float32)
-            wp = wbase + tap * C + offs_c
-            tl.store(wp, tl.load(wp, mask=cmask, other=0.0) + tl.sum(dq_c * x, axis=0), mask=cmask)
-        tl.debug_barrier()  # halos and partial slab settled before the next tile
         dx = tl.where(omask, acc, 0.0)
         if WRITE_DX:
             tl.store(dx_ptr + offs_o, dx.to(dx_ptr.dtype.element_ty), mask=omask)
@@ -198,6 +193,16 @@ def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
             ax = tl.load(xvec_ptr + offs_c, mask=cmask, other=0.0)
             dhz = act_grad(hz, ACT_IN) * ax[None, :] * dx
             tl.store(dhz_ptr + offs_o, dhz.to(dhz_ptr.dtype.element_ty), mask=omask)
+        # the tile's own dq (padded columns would read the next halo row: masked)
+        dq_c = tl.where(omask, tl.load(scr_dq + base + centre), 0.0)
+        db += tl.sum(dq_c, axis=0)
+        # a second tap loop (dx's accumulator is dead here: two loops need fewer registers than one)
+        for tap_w in range(n_taps):
+            # dw[i, j] += Σ_p dq[p] · x[p + (i - k//2, j - k//2)], into this program's partial slab
+            x = tl.load(scr_x + base + ((tap_w // KS) * halo_w + tap_w % KS) * BLOCK_C).to(tl.float32)
+            wp = wbase + tap_w * C + offs_c
+            tl.store(wp, tl.load(wp, mask=cmask, other=0.0) + tl.sum(dq_c * x, axis=0), mask=cmask)
+        tl.debug_barrier()  # halos and partial slab settled before the next tile
     tl.store(spart_ptr + pid * C + offs_c, s1, mask=cmask)
     tl.store(spart_ptr + (n_prog + pid) * C + offs_c, s2, mask=cmask)
     tl.store(wbase + n_taps * C + offs_c, db, mask=cmask)
@@ -213,10 +218,14 @@ def _launch_opts(t):
 # staging area that stays in L1/L2; the halo is staged in chunks of DW_FWD_STAGE positions.
 DW_FWD_TILE_POSITIONS = 256
 DW_FWD_MIN_POSITIONS = 32
-# dw_bwd (same tiling, two staged halos and two register tiles: dx and the tile's own dq); below 64 positions
-# ptxas caps it at 128 registers and spills
+# dw_bwd (same tiling, two staged halos and two register tiles: dx and the tile's own dq); its tiles are never
+# shrunk at small batch: below 128 positions ptxas settles on 128-168 registers and spills
 DW_BWD_TILE_POSITIONS = 128
-DW_BWD_MIN_POSITIONS = 64
+DW_BWD_MIN_POSITIONS = 128
+# staging chunk (two prologues per element; divides DW_FWD_STAGE): 32 positions, 16 from k = 9 on, where 32
+# spills a few bytes at 255 registers (16 costs ~13% more by the cost model, so it is not the default)
+DW_BWD_STAGE = 32
+DW_BWD_STAGE_K9 = 16
 DW_FWD_PROGRAMS_PER_SM = 4
 DW_FWD_STAGE = 64
 
@@ -309,16 +318,19 @@ def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu
     # the program's dw partials are accumulated in place over its tiles: they start at zero
     wpart = torch.zeros((programs, KS * KS + 1, C), device=du.device, dtype=torch.float32)
     spart = torch.empty((2, programs, C), device=du.device, dtype=torch.float32)
-    scratch = torch.empty((n_cblk * programs * 2 * region * block_c,), device=du.device, dtype=du.dtype)
+    scratch = torch.empty((n_cblk * programs * region * block_c,), device=du.device, dtype=du.dtype)
+    dq_scratch = torch.empty((n_cblk * programs * region * block_c,), device=du.device, dtype=torch.float32)
     grid = (programs, n_cblk)
     # outputs a WRITE_* switch turns off still need a tensor: du (never written then)
     dw_bwd_kernel[grid](du_ptr=du, q_ptr=q, qvec_ptr=qvec, w_ptr=wt, hz_ptr=hz,
                         res_ptr=res if res is not None else hz, xvec_ptr=xvec,
                         dx_ptr=dx if dx is not None else du, dhz_ptr=dhz if dhz is not None else du,
-                        wpart_ptr=wpart, spart_ptr=spart, scratch_ptr=scratch, H=H, W=W, C=C, n_tiles=n_tiles,
-                        row_tiles=row_tiles, halo_w=halo_w, region=region, n_taps=KS * KS, KS=KS,
+                        wpart_ptr=wpart, spart_ptr=spart, scratch_ptr=scratch, dq_scratch_ptr=dq_scratch, H=H,
+                        W=W, C=C, n_tiles=n_tiles, row_tiles=row_tiles, halo_w=halo_w, region=region,
+                        n_taps=KS * KS, KS=KS,
                         ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None, WRITE_DX=write_dx,
-                        WRITE_DHZ=write_dhz, TILE_H=tile_h, BLOCK_W=block_w, BLOCK_C=block_c, STAGE=DW_FWD_STAGE,
+                        WRITE_DHZ=write_dhz, TILE_H=tile_h, BLOCK_W=block_w, BLOCK_C=block_c,
+                        STAGE=DW_BWD_STAGE_K9 if KS >= 9 else DW_BWD_STAGE,
                         **_launch_opts(du))
     # separate reductions (fixed order: deterministic) so that no two results alias
     dweight = wpart[:, :KS * KS].sum(0).t().contiguous().reshape(C, KS, KS)

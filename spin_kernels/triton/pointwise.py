@@ -18,21 +18,31 @@ pw_fwd_kernel
               once per N tile — 24× per element at C = 1536 — and pw_fwd was 17.4x its floor (cost model,
               convmixer_1536_20 b64); now pw_input + pw_fwd cost 1.24x and 1.29x their floors, for one extra pass.
 
+pw_dz_kernel
+    computes  dz = d/dz of BN2(act(z)) given G (_common.bn_act_bwd's modes A / B), once per element, stored in the
+              activations' dtype: the A operand of both backward GEMMs.
+    tiling    elementwise, PW_INPUT_BLOCK_M rows × ≤ 128 channels per program.
+    bytes     reads G, z, writes dz: 3 passes (in place over G for a timm layer).
+
 pw_bwd_dx_kernel
-    computes  dz = BN2/act backward of G (prologue, see _common.bn_act_bwd_tile), du = dz·W [+ R],
-              and per-row-tile partials sum(du), sum(du·ghat1) with ghat1 = (act(q) - mean1)·invstd1 (BN1 backward:
-              also dgamma1 / dbeta1).
+    computes  du = dz·W [+ R], and per-row-tile partials sum(du), sum(du·ghat1) with
+              ghat1 = (act(q) - mean1)·invstd1 (BN1 backward: also dgamma1 / dbeta1).
     tiling    BLOCK_M × BLOCK_K output tile over C_in, loop over C_out in BLOCK_N steps; grouped order.
-    bytes     reads G, z, q (+ R), writes du: 4 (5) passes.
+    bytes     reads dz, q (+ R), writes du: 3 (4) passes.
 
 pw_bwd_dw_kernel (the shared-run weight gradient)
     computes  dW = Σ_layers Σ_rows dzᵀ·u and dbias = Σ dz over the CONCATENATED rows of all R layers of a run that
-              share W: one GEMM with reduction length R·M, split in SPLIT row ranges (fp32 partials [SPLIT, N, K],
-              summed in a fixed order by the host: deterministic). dz is rebuilt per layer from (G, z, per-layer
-              vectors); u is read (SPIN: saved) or rebuilt from (hz, q) with per-layer affines.
-    tiling    BLOCK_N × BLOCK_K output tile per program, BLOCK_M row steps; layer l's G is the stacked buffer slice
-              l (l < R-1) or the separate last-layer gradient (l = R-1).
-    bytes     reads G, z and u (SPIN) or hz, q (timm) once: 3 (4) passes per layer.
+              share W: one GEMM with reduction length R·M, split in ``split`` row ranges (a runtime value: no
+              recompile per batch; fp32 partials [split, N, K], summed in a fixed order by the host:
+              deterministic). u is the SPIN forward's saved u, or rebuilt once per element by pw_input_kernel
+              for a timm run (a transient of R activations).
+    tiling    BLOCK_N × BLOCK_K output tile per program, BLOCK_M row steps; layer l's dz is the stacked buffer's
+              slice l (l < R-1) or the separate last-layer buffer (l = R-1).
+    bytes     reads dz and u once per (N, K) tile column / row (L2 re-reads): 2 passes per layer.
+
+Until the dz and u passes existed the backward GEMMs rebuilt them in their loops once per output tile (24× per
+element for pw_bwd_dx at C = 1536, 12× for pw_bwd_dw, twice more with complementary masks): 13.3x and 46.9x
+their floors (cost model, convmixer_1536_20 b64); now ~1.95x and 1.6x, plus ~1.0x for each pass.
 """
 import torch
 import triton
@@ -91,9 +101,21 @@ def pw_fwd_kernel(u_ptr, w_ptr, bias_ptr, z_ptr, part_ptr, M, N, K,
 
 
 @triton.jit
-def pw_bwd_dx_kernel(g_ptr, z_ptr, zvec_ptr, w_ptr, r_ptr, q_ptr, qvec_ptr, du_ptr, part_ptr,
+def pw_dz_kernel(g_ptr, z_ptr, zvec_ptr, dz_ptr, M, N,
+                 ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = offs_n < N
+    m = (offs_m < M)[:, None] & nmask[None, :]
+    offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    dz = bn_act_bwd_tile(g_ptr, z_ptr, zvec_ptr, offs, m, offs_n, nmask, N, ACT)
+    tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def pw_bwd_dx_kernel(dz_ptr, w_ptr, r_ptr, q_ptr, qvec_ptr, du_ptr, part_ptr,
                      M, N, K,
-                     ACT: tl.constexpr, ACT_G: tl.constexpr, HAS_R: tl.constexpr,
+                     ACT_G: tl.constexpr, HAS_R: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # output tile over (M, K = C_in); the loop reduces over N = C_out
     pid_m, _, offs_m, offs_k, mmask, kmask = tile_coords(tl.program_id(0), M, K, BLOCK_M, BLOCK_K, GROUP_M)
@@ -102,11 +124,10 @@ def pw_bwd_dx_kernel(g_ptr, z_ptr, zvec_ptr, w_ptr, r_ptr, q_ptr, qvec_ptr, du_p
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < N
-        m = mmask[:, None] & nmask[None, :]
-        offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-        dz = bn_act_bwd_tile(g_ptr, z_ptr, zvec_ptr, offs, m, offs_n, nmask, N, ACT)
+        dz = tl.load(dz_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :],
+                     mask=mmask[:, None] & nmask[None, :], other=0.0)
         w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
-        acc = tl.dot(dz.to(w.dtype), w, acc)
+        acc = tl.dot(dz, w, acc)
     omask = mmask[:, None] & kmask[None, :]
     offs_o = offs_m.to(tl.int64)[:, None] * K + offs_k[None, :]
     if HAS_R:
@@ -123,9 +144,7 @@ def pw_bwd_dx_kernel(g_ptr, z_ptr, zvec_ptr, w_ptr, r_ptr, q_ptr, qvec_ptr, du_p
 
 
 @triton.jit
-def pw_bwd_dw_kernel(grun_ptr, glast_ptr, zrun_ptr, zvec_ptr, u_ptr, zin_ptr, qrun_ptr, uvec_ptr,
-                     dw_ptr, db_ptr, M, N, K, R,
-                     ACT: tl.constexpr, ACT_G: tl.constexpr, U_SAVED: tl.constexpr, SPLIT: tl.constexpr,
+def pw_bwd_dw_kernel(dzrun_ptr, dzlast_ptr, u_ptr, dw_ptr, db_ptr, M, N, K, R, split,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -138,7 +157,7 @@ def pw_bwd_dw_kernel(grun_ptr, glast_ptr, zrun_ptr, zvec_ptr, u_ptr, zin_ptr, qr
     kmask = offs_k < K
     tiles = tl.cdiv(M, BLOCK_M)
     total = R * tiles
-    per = tl.cdiv(total, SPLIT)
+    per = tl.cdiv(total, split)
     t_start = pid_s * per
     t_end = tl.minimum(total, t_start + per)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
@@ -147,31 +166,16 @@ def pw_bwd_dw_kernel(grun_ptr, glast_ptr, zrun_ptr, zvec_ptr, u_ptr, zin_ptr, qr
         layer = t // tiles
         offs_m = (t % tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
         mmask = offs_m < M
-        base = layer.to(tl.int64) * M * N
         mz = mmask[:, None] & nmask[None, :]
         offs_z = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-        is_last = layer == R - 1
-        # G of layer l: slice l of the stacked buffer (l < R-1) or the run's output gradient (l = R-1)
-        dz = bn_act_bwd_tile(grun_ptr + base, zrun_ptr + base, zvec_ptr + layer * 6 * N, offs_z, mz & (layer < R - 1),
-                             offs_n, nmask, N, ACT)
-        dz += bn_act_bwd_tile(glast_ptr, zrun_ptr + base, zvec_ptr + layer * 6 * N, offs_z, mz & is_last,
-                              offs_n, nmask, N, ACT)
-        mu = mmask[:, None] & kmask[None, :]
-        offs_u = offs_m.to(tl.int64)[:, None] * K + offs_k[None, :]
-        if U_SAVED:
-            u = tl.load(u_ptr + base + offs_u, mask=mu, other=0.0).to(tl.float32)
-        else:
-            ax = tl.load(uvec_ptr + layer * 4 * K + offs_k, mask=kmask, other=0.0)
-            bx = tl.load(uvec_ptr + layer * 4 * K + K + offs_k, mask=kmask, other=0.0)
-            a1 = tl.load(uvec_ptr + layer * 4 * K + 2 * K + offs_k, mask=kmask, other=0.0)
-            b1 = tl.load(uvec_ptr + layer * 4 * K + 3 * K + offs_k, mask=kmask, other=0.0)
-            prev = (layer.to(tl.int64) - 1) * M * K
-            x = load_x_tile(zin_ptr, zin_ptr, offs_u, mu & (layer == 0), ax, bx, ACT_G, False)
-            x += load_x_tile(zrun_ptr + prev, zrun_ptr, offs_u, mu & (layer > 0), ax, bx, ACT_G, False)
-            g = act_fwd(tl.load(qrun_ptr + base + offs_u, mask=mu, other=0.0).to(tl.float32), ACT_G)
-            u = tl.where(mu, x + a1[None, :] * g + b1[None, :], 0.0)
-        acc = tl.dot(tl.trans(dz.to(zrun_ptr.dtype.element_ty)), u.to(zrun_ptr.dtype.element_ty), acc)
-        dbias += tl.sum(dz, axis=0)
+        # dz of layer l: slice l of the stacked buffer (l < R-1) or the run's last layer's (l = R-1)
+        dz_src = tl.where(layer < R - 1, dzrun_ptr + layer.to(tl.int64) * M * N, dzlast_ptr)
+        dz = tl.load(dz_src + offs_z, mask=mz, other=0.0)
+        u = tl.load(u_ptr + layer.to(tl.int64) * M * K + offs_m.to(tl.int64)[:, None] * K + offs_k[None, :],
+                    mask=mmask[:, None] & kmask[None, :], other=0.0)
+        acc = tl.dot(tl.trans(dz), u, acc)
+        if pid_k == 0:  # the bias gradient: one column of programs
+            dbias += tl.sum(dz.to(tl.float32), axis=0)
     tl.store(dw_ptr + (pid_s * N + offs_n)[:, None] * K + offs_k[None, :], acc,
              mask=nmask[:, None] & kmask[None, :])
     tl.store(db_ptr + pid_s * N + offs_n, dbias, mask=nmask & (pid_k == 0))
@@ -186,17 +190,19 @@ PW_FWD_GPU_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
 ]
-# The GEMMs below still carry heavy prologues/epilogues (erf GELU, BN affines, statistics) in registers next to
-# the wgmma accumulator, so their tiles are smaller than a plain GEMM's (128×128×64 spills 300-500 bytes).
-# pw_bwd_dx: output tile BLOCK_M × BLOCK_K (over C_in), reduction over C_out in BLOCK_N steps
+# pw_bwd_dx: output tile BLOCK_M × BLOCK_K (over C_in), reduction over C_out in BLOCK_N steps; a plain GEMM
+# with the residual + BN1-sums epilogue since dz has its own pass (cost model, convmixer_1536_20 b64: 1.25x;
+# 128×256 output tiles spill)
 PW_DX_GPU_CONFIGS = [
-    dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
-    dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
 ]
 # pw_bwd_dw: the run's rows are split over enough programs for this many per SM (fp32 partial dW per split,
 # summed by the host in a fixed order)
 WGRAD_PROGRAMS_PER_SM = 2
-PW_DW_GPU_CONFIG = dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=2)
+# a plain GEMM now (dz and u come from their own passes): 64×128×256 (cost model, convmixer_1536_20 b64: 1.60x
+# the floor; 16×128×128 4.38x; 128×128×256 would need 294 KiB of shared memory at 3 stages)
+PW_DW_GPU_CONFIG = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=256, num_warps=8, num_stages=3)
 
 
 def _on_gpu(t):
@@ -222,6 +228,18 @@ def _pw_cfg(t, M, out_dim, red_dim, gpu_configs, out_block, red_block):
 PW_INPUT_BLOCK_M = 32
 
 
+def pw_input(hz, res, ax, bx, q, a1, b1, act_in="gelu", act_g="gelu", out=None):
+    """u = [res] + ax·act_in(hz) + bx + a1·act_g(q) + b1 (pw_input_kernel), into ``out`` or a new tensor."""
+    M, K = hz.shape
+    u = torch.empty_like(hz) if out is None else out
+    block_k = min(128, triton.next_power_of_2(K))
+    pw_input_kernel[(triton.cdiv(M, PW_INPUT_BLOCK_M), triton.cdiv(K, block_k))](
+        hz_ptr=hz, res_ptr=res if res is not None else hz, ax_ptr=ax, bx_ptr=bx, q_ptr=q, a1_ptr=a1, b1_ptr=b1,
+        u_ptr=u, M=M, K=K, ACT_IN=ACT_CODES[act_in], ACT_G=ACT_CODES[act_g], HAS_RES=res is not None,
+        BLOCK_M=PW_INPUT_BLOCK_M, BLOCK_K=block_k)
+    return u
+
+
 def pw_fwd(hz, res, ax, bx, q, a1, b1, weight, bias, act_in="gelu", act_g="gelu", act="gelu",
            write_u=False, emit_stats=True, z_out=None, u_out=None):
     """The pointwise half of a layer: u = [res] + ax·act_in(hz) + bx + a1·act_g(q) + b1 (pw_input_kernel, one
@@ -234,12 +252,7 @@ def pw_fwd(hz, res, ax, bx, q, a1, b1, weight, bias, act_in="gelu", act_g="gelu"
     M, K = hz.shape
     w = weight.reshape(weight.shape[0], -1)
     N = w.shape[0]
-    u = torch.empty_like(hz) if u_out is None or not write_u else u_out
-    block_k = min(128, triton.next_power_of_2(K))
-    pw_input_kernel[(triton.cdiv(M, PW_INPUT_BLOCK_M), triton.cdiv(K, block_k))](
-        hz_ptr=hz, res_ptr=res if res is not None else hz, ax_ptr=ax, bx_ptr=bx, q_ptr=q, a1_ptr=a1, b1_ptr=b1,
-        u_ptr=u, M=M, K=K, ACT_IN=ACT_CODES[act_in], ACT_G=ACT_CODES[act_g], HAS_RES=res is not None,
-        BLOCK_M=PW_INPUT_BLOCK_M, BLOCK_K=block_k)
+    u = pw_input(hz, res, ax, bx, q, a1, b1, act_in, act_g, out=u_out if write_u else None)
     cfg = _pw_cfg(hz, M, N, K, PW_FWD_GPU_CONFIGS, out_block="BLOCK_N", red_block="BLOCK_K")
     z = torch.empty((M, N), device=hz.device, dtype=hz.dtype) if z_out is None else z_out
     n_tiles = triton.cdiv(M, cfg["BLOCK_M"])
@@ -251,49 +264,66 @@ def pw_fwd(hz, res, ax, bx, q, a1, b1, weight, bias, act_in="gelu", act_g="gelu"
     return z, (u if write_u else None), (part if emit_stats else None)
 
 
-def pw_bwd_dx(g, z, zvec, weight, r, q, qvec, act="gelu", act_g="gelu"):
-    """Launch pw_bwd_dx_kernel. Returns (du [M, K], sum(du) fp32 [K], sum(du·ghat1) fp32 [K])."""
+def pw_dz(g, z, zvec, act="gelu", out=None):
+    """dz = d/dz of y = BN(act(z)) given G (``_common.bn_act_bwd``'s modes, vectors ``zvec`` fp32 [6, N]), once per
+    element (pw_dz_kernel), into ``out`` (may be ``g`` itself: elementwise, in place) or a new tensor."""
     M, N = g.shape
+    dz = torch.empty_like(g) if out is None else out
+    block_n = min(128, triton.next_power_of_2(N))
+    pw_dz_kernel[(triton.cdiv(M, PW_INPUT_BLOCK_M), triton.cdiv(N, block_n))](
+        g_ptr=g, z_ptr=z, zvec_ptr=zvec, dz_ptr=dz, M=M, N=N, ACT=ACT_CODES[act], BLOCK_M=PW_INPUT_BLOCK_M,
+        BLOCK_N=block_n)
+    return dz
+
+
+def pw_bwd_dx(dz, weight, r, q, qvec, act_g="gelu"):
+    """Launch pw_bwd_dx_kernel: du = dz·W [+ r]. Returns (du [M, K], sum(du) fp32 [K], sum(du·ghat1) fp32 [K])."""
+    M, N = dz.shape
     w = weight.reshape(weight.shape[0], -1)
     K = w.shape[1]
     # output tile M × K (C_in), reduction over N (C_out)
-    cfg = _pw_cfg(g, M, K, N, PW_DX_GPU_CONFIGS, out_block="BLOCK_K", red_block="BLOCK_N")
-    du = torch.empty((M, K), device=g.device, dtype=g.dtype)
+    cfg = _pw_cfg(dz, M, K, N, PW_DX_GPU_CONFIGS, out_block="BLOCK_K", red_block="BLOCK_N")
+    du = torch.empty((M, K), device=dz.device, dtype=dz.dtype)
     n_tiles = triton.cdiv(M, cfg["BLOCK_M"])
-    part = torch.empty((2, n_tiles, K), device=g.device, dtype=torch.float32)
+    part = torch.empty((2, n_tiles, K), device=dz.device, dtype=torch.float32)
     grid = (n_tiles * triton.cdiv(K, cfg["BLOCK_K"]),)
-    pw_bwd_dx_kernel[grid](g_ptr=g, z_ptr=z, zvec_ptr=zvec, w_ptr=w, r_ptr=r if r is not None else g, q_ptr=q,
-                           qvec_ptr=qvec, du_ptr=du, part_ptr=part, M=M, N=N, K=K, ACT=ACT_CODES[act],
-                           ACT_G=ACT_CODES[act_g], HAS_R=r is not None, **cfg)
+    pw_bwd_dx_kernel[grid](dz_ptr=dz, w_ptr=w, r_ptr=r if r is not None else dz, q_ptr=q, qvec_ptr=qvec, du_ptr=du,
+                           part_ptr=part, M=M, N=N, K=K, ACT_G=ACT_CODES[act_g], HAS_R=r is not None, **cfg)
     return du, part[0].sum(0), part[1].sum(0)
 
 
-def pw_bwd_dw(grun, glast, zrun, zvec, u=None, zin=None, qrun=None, uvec=None, act="gelu", act_g="gelu",
-              split=None):
-    """Launch pw_bwd_dw_kernel over the concatenated rows of the R layers of a run.
+def pw_inputs_of_run(zin, zrun, qrun, uvec, act="gelu"):
+    """u of every layer of a timm-style run (not saved by the forward), rebuilt once per element by pw_input_kernel:
+    layer l's input x is BN(act(z)) of zin (l = 0) or of zrun[l-1]; uvec fp32 [R, 4, K] = (ax, bx, a1, b1).
+    Returns u [R, M, K] (a transient of the backward)."""
+    R, M, K = qrun.shape
+    u = torch.empty_like(qrun)
+    for layer in range(R):
+        hz = zin if layer == 0 else zrun[layer - 1]
+        ax, bx, a1, b1 = uvec[layer]
+        pw_input(hz, None, ax, bx, qrun[layer], a1, b1, act, act, out=u[layer])
+    return u
 
-    grun: [max(R-1, 1), M, N] gradients G of layers 0..R-2; glast: [M, N] G of layer R-1; zrun: [R, M, N];
-    zvec: fp32 [R, 6, N]; u: [R, M, K] when saved (SPIN), else zin [M, K], qrun [R, M, K], uvec fp32 [R, 4, K]
-    (ax, bx, a1, b1). Returns (dW fp32 [N, K], dbias fp32 [N]).
+
+def pw_bwd_dw(dzrun, dzlast, u, split=None):
+    """Launch pw_bwd_dw_kernel: dW = Σ dzᵀ·u and dbias = Σ dz over the concatenated rows of the R layers of a run.
+
+    dzrun: [max(R-1, 1), M, N] dz of layers 0..R-2; dzlast: [M, N] dz of layer R-1; u: [R, M, K].
+    Returns (dW fp32 [N, K], dbias fp32 [N]).
     """
-    R, M, N = zrun.shape
-    K = u.shape[2] if u is not None else qrun.shape[2]
-    if _on_gpu(zrun):
+    R, M, K = u.shape
+    N = dzlast.shape[1]
+    if _on_gpu(u):
         cfg = dict(PW_DW_GPU_CONFIG)
     else:
         cfg = dict(BLOCK_M=32, BLOCK_N=max(16, min(32, triton.next_power_of_2(N))),
                    BLOCK_K=max(16, min(32, triton.next_power_of_2(K))))
     n_prog = triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(K, cfg["BLOCK_K"])
     total = R * triton.cdiv(M, cfg["BLOCK_M"])
-    if split is None:
-        split = max(1, min(total, (WGRAD_PROGRAMS_PER_SM * sm_count(zrun) if _on_gpu(zrun) else 2) // n_prog))
-    dw = torch.empty((split, N, K), device=zrun.device, dtype=torch.float32)
-    db = torch.empty((split, N), device=zrun.device, dtype=torch.float32)
-    saved = u is not None
-    # U_SAVED reads u; otherwise u is rebuilt from (zin, qrun, uvec): the unused side gets a tensor never read
-    pw_bwd_dw_kernel[(n_prog, split)](grun_ptr=grun, glast_ptr=glast, zrun_ptr=zrun, zvec_ptr=zvec,
-                                      u_ptr=u if saved else zrun, zin_ptr=zin if not saved else zrun,
-                                      qrun_ptr=qrun if not saved else zrun, uvec_ptr=uvec if not saved else zvec,
-                                      dw_ptr=dw, db_ptr=db, M=M, N=N, K=K, R=R, ACT=ACT_CODES[act],
-                                      ACT_G=ACT_CODES[act_g], U_SAVED=saved, SPLIT=split, **cfg)
+    if split is None:  # about WGRAD_PROGRAMS_PER_SM programs per SM (the interpreter: 2 splits)
+        split = max(1, min(total, triton.cdiv(WGRAD_PROGRAMS_PER_SM * sm_count(u), n_prog) if _on_gpu(u) else 2))
+    dw = torch.empty((split, N, K), device=u.device, dtype=torch.float32)
+    db = torch.empty((split, N), device=u.device, dtype=torch.float32)
+    pw_bwd_dw_kernel[(n_prog, split)](dzrun_ptr=dzrun, dzlast_ptr=dzlast, u_ptr=u, dw_ptr=dw, db_ptr=db, M=M, N=N,
+                                      K=K, R=R, split=split, **cfg)
     return dw.sum(0), db.sum(0)

@@ -111,7 +111,7 @@ def test_convmixer_loops(checked_launches, spin, k, act, R, B, hw):
     op.run_backward(t(R, M, C), t(R, M, C) if spin else None, t(R, 6, C), z_in, u_in, *vec, pw_w, Z, Q,
                     U if spin else z_in.new_empty((0,)), stats, dw_w, per[0], per[1], per[4], per[5], B, hw, hw, True,
                     act, spin, "triton")
-    assert {"dw_fwd_kernel", "bn_finalize_kernel", "pw_input_kernel", "pw_fwd_kernel", "pw_bwd_dx_kernel",
+    assert {"dw_fwd_kernel", "bn_finalize_kernel", "pw_input_kernel", "pw_fwd_kernel", "pw_dz_kernel", "pw_bwd_dx_kernel",
             "dw_bwd_kernel", "pw_bwd_dw_kernel"} <= set(checked_launches)
 
 
