@@ -37,7 +37,7 @@ from torch import Tensor
 from .. import collectives
 from .._util import warn_once as _warn_once
 from ..reference import convmixer_ops as _ref
-from ..reference.batchnorm import batch_norm_rows, update_running_stats
+from ..reference.batchnorm import batch_norm_rows, update_running_stats, update_running_stats_of_layers
 from ..sharing import split_runs
 
 DW_IMPLS = ("triton", "cuda")
@@ -484,11 +484,10 @@ def convmixer_features(model, images: Tensor, taps: Optional[Sequence[int]] = No
             [m.weight for m in n2], [m.bias for m in n2],
             [m.running_mean for m in n2], [m.running_var for m in n2], B, H, W, eps1, eps2, training, act, spin,
             dw_impl, sync_bn, bn_count)
-        if training:
+        if training:  # the run's 2R BatchNorms in a few multi-tensor updates
             sd = stats.detach()
-            for i in range(len(layers)):
-                update_running_stats(n1[i], sd[i, 0], sd[i, 1], bn_count)
-                update_running_stats(n2[i], sd[i, 3], sd[i, 4], bn_count)
+            update_running_stats_of_layers([bn for pair in zip(n1, n2) for bn in pair],
+                                           [*sd[:, [0, 3]].reshape(-1, C)], [*sd[:, [1, 4]].reshape(-1, C)], bn_count)
         z_in = Z[-1]
         u_in = U[-1] if spin else None
         in_mean, in_invstd = stats[-1, 3], stats[-1, 5]
