@@ -120,6 +120,20 @@ def test_convmixer_run_fwd_bwd(R, spin, training, act, dtype, k, shape):
     assert checked >= 8 + 4 * R - 2 + (1 if spin else 0)
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="a GPU runs these tiles natively")
+@pytest.mark.parametrize("spin,big", [(False, True), (True, False)])
+def test_convmixer_run_at_gpu_gemm_tiles(monkeypatch, spin, big):
+    """The whole run with the pointwise GEMMs at their GPU tiles in the interpreter — the large-M configs
+    (``big``: 128x128x64, 128x128 with N steps of 64) or the small-M ones (64x64x64), and the weight gradient's
+    64x128x256 — at several row and column tiles with partial ones (M = 300, C = 160); dw_fwd / dw_bwd at GPU
+    tilings are tested in test_kernels.py."""
+    from spin_kernels.triton import pointwise
+
+    monkeypatch.setattr(pointwise, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(pointwise, "BIG_TILE_MIN_ROWS", 0 if big else 10 ** 9)
+    test_convmixer_run_fwd_bwd(2, spin, True, "gelu", torch.float32, 3, (2, 10, 15, 160))
+
+
 def _model(spin, act="gelu", dim=32, depth=4, rate=2, k=3, mapping="sequential", momentum=0.1):
     m = ConvMixer(dim=dim, depth=depth, kernel_size=k, patch_size=2, in_chans=3, num_classes=10, act=act,
                   spin_residual=spin, plan=SharingPlan(depth, rate=rate, mapping=mapping), backend="reference")
