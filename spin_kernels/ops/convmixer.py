@@ -21,7 +21,8 @@ times per element): the extra passes cost less than the recompute (DESIGN.md §2
 
 ``spin_kernels::convmixer_run`` is the autograd unit: inputs are the pre-activation ``z_in`` of the layer before
 the run (or the stem conv), its BN as (mean, invstd, gamma, beta) tensors, and the run's parameters; outputs the
-stacked Z, Q, U and per-layer stats. BN statistics cross op boundaries as differentiable tensors: the consumer
+last layer's z, u and BN2 (mean, invstd) — the differentiable outputs — and, not differentiable, the stacked Z,
+Q, U of the other layers and per-layer stats. BN statistics cross op boundaries as differentiable tensors: the consumer
 returns d/d(mean, invstd) and the producer folds them into its BN backward, so the batch-statistics gradient is
 exact across runs. Running statistics are updated by :func:`convmixer_features` (nn.BatchNorm2d semantics).
 """
@@ -64,39 +65,56 @@ def run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw
     R = len(dw_w)
     M, C = z_in.shape
     dev = z_in.device
-    Z = torch.empty((R, M, C), device=dev, dtype=z_in.dtype)
-    Q = torch.empty_like(Z)
-    U = torch.empty_like(Z) if spin else z_in.new_empty((0,))
+    # the last layer's z and u are outputs of their own (the differentiable ones); layers 0..R-2 go to stacks
+    z = torch.empty((M, C), device=dev, dtype=z_in.dtype)
+    Z = z.new_empty((R - 1, M, C))
+    Q = z.new_empty((R, M, C))
+    u = z.new_empty((M, C) if spin else (0,))
+    U = z.new_empty((R - 1, M, C) if spin else (0,))
     stats = torch.empty((R, 6, C), device=dev, dtype=torch.float32)
+    z_of = _layer_of(Z, z)
+    u_of = _layer_of(U, u)
     ax = (in_w.float() * in_invstd.float()).contiguous()
     bx = (in_b.float() - in_mean.float() * ax).contiguous()
+    if not training:  # the running statistics' affines of all 2R BatchNorms, batched over the run
+        eval1 = _eval_affines(n1_rm, n1_rv, n1_w, n1_b, eps1)
+        eval2 = _eval_affines(n2_rm, n2_rv, n2_w, n2_b, eps2)
+        stats[:, 0:3], stats[:, 3:6] = eval1[:, 0:3], eval2[:, 0:3]
     for i in range(R):
-        hz = z_in if i == 0 else Z[i - 1]
-        res = (u_in if i == 0 else U[i - 1]) if spin else None
+        hz = z_in if i == 0 else z_of(i - 1)
+        res = (u_in if i == 0 else u_of(i - 1)) if spin else None
         _, part = dwconv.dw_fwd(hz, res, ax, bx, dw_w[i], dw_b[i], B, H, W, act, act, emit_stats=training,
                                 q_out=Q[i])
         if training:
             f1 = bn.bn_finalize(merge(part), n1_w[i], n1_b[i], eps1)
+            stats[i, 0:3] = f1[0:3]
         else:
-            f1 = _eval_affine(n1_rm[i], n1_rv[i], n1_w[i], n1_b[i], eps1)
-        stats[i, 0:3] = f1[0:3]
+            f1 = eval1[i]
         _, _, part = pointwise.pw_fwd(hz, res, ax, bx, Q[i], f1[3], f1[4], pw_w, pw_b, act, act, act,
-                                      write_u=spin, emit_stats=training, z_out=Z[i], u_out=U[i] if spin else None)
+                                      write_u=spin, emit_stats=training, z_out=z_of(i), u_out=u_of(i) if spin else None)
         if training:
             f2 = bn.bn_finalize(merge(part), n2_w[i], n2_b[i], eps2)
+            stats[i, 3:6] = f2[0:3]
         else:
-            f2 = _eval_affine(n2_rm[i], n2_rv[i], n2_w[i], n2_b[i], eps2)
-        stats[i, 3:6] = f2[0:3]
-        ax, bx = f2[3].contiguous(), f2[4].contiguous()
-    return Z, Q, U, stats
+            f2 = eval2[i]
+        ax, bx = f2[3], f2[4]
+    return z, u, stats[R - 1, 3::2].clone(), Z, Q, U, stats
 
 
-def _eval_affine(rm, rv, w, b, eps):
-    mean = rm.float()
-    var = rv.float()
-    invstd = torch.rsqrt(var + eps)
-    a = w.float() * invstd
-    return torch.stack([mean, var, invstd, a, b.float() - mean * a])
+def _layer_of(stack: Tensor, last: Tensor):
+    """Layer i's tensor of a run whose layers 0..R-2 live in ``stack`` and layer R-1 in ``last``."""
+    return lambda i: stack[i] if i < stack.shape[0] else last
+
+
+def _eval_affines(rm, rv, w, b, eps):
+    """fp32 [R, 5, C] (mean, var, invstd, a, b) of R BatchNorms from their running statistics (eval), in a few
+    batched ops for the whole run; the rows are contiguous [C] vectors, as the kernels read them."""
+    out = torch.empty((len(rm), 5, rm[0].shape[0]), device=rm[0].device, dtype=torch.float32)
+    out[:, 0], out[:, 1] = torch.stack(rm), torch.stack(rv)
+    torch.rsqrt(out[:, 1] + eps, out=out[:, 2])
+    torch.mul(torch.stack(w), out[:, 2], out=out[:, 3])
+    torch.sub(torch.stack(b), out[:, 0] * out[:, 3], out=out[:, 4])
+    return out
 
 
 def _validate_run(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
@@ -159,9 +177,15 @@ def convmixer_run(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_invs
                   n2_w: List[Tensor], n2_b: List[Tensor], n2_rm: List[Tensor], n2_rv: List[Tensor],
                   B: int, H: int, W: int, eps1: float, eps2: float, training: bool, act: str,
                   spin: bool, dw_impl: str = "triton", sync_bn: bool = False,
-                  bn_count: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                  bn_count: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """All R layers of a run sharing one pointwise weight (see the module docstring and
-    spin_kernels.reference.convmixer_ops.convmixer_run_ref for the exact math and outputs).
+    spin_kernels.reference.convmixer_ops.convmixer_run_ref for the exact math).
+
+    Returns ``(z, u, bn, Z, Q, U, stats)``. Differentiable — what the run's consumer reads: ``z`` [M, C] the last
+    layer's pre-activation, ``u`` [M, C] its SPIN input (empty for timm), ``bn`` fp32 [2, C] the last layer's
+    BN2 (mean, invstd). Not differentiable (saved for backward and for inspection; gradients never flow back
+    through them): ``Z`` [R-1, M, C] and ``U`` the same of layers 0..R-2, ``Q`` [R, M, C] the depthwise
+    pre-activations, ``stats`` fp32 [R, 6, C] (mean1, var1, invstd1, mean2, var2, invstd2 of every layer).
 
     ``dw_impl`` picks the depthwise kernels: "triton" (spin_kernels.triton.dwconv) or "cuda" (csrc/, through
     spin_kernels.ops.dwconv_cuda); the pointwise GEMMs and BN finalize are Triton either way.
@@ -179,135 +203,146 @@ def _(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, 
       n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl="triton", sync_bn=False, bn_count=0):
     R = len(dw_w)
     M, C = z_in.shape
-    Z = z_in.new_empty((R, M, C))
-    return Z, z_in.new_empty((R, M, C)), z_in.new_empty((R, M, C) if spin else (0,)), \
-        z_in.new_empty((R, 6, C), dtype=torch.float32)
+    e = z_in.new_empty
+    return (e((M, C)), e((M, C) if spin else (0,)), e((2, C), dtype=torch.float32), e((R - 1, M, C)), e((R, M, C)),
+            e((R - 1, M, C) if spin else (0,)), e((R, 6, C), dtype=torch.float32))
 
 
 # ------------------------------------------------------------------------------------------------ backward
 def _setup_context(ctx, inputs, output):
     (z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv, n2_w, n2_b,
      n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl, sync_bn, bn_count) = inputs
-    Z, Q, U, stats = output
+    z, u, _, Z, Q, U, stats = output
+    # gradients flow through z, u and bn only: the stacks are saved state, not outputs to differentiate
+    ctx.mark_non_differentiable(Z, Q, U, stats)
+    ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not an activation of zeros
     R = len(dw_w)
     ctx.meta = dict(R=R, B=B, H=H, W=W, training=training, act=act, spin=spin, has_u_in=u_in is not None,
                     dw_impl=dw_impl, sync_bn=sync_bn and training, bn_count=bn_count)
-    saved = [z_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, stats, *dw_w, *n1_w, *n1_b, *n2_w, *n2_b]
+    saved = [z_in, in_mean, in_invstd, in_w, in_b, pw_w, z, Z, Q, stats, *dw_w, *n1_w, *n1_b, *n2_w, *n2_b]
     if spin:
-        saved += [U] + ([u_in] if u_in is not None else [])
+        saved += [u, U] + ([u_in] if u_in is not None else [])
     ctx.save_for_backward(*saved)
 
 
-def _backward(ctx, gZ, gQ, gU, gstats):
+def _backward(ctx, gz, gu, gbn, *_non_differentiable):
     meta = ctx.meta
     R, spin = meta["R"], meta["spin"]
     saved = list(ctx.saved_tensors)
-    z_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, stats = saved[:9]
-    rest = saved[9:]
+    z_in, in_mean, in_invstd, in_w, in_b, pw_w, z, Z, Q, stats = saved[:10]
+    rest = saved[10:]
     dw_w, n1_w, n1_b, n2_w, n2_b = (rest[j * R:(j + 1) * R] for j in range(5))
     rest = rest[5 * R:]
-    U = rest[0] if spin else z_in.new_empty((0,))
-    u_in = rest[1] if spin and meta["has_u_in"] else None
+    empty = z_in.new_empty((0,))
+    u, U = (rest[0], rest[1]) if spin else (empty, empty)
+    u_in = rest[2] if spin and meta["has_u_in"] else None
     (g_z_in, g_u_in, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b, dW, dB, g_n1_w, g_n1_b, g_n2_w,
      g_n2_b) = torch.ops.spin_kernels.convmixer_run_backward(
-        gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w, n1_w, n1_b, n2_w,
-        n2_b, meta["B"], meta["H"], meta["W"], meta["training"], meta["act"], spin, meta["dw_impl"],
-        meta["sync_bn"], meta["bn_count"])
+        gz, gu if spin else None, gbn, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, z, Z, Q, u, U, stats,
+        dw_w, n1_w, n1_b, n2_w, n2_b, meta["B"], meta["H"], meta["W"], meta["training"], meta["act"], spin,
+        meta["dw_impl"], meta["sync_bn"], meta["bn_count"])
     none_r = [None] * R
     return (g_z_in, g_u_in if u_in is not None else None, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b,
             dW, dB, g_n1_w, g_n1_b, none_r, none_r, g_n2_w, g_n2_b, none_r, none_r,
             None, None, None, None, None, None, None, None, None, None, None)
 
 
-def run_backward(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w, n1_w,
+def run_backward(gz, gu, gbn, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, z, Z, Q, u, U, stats, dw_w, n1_w,
                  n1_b, n2_w, n2_b, B, H, W, training, act, spin, dw_impl="triton", sync_bn=False, bn_count=0):
     """The body of ``spin_kernels::convmixer_run_backward`` (a plain function: the cost model traces its launches
     without the dispatcher)."""
-    dwconv, pointwise, _ = _kernels(dw_impl)
+    dwconv, pointwise, bn = _kernels(dw_impl)
     R = len(dw_w)
-    U = U if spin else None
+    z_of = _layer_of(Z, z)
+    u_of = _layer_of(U, u) if spin else None
     M, C = z_in.shape
+    dev, f32 = z_in.device, torch.float32
     N = bn_count or M  # rows the batch statistics were taken over
-    over_ranks = collectives.all_reduce_sum if sync_bn else (lambda t: t)
-    if gstats is not None:
-        gstats = over_ranks(gstats)
-    f32 = torch.float32
-    mean1, invstd1, mean2, invstd2 = stats[:, 0], stats[:, 2], stats[:, 3], stats[:, 5]
-    a1 = torch.stack([n1_w[i].float() for i in range(R)]) * invstd1
-    b1 = torch.stack([n1_b[i].float() for i in range(R)]) - mean1 * a1
-    a2 = torch.stack([n2_w[i].float() for i in range(R)]) * invstd2
-    b2 = torch.stack([n2_b[i].float() for i in range(R)]) - mean2 * a2
-    ax0 = in_w.float() * in_invstd.float()
-    bx0 = in_b.float() - in_mean.float() * ax0
-    ax = torch.cat([ax0[None], a2[:-1]])
-    bx = torch.cat([bx0[None], b2[:-1]])
-    mean_in = torch.cat([in_mean.float()[None], mean2[:-1]])
-    invstd_in = torch.cat([in_invstd.float()[None], invstd2[:-1]])
+    if gbn is not None and sync_bn:
+        gbn = collectives.all_reduce_sum(gbn)
 
-    G_last = gZ[R - 1].contiguous() if gZ is not None else torch.zeros_like(z_in)
+    def bn_vectors(part, gamma, mean, invstd, vec, grad_w, grad_b):
+        """Reduce a BN's partial gradient sums, write its parameter gradients and bn_act_bwd vectors (one launch;
+        with --sync-bn the vectors take the sums over all ranks, the parameter gradients stay this rank's)."""
+        if not sync_bn:
+            return bn.bn_bwd_vectors(part, gamma, mean, invstd, N, training, vec, grad_w, grad_b)
+        local = bn.bn_bwd_vectors(part, grad_w=grad_w, grad_b=grad_b)
+        bn.bn_bwd_vectors(collectives.all_reduce_sum(local)[:, None], gamma, mean, invstd, N, training, vec)
+        return local
+
+    # per-run vectors, batched over the R layers: the BN affines, and each layer's input BN (ax, bx, mean, invstd)
+    mean1, invstd1, mean2, invstd2 = stats[:, 0], stats[:, 2], stats[:, 3], stats[:, 5]
+    a1 = torch.stack(n1_w).float() * invstd1
+    b1 = torch.stack(n1_b).float() - mean1 * a1
+    ax0 = in_w.float() * in_invstd.float()
+    xvecs = torch.empty((R, 4, C), device=dev, dtype=f32)
+    xvecs[0] = torch.stack([ax0, in_b.float() - in_mean.float() * ax0, in_mean.float(), in_invstd.float()])
+    if R > 1:
+        xvecs[1:, 0] = torch.stack(n2_w[:-1]).float() * invstd2[:-1]
+        xvecs[1:, 1] = torch.stack(n2_b[:-1]).float() - mean2[:-1] * xvecs[1:, 0]
+        xvecs[1:, 2:] = stats[:-1, 3::2]
+    zvecs = torch.empty((R, 6, C), device=dev, dtype=f32)  # BN2/act backward of each layer (pw_dz)
+    qvecs = torch.empty((R, 6, C), device=dev, dtype=f32)  # BN1/act backward (pw_bwd_dx reads rows 4, 5 first)
+    qvecs[:, 4:] = stats[:, 0:3:2]
+    last = zvecs[R - 1]  # the last layer's BN2 is the consumer's: its gradient arrives as gz and gbn
+    last[0], last[1], last[4:] = 0.0, 1.0, stats[R - 1, 3::2]
+    if training and gbn is not None:
+        last[2] = gbn[0] / N
+        last[3] = -gbn[1] * invstd2[R - 1] ** 2 / N
+    else:
+        last[2:4] = 0.0
+
+    G_last = gz.contiguous() if gz is not None else torch.zeros_like(z_in)
     R_last = None
     if spin:
-        R_last = gU[R - 1].contiguous() if gU is not None else torch.zeros_like(z_in)
-    grun = torch.empty((R - 1, M, C), device=z_in.device, dtype=z_in.dtype) if R > 1 else G_last[None]
+        R_last = gu.contiguous() if gu is not None else torch.zeros_like(z_in)
+    grun = torch.empty((R - 1, M, C), device=dev, dtype=z_in.dtype) if R > 1 else G_last[None]
     dz_last = torch.empty_like(G_last)
     dz_run = (torch.empty_like(grun) if spin else grun) if R > 1 else dz_last[None]
-    zvec = torch.empty((R, 6, C), device=z_in.device, dtype=f32)
-    g_dw_w, g_dw_b, g_n1_w, g_n1_b = [None] * R, [None] * R, [None] * R, [None] * R
-    g_n2_w = [torch.zeros_like(t) for t in n2_w]
-    g_n2_b = [torch.zeros_like(t) for t in n2_b]
-    S1 = S2 = S1g = S2g = None  # local and all-rank sums of the layer after i (set by its dw_bwd)
+    # u of every layer for the run's single weight-gradient GEMM: saved by a SPIN forward; a timm forward does not
+    # save it, so pw_dz rebuilds it once per element in the same launch (a transient of R activations)
+    if spin:
+        u_run = U if R > 1 else u[None]
+    else:
+        u_run = z_in.new_empty((R, M, C))
+        uvecs = torch.cat([xvecs[:, :2], a1[:, None], b1[:, None]], dim=1)  # ax, bx, a1, b1 of each layer
+    g_dw_w, g_dw_b = [None] * R, [None] * R
+    g_n1_w, g_n1_b = [torch.empty_like(t) for t in n1_w], [torch.empty_like(t) for t in n1_b]
+    g_n2_w, g_n2_b = [torch.empty_like(t) for t in n2_w[:-1]], [torch.empty_like(t) for t in n2_b[:-1]]
+    g_n2_w.append(torch.zeros_like(n2_w[-1]))
+    g_n2_b.append(torch.zeros_like(n2_b[-1]))
+    s_part = None  # partial sums of dx of the layer after i (set by its dw_bwd): BN2_i's backward
     g_z_in = g_u_in = None
     for i in reversed(range(R)):
-        zv = zvec[i]
-        zv[4], zv[5] = mean2[i], invstd2[i]
         if i == R - 1:
-            zv[0], zv[1] = 0.0, 1.0
-            if training and gstats is not None:
-                zv[2] = gstats[i, 3] / N
-                zv[3] = -gstats[i, 5] * invstd2[i] ** 2 / N
-            else:
-                zv[2], zv[3] = 0.0, 0.0
             G, Rr = G_last, R_last
         else:
-            zv[0], zv[1] = a2[i], 0.0
-            zv[2] = -a2[i] * S1g / N if training else 0.0
-            zv[3] = -a2[i] * S2g / N if training else 0.0
-            g_n2_w[i] = S2.to(n2_w[i].dtype)
-            g_n2_b[i] = S1.to(n2_b[i].dtype)
+            bn_vectors(s_part, n2_w[i], mean2[i], invstd2[i], zvecs[i], g_n2_w[i], g_n2_b[i])
             G = grun[i]
             Rr = G if spin else None
-        qvec = torch.empty((6, C), device=z_in.device, dtype=f32)
-        qvec[4], qvec[5] = mean1[i], invstd1[i]
         # dz once per element, kept for the run's weight gradient below: a timm layer i < R-1 overwrites its G in
         # grun (pw_dz is its last reader); a SPIN layer's G is also the residual's gradient, added by pw_bwd_dx,
         # so its dz goes to a buffer of its own; the last layer's too (G_last may be the caller's gradient)
-        dz = pointwise.pw_dz(G, Z[i], zv, act, out=dz_run[i] if i < R - 1 else dz_last)
-        du, T1, T2 = pointwise.pw_bwd_dx(dz, pw_w, Rr, Q[i], qvec, act)
-        g_n1_w[i] = T2.to(n1_w[i].dtype)
-        g_n1_b[i] = T1.to(n1_w[i].dtype)
-        qvec[0], qvec[1] = a1[i], 0.0
-        qvec[2] = -a1[i] * over_ranks(T1) / N if training else 0.0
-        qvec[3] = -a1[i] * over_ranks(T2) / N if training else 0.0
-        xvec = torch.stack([ax[i], bx[i], mean_in[i], invstd_in[i]]).contiguous()
-        hz = z_in if i == 0 else Z[i - 1]
-        res = (u_in if i == 0 else U[i - 1]) if spin else None
+        hz = z_in if i == 0 else z_of(i - 1)
+        dz = pointwise.pw_dz(G, z_of(i), zvecs[i], act, out=dz_run[i] if i < R - 1 else dz_last,
+                             u_inputs=None if spin else (hz, Q[i], uvecs[i]), u_out=None if spin else u_run[i])
+        du, t_part = pointwise.pw_bwd_dx(dz, pw_w, Rr, Q[i], qvecs[i], act)
+        bn_vectors(t_part, n1_w[i], mean1[i], invstd1[i], qvecs[i], g_n1_w[i], g_n1_b[i])
+        res = (u_in if i == 0 else u_of(i - 1)) if spin else None
         if i > 0:
-            _, _, dw, db, S1, S2 = dwconv.dw_bwd(du, Q[i], qvec, dw_w[i], hz, res, xvec, B, H, W, act, act,
+            _, _, dw, db, s_part = dwconv.dw_bwd(du, Q[i], qvecs[i], dw_w[i], hz, res, xvecs[i], B, H, W, act, act,
                                                  write_dx=True, dx_out=grun[i - 1])
         else:
-            dx, g_z_in, dw, db, S1, S2 = dwconv.dw_bwd(du, Q[i], qvec, dw_w[i], hz, res, xvec, B, H, W, act, act,
-                                                       write_dx=spin and u_in is not None, write_dhz=True)
+            dx, g_z_in, dw, db, s_part = dwconv.dw_bwd(du, Q[i], qvecs[i], dw_w[i], hz, res, xvecs[i], B, H, W,
+                                                       act, act, write_dx=spin and u_in is not None,
+                                                       write_dhz=True)
             g_u_in = dx
-        S1g, S2g = over_ranks(S1), over_ranks(S2)
         g_dw_w[i] = dw.reshape(dw_w[i].shape).to(dw_w[i].dtype)
         g_dw_b[i] = db.to(dw_w[i].dtype)
-    # u of every layer: saved by a SPIN forward; a timm forward does not save it, so it is rebuilt here once per
-    # element (a transient of R activations) for the run's single weight-gradient GEMM
-    u_run = U if spin else pointwise.pw_inputs_of_run(z_in, Z, Q, torch.stack([ax, bx, a1, b1], dim=1).contiguous(),
-                                                      act)
-    dW, dB = pointwise.pw_bwd_dw(dz_run, dz_last, u_run)
-    g_in_w = S2.to(in_w.dtype)
-    g_in_b = S1.to(in_b.dtype)
+    dW, dB = pointwise.pw_bwd_dw(dz_run, dz_last, u_run, u if spin else u_run[R - 1], R)
+    # the run's input BN (the caller's): its parameter and statistics gradients, once per run
+    g_in_w, g_in_b = torch.empty_like(in_w), torch.empty_like(in_b)
+    S1, S2 = bn.bn_bwd_vectors(s_part, grad_w=g_in_w, grad_b=g_in_b)
     g_in_mean = (-ax0 * S1).to(in_mean.dtype)
     g_in_invstd = (in_w.float() * S2 / in_invstd.float()).to(in_invstd.dtype)
     g_u_in = g_u_in if g_u_in is not None else z_in.new_empty((0,))
@@ -316,9 +351,10 @@ def run_backward(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_
 
 
 @torch.library.custom_op("spin_kernels::convmixer_run_backward", mutates_args=())
-def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: Optional[Tensor], z_in: Tensor,
+def convmixer_run_backward(gz: Optional[Tensor], gu: Optional[Tensor], gbn: Optional[Tensor], z_in: Tensor,
                            u_in: Optional[Tensor], in_mean: Tensor, in_invstd: Tensor, in_w: Tensor, in_b: Tensor,
-                           pw_w: Tensor, Z: Tensor, Q: Tensor, U: Tensor, stats: Tensor, dw_w: List[Tensor],
+                           pw_w: Tensor, z: Tensor, Z: Tensor, Q: Tensor, u: Tensor, U: Tensor, stats: Tensor,
+                           dw_w: List[Tensor],
                            n1_w: List[Tensor], n1_b: List[Tensor], n2_w: List[Tensor], n2_b: List[Tensor],
                            B: int, H: int, W: int, training: bool, act: str, spin: bool,
                            dw_impl: str = "triton", sync_bn: bool = False, bn_count: int = 0,
@@ -326,21 +362,20 @@ def convmixer_run_backward(gZ: Optional[Tensor], gU: Optional[Tensor], gstats: O
                                       Tensor, Tensor, List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
     """Backward of convmixer_run (its own op so that AOT autograd traces it through the fake below).
 
-    Gradients flow only through Z[-1], U[-1] and stats[-1, {3, 5}] (mean2, invstd2 of the last layer), the
-    outputs convmixer_features consumes; the statistics gradient is folded in training mode only (in eval the
-    statistics are running buffers). Returns the gradients of z_in, u_in (empty without), in_mean, in_invstd,
+    Gradients flow only through the differentiable outputs z, u and bn (mean2, invstd2 of the last layer);
+    the statistics gradient is folded in training mode only (in eval the statistics are running buffers). Returns the gradients of z_in, u_in (empty without), in_mean, in_invstd,
     in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n2_w, n2_b (n2 of the last layer: zeros — the consumer
     applies that BN).
 
     With ``sync_bn`` the batch-statistics terms use sums over all ranks and the global count ``bn_count``;
     parameter gradients and the returned statistics gradients stay this rank's own (spin_kernels.collectives).
     """
-    return run_backward(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w,
-                        n1_w, n1_b, n2_w, n2_b, B, H, W, training, act, spin, dw_impl, sync_bn, bn_count)
+    return run_backward(gz, gu, gbn, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, z, Z, Q, u, U, stats,
+                        dw_w, n1_w, n1_b, n2_w, n2_b, B, H, W, training, act, spin, dw_impl, sync_bn, bn_count)
 
 
 @convmixer_run_backward.register_fake
-def _(gZ, gU, gstats, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, Z, Q, U, stats, dw_w, n1_w, n1_b, n2_w,
+def _(gz, gu, gbn, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, z, Z, Q, u, U, stats, dw_w, n1_w, n1_b, n2_w,
       n2_b, B, H, W, training, act, spin, dw_impl="triton", sync_bn=False, bn_count=0):
     e = torch.empty_like
     return (e(z_in), e(u_in) if (spin and u_in is not None) else z_in.new_empty((0,)), e(in_mean), e(in_invstd),
@@ -477,7 +512,7 @@ def convmixer_features(model, images: Tensor, taps: Optional[Sequence[int]] = No
         n1 = [model.norm1[model.norm_plan.layer_to_unique[l]] for l in layers]
         n2 = [model.norm2[model.norm_plan.layer_to_unique[l]] for l in layers]
         pw = model.pointwise[model.pw_plan.layer_to_unique[start]]
-        Z, Q, U, stats = torch.ops.spin_kernels.convmixer_run(
+        z_in, u_in, bn, _, _, _, stats = torch.ops.spin_kernels.convmixer_run(
             z_in, u_in, in_mean, in_invstd, in_w, in_b, [cast(m.weight) for m in dws],
             [cast(m.bias) for m in dws], cast(pw.weight), cast(pw.bias), [m.weight for m in n1],
             [m.bias for m in n1], [m.running_mean for m in n1], [m.running_var for m in n1],
@@ -488,9 +523,8 @@ def convmixer_features(model, images: Tensor, taps: Optional[Sequence[int]] = No
             sd = stats.detach()
             update_running_stats_of_layers([bn for pair in zip(n1, n2) for bn in pair],
                                            [*sd[:, [0, 3]].reshape(-1, C)], [*sd[:, [1, 4]].reshape(-1, C)], bn_count)
-        z_in = Z[-1]
-        u_in = U[-1] if spin else None
-        in_mean, in_invstd = stats[-1, 3], stats[-1, 5]
+        u_in = u_in if spin else None
+        in_mean, in_invstd = bn[0], bn[1]
         in_w, in_b = n2[-1].weight, n2[-1].bias
         if end - 1 in tapped:
             outs.append(layer_output(z_in, u_in, in_mean, in_invstd, in_w, in_b))

@@ -43,7 +43,8 @@ def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu
            write_dx=True, write_dhz=False, dx_out=None, tile_h=None, block_c=None, programs=None):
     """Backward of a layer's depthwise half (see spin_kernels.triton.dwconv.dw_bwd for the contract).
 
-    Returns (dx or None, dhz or None, dweight fp32 [C, K, K], dbias fp32 [C], sum(dx) [C], sum(dx·xhat_in) [C]).
+    Returns (dx or None, dhz or None, dweight fp32 [C, K, K], dbias fp32 [C], partial sums fp32 [2, P, C] of dx and
+    dx·xhat_in).
     ``tile_h``, ``block_c``, ``programs`` (the Triton kernel's tiling overrides) are accepted for signature
     compatibility; the CUDA kernels size their own grids.
     """
@@ -55,6 +56,5 @@ def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu
                                               dx_out=_view(dx_out, B, H, W))
     dweight, dbias = cuda.dwconv_backward_weight(du4, hz4, K, xvec[0], xvec[1], q=q4, vec6=qvec, act=act,
                                                  res=_view(res, B, H, W), act_in=act_in)
-    # fixed-order reductions over tiles (deterministic), separate so that no two results alias
     return (None if dx is None else dx.view(M, C), None if dhz is None else dhz.view(M, C),
-            dweight.reshape(C, K, K), dbias, sums[0].sum(0), sums[1].sum(0))
+            dweight.reshape(C, K, K), dbias, sums)

@@ -79,10 +79,14 @@ TRITON_MODELS: dict[str, KernelModel] = {
     "bn_finalize_kernel": KernelModel(
         loops=(LoopSpec("for t0 in range(0, n_tiles, BLOCK_T)", lambda a: cdiv(a.n_tiles, a.BLOCK_T), may_fold=True),),
         flops=lambda a: 10.0 * a.n_tiles * a.C),
+    "bn_bwd_vectors_kernel": KernelModel(
+        loops=(LoopSpec("for p0 in range(0, n_part, BLOCK_P)", lambda a: cdiv(a.n_part, a.BLOCK_P), may_fold=True),),
+        flops=lambda a: 2.0 * a.n_part * a.C + 8.0 * a.C),
     "pw_input_kernel": KernelModel(loops=(), flops=lambda a: 12.0 * a.M * a.K,
                                    note="u = [res] + ax·act(hz) + bx + a1·act(q) + b1: two activations, two FMAs"),
-    "pw_dz_kernel": KernelModel(loops=(), flops=lambda a: 12.0 * a.M * a.N,
-                                note="dz = BN/act backward of G: one activation and its derivative, a few FMAs"),
+    "pw_dz_kernel": KernelModel(loops=(), flops=lambda a: (24.0 if a.WRITE_U else 12.0) * a.M * a.N,
+                                note="dz = BN/act backward of G: one activation and its derivative, a few FMAs; "
+                                     "WRITE_U: + u as pw_input"),
     "pw_fwd_kernel": KernelModel(
         loops=(LoopSpec("for k0 in range(0, K, BLOCK_K)", lambda a: cdiv(a.K, a.BLOCK_K)),),
         flops=lambda a: 2.0 * a.M * a.N * a.K, unit="tensor"),

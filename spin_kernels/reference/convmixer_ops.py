@@ -86,8 +86,10 @@ def convmixer_run_ref(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_
     Input x of the run: ``x = [u_in] + in_w·(act(z_in) - in_mean)·in_invstd + in_b``. Layer i:
     ``q = DW_i(x)``, ``u = x + BN1_i(act(q))``, ``z = PW(u)``; next ``x = [u] + BN2_i(act(z))``, where BN2 of the
     last layer is applied by the consumer (only its statistics are returned).
-    Returns Z, Q [R, M, C] (pre-activations), U [R, M, C] (SPIN; else an empty tensor) and stats fp32 [R, 6, C]:
-    mean1, var1, invstd1, mean2, var2, invstd2 (batch stats in training, running stats in eval).
+    Returns ``(z, u, bn, Z, Q, U, stats)``: z [M, C] and u [M, C] (SPIN; else empty) of the last layer, bn [2, C]
+    its BN2 mean and invstd; Z [R-1, M, C] and U (SPIN; else empty) of layers 0..R-2; Q [R, M, C]; stats
+    [R, 6, C]: mean1, var1, invstd1, mean2, var2, invstd2 (batch stats in training, running stats in eval).
+    Pre-activations throughout (z = PW(u), q = DW(x)).
     """
     R = len(dw_w)
     x = (act_ref(z_in, act) - in_mean) * in_invstd * in_w + in_b
@@ -110,8 +112,11 @@ def convmixer_run_ref(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_
             x = (h - m2) * i2 * n2_w[i] + n2_b[i]
             if spin:
                 x = x + u
-    U = torch.stack(Us) if spin else z_in.new_empty((0,))
-    return torch.stack(Zs), torch.stack(Qs), U, torch.stack(stats)
+    empty = z_in.new_empty((0,))
+    stats = torch.stack(stats)
+    z_rest = torch.stack(Zs[:-1]) if R > 1 else z_in.new_empty((0, *z_in.shape))
+    u_rest = (torch.stack(Us[:-1]) if R > 1 else z_in.new_empty((0, *z_in.shape))) if spin else empty
+    return (Zs[-1], Us[-1] if spin else empty, stats[-1, 3::2], z_rest, torch.stack(Qs), u_rest, stats)
 
 
 def convmixer_features_ref(model, images: Tensor) -> Tensor:

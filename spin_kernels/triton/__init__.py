@@ -62,6 +62,11 @@ def _build(dtype="fp16"):
     out.append(_entry("bn_finalize", bn.bn_finalize_kernel,
                       dict(part_ptr=f32, gamma_ptr=f32, beta_ptr=f32, out_ptr=f32, rm_ptr=f32, rv_ptr=f32),
                       dict(UPDATE_RUNNING=True, BLOCK_T=32, BLOCK_C=128), dict(num_warps=4, num_stages=1), False))
+    out.append(_entry("bn_bwd_vectors", bn.bn_bwd_vectors_kernel,
+                      dict(part_ptr=f32, gamma_ptr=act, mean_ptr=f32, invstd_ptr=f32, sums_ptr=f32, vec_ptr=f32,
+                           gw_ptr=act, gb_ptr=act),
+                      dict(TRAINING=True, WRITE_VEC=True, WRITE_GRADS=True, BLOCK_P=64, BLOCK_C=32),
+                      dict(num_warps=4, num_stages=1), False))
     in_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, q_ptr=act, a1_ptr=f32, b1_ptr=f32, u_ptr=act)
     for spin in (False, True):
         out.append(_entry(f"pw_input{'_spin' if spin else ''}", pointwise.pw_input_kernel, in_types,
@@ -73,10 +78,11 @@ def _build(dtype="fp16"):
         opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
         out.append(_entry(f"pw_fwd_cfg{i}", pointwise.pw_fwd_kernel, pw_types,
                           dict(ACT=_ACT, EMIT_STATS=True, **cfg), opts, True, div16=[*pw_types, "N", "K"]))
-    dz_types = dict(g_ptr=act, z_ptr=act, zvec_ptr=f32, dz_ptr=act)
-    out.append(_entry("pw_dz", pointwise.pw_dz_kernel, dz_types,
-                      dict(ACT=_ACT, BLOCK_M=pointwise.PW_INPUT_BLOCK_M, BLOCK_N=128),
-                      dict(num_warps=4, num_stages=1), False, div16=[*dz_types, "N"]))
+    dz_types = dict(g_ptr=act, z_ptr=act, zvec_ptr=f32, dz_ptr=act, hz_ptr=act, uvec_ptr=f32, q_ptr=act, u_ptr=act)
+    for write_u in (False, True):
+        out.append(_entry(f"pw_dz{'_u' if write_u else ''}", pointwise.pw_dz_kernel, dz_types,
+                          dict(ACT=_ACT, WRITE_U=write_u, BLOCK_M=pointwise.PW_INPUT_BLOCK_M, BLOCK_N=128),
+                          dict(num_warps=4, num_stages=1), False, div16=[*dz_types, "N"]))
     dx_types = dict(dz_ptr=act, w_ptr=act, r_ptr=act, q_ptr=act, qvec_ptr=f32, du_ptr=act, part_ptr=f32)
     for i, cfg in enumerate(pointwise.PW_DX_GPU_CONFIGS):
         cfg = dict(cfg)
@@ -85,7 +91,7 @@ def _build(dtype="fp16"):
                           dict(ACT_G=_ACT, HAS_R=True, **cfg), opts, True, div16=[*dx_types, "N", "K"]))
     cfg = dict(pointwise.PW_DW_GPU_CONFIG)
     opts = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
-    dw_types = dict(dzrun_ptr=act, dzlast_ptr=act, u_ptr=act, dw_ptr=f32, db_ptr=f32)
+    dw_types = dict(dzrun_ptr=act, dzlast_ptr=act, urun_ptr=act, ulast_ptr=act, dw_ptr=f32, db_ptr=f32)
     out.append(_entry("pw_bwd_dw", pointwise.pw_bwd_dw_kernel, dw_types, dict(**cfg), opts, True,
                       div16=[*dw_types, "M", "N", "K"]))
     return out

@@ -8,6 +8,15 @@ bn_finalize_kernel
     tiling    one program per BLOCK_C channels; the T tiles are merged BLOCK_T at a time in a fixed order, so the
               result is deterministic (no atomics).
     bytes     3·T·C·4 read, 5·C·4 written: negligible next to one activation pass.
+
+bn_bwd_vectors_kernel
+    computes  the backward glue of one BatchNorm in a fused run, from the partial sums [2, P, C] (sum(g) and
+              sum(g·x̂) of each producer program/tile) of the gradient g reaching its output: the sums s1, s2 (fp32),
+              the parameter gradients dbeta = s1, dgamma = s2 (in the parameters' dtype) and the 6 per-channel
+              vectors of _common.bn_act_bwd that the next backward kernel applies on load:
+              (a, 0, -a·s1/n, -a·s2/n, mean, invstd) with a = gamma·invstd (the two middle ones 0 in eval).
+    tiling    one program per BLOCK_C (32) channels, the P partials summed BLOCK_P at a time in a fixed order.
+    bytes     2·P·C·4 read, ≤ 10·C·4 written. One launch instead of ~20 small PyTorch ops per BN.
 """
 import torch
 import triton
@@ -58,6 +67,68 @@ def bn_finalize_kernel(part_ptr, n_tiles, C, gamma_ptr, beta_ptr, eps, out_ptr, 
         rv = (1.0 - momentum) * rv + momentum * unbiased
         tl.store(rm_ptr + offs_c, rm.to(rm_ptr.dtype.element_ty), mask=cmask)
         tl.store(rv_ptr + offs_c, rv.to(rv_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def bn_bwd_vectors_kernel(part_ptr, n_part, C, gamma_ptr, mean_ptr, invstd_ptr, inv_count, sums_ptr, vec_ptr,
+                          gw_ptr, gb_ptr, TRAINING: tl.constexpr, WRITE_VEC: tl.constexpr,
+                          WRITE_GRADS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
+    s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for p0 in range(0, n_part, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        m = (offs_p < n_part)[:, None] & cmask[None, :]
+        offs = offs_p[:, None] * C + offs_c[None, :]
+        s1 += tl.sum(tl.load(part_ptr + offs, mask=m, other=0.0), axis=0)
+        s2 += tl.sum(tl.load(part_ptr + n_part * C + offs, mask=m, other=0.0), axis=0)
+    tl.store(sums_ptr + offs_c, s1, mask=cmask)
+    tl.store(sums_ptr + C + offs_c, s2, mask=cmask)
+    if WRITE_GRADS:
+        tl.store(gb_ptr + offs_c, s1.to(gb_ptr.dtype.element_ty), mask=cmask)
+        tl.store(gw_ptr + offs_c, s2.to(gw_ptr.dtype.element_ty), mask=cmask)
+    if WRITE_VEC:
+        mean = tl.load(mean_ptr + offs_c, mask=cmask, other=0.0)
+        invstd = tl.load(invstd_ptr + offs_c, mask=cmask, other=0.0)
+        a = tl.load(gamma_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32) * invstd
+        zero = tl.zeros_like(a)
+        tl.store(vec_ptr + offs_c, a, mask=cmask)
+        tl.store(vec_ptr + C + offs_c, zero, mask=cmask)
+        if TRAINING:  # the batch statistics' own gradient terms
+            tl.store(vec_ptr + 2 * C + offs_c, -a * s1 * inv_count, mask=cmask)
+            tl.store(vec_ptr + 3 * C + offs_c, -a * s2 * inv_count, mask=cmask)
+        else:
+            tl.store(vec_ptr + 2 * C + offs_c, zero, mask=cmask)
+            tl.store(vec_ptr + 3 * C + offs_c, zero, mask=cmask)
+        tl.store(vec_ptr + 4 * C + offs_c, mean, mask=cmask)
+        tl.store(vec_ptr + 5 * C + offs_c, invstd, mask=cmask)
+
+
+def bn_bwd_vectors(part, gamma=None, mean=None, invstd=None, count=1, training=True, vec_out=None, grad_w=None,
+                   grad_b=None):
+    """Launch bn_bwd_vectors_kernel on partial sums ``part`` fp32 [2, P, C].
+
+    Returns the sums fp32 [2, C] (sum(g), sum(g·x̂)). With ``vec_out`` (fp32 [6, C]) it also writes the
+    bn_act_bwd vectors of the BN with weight ``gamma``, statistics ``mean`` / ``invstd`` (fp32 [C]) over ``count``
+    rows; with ``grad_w`` / ``grad_b`` (both or neither) the BN's parameter gradients s2 / s1 in their dtype.
+    """
+    _, P, C = part.shape
+    sums = torch.empty((2, C), device=part.device, dtype=torch.float32)
+    write_vec, write_grads = vec_out is not None, grad_w is not None
+    if write_vec and (gamma is None or mean is None or invstd is None):
+        raise ValueError("vec_out: the BN vectors need gamma, mean and invstd")
+    if write_grads != (grad_b is not None):
+        raise ValueError("grad_w, grad_b: give both parameter gradients or neither")
+    # narrow channel blocks: more programs share the P-long reduction (a GEMM's row tiles: P up to ~512)
+    block_c = min(32, triton.next_power_of_2(C))
+    block_p = max(1, min(64, triton.next_power_of_2(P)))
+    bn_bwd_vectors_kernel[(triton.cdiv(C, block_c),)](
+        part, P, C, gamma if write_vec else sums, mean if write_vec else sums, invstd if write_vec else sums,
+        1.0 / count, sums, vec_out if write_vec else sums, grad_w if write_grads else sums,
+        grad_b if write_grads else sums, TRAINING=training, WRITE_VEC=write_vec, WRITE_GRADS=write_grads,
+        BLOCK_P=block_p, BLOCK_C=block_c, **(dict(num_warps=4, num_stages=1) if part.is_cuda else {}))
+    return sums
 
 
 def bn_finalize(part, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.1, out=None):

@@ -297,7 +297,8 @@ def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu
 
     du, q, hz, res: [M, C]; qvec: fp32 [6, C] (BN1/act backward vectors, see _common.bn_act_bwd); xvec: fp32
     [4, C] (ax, bx, mean_in, invstd_in of the BN that produced x from hz). Returns
-    (dx or None, dhz or None, dweight fp32 [C, KS, KS], dbias fp32 [C], sum(dx) fp32 [C], sum(dx·xhat_in) fp32 [C]).
+    (dx or None, dhz or None, dweight fp32 [C, KS, KS], dbias fp32 [C], partial sums fp32 [2, P, C] of dx and
+    dx·xhat_in, one row per program: reduced by spin_kernels.triton.bn.bn_bwd_vectors).
     ``tile_h``, ``block_c``, ``programs`` override the tiling rules (see dw_fwd).
     """
     M, C = du.shape
@@ -332,6 +333,6 @@ def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu
                         WRITE_DHZ=write_dhz, TILE_H=tile_h, BLOCK_W=block_w, BLOCK_C=block_c,
                         STAGE=DW_BWD_STAGE_K9 if KS >= 9 else DW_BWD_STAGE,
                         **_launch_opts(du))
-    # separate reductions (fixed order: deterministic) so that no two results alias
-    dweight = wpart[:, :KS * KS].sum(0).t().contiguous().reshape(C, KS, KS)
-    return dx, dhz, dweight, wpart[:, KS * KS].sum(0), spart[0].sum(0), spart[1].sum(0)
+    # one fixed-order reduction (deterministic); the tap-major weight rows go back to [C, KS, KS] in one copy
+    wsum = wpart.sum(0)
+    return dx, dhz, wsum[:KS * KS].t().contiguous().reshape(C, KS, KS), wsum[KS * KS], spart

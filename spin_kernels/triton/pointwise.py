@@ -12,7 +12,10 @@ pw_input_kernel
 pw_fwd_kernel
     computes  z = u·Wᵀ + bias  (stored pre-activation), per-row-tile partial BN stats of act(z) (count, mean, M2).
     tiling    BLOCK_M × BLOCK_N output tile, K loop in BLOCK_K steps, tl.dot in the activation dtype (fp16/bf16 →
-              wgmma on sm_90) with fp32 accumulation; grouped (GROUP_M) tile order for L2 reuse of the A rows.
+              wgmma on sm_90) with fp32 accumulation; fp32 operands (all three GEMMs) take input_precision="ieee"
+              (FFMA: ~1e-7 relative error, within the fp32 tolerance 1e-5, where the default single-pass TF32
+              truncates to ~8e-4; tf32x3 overflows sm_90's shared memory at some shipped tiles, see
+              tests/triton/test_dot_precision.py); grouped (GROUP_M) tile order for L2 reuse of the A rows.
     bytes     reads u once (re-reads across the N/BLOCK_N column programs hit L2), W once per tile, writes z:
               2 passes. Until this split the u prologue (two erfs per element at GELU) ran in the GEMM's K loop,
               once per N tile — 24× per element at C = 1536 — and pw_fwd was 17.4x its floor (cost model,
@@ -20,9 +23,10 @@ pw_fwd_kernel
 
 pw_dz_kernel
     computes  dz = d/dz of BN2(act(z)) given G (_common.bn_act_bwd's modes A / B), once per element, stored in the
-              activations' dtype: the A operand of both backward GEMMs.
+              activations' dtype: the A operand of both backward GEMMs. WRITE_U (a timm layer, whose forward does
+              not save u): also u as pw_input_kernel, the weight gradient's B operand, in the same launch.
     tiling    elementwise, PW_INPUT_BLOCK_M rows × ≤ 128 channels per program.
-    bytes     reads G, z, writes dz: 3 passes (in place over G for a timm layer).
+    bytes     reads G, z, writes dz: 3 passes (in place over G for a timm layer); WRITE_U + 3 (hz, q r, u w).
 
 pw_bwd_dx_kernel
     computes  du = dz·W [+ R], and per-row-tile partials sum(du), sum(du·ghat1) with
@@ -34,8 +38,8 @@ pw_bwd_dw_kernel (the shared-run weight gradient)
     computes  dW = Σ_layers Σ_rows dzᵀ·u and dbias = Σ dz over the CONCATENATED rows of all R layers of a run that
               share W: one GEMM with reduction length R·M, split in ``split`` row ranges (a runtime value: no
               recompile per batch; fp32 partials [split, N, K], summed in a fixed order by the host:
-              deterministic). u is the SPIN forward's saved u, or rebuilt once per element by pw_input_kernel
-              for a timm run (a transient of R activations).
+              deterministic). u is the SPIN forward's saved u, or rebuilt once per element by pw_dz_kernel
+              (WRITE_U) for a timm run (a transient of R activations).
     tiling    BLOCK_N × BLOCK_K output tile per program, BLOCK_M row steps; layer l's dz is the stacked buffer's
               slice l (l < R-1) or the separate last-layer buffer (l = R-1).
     bytes     reads dz and u once per (N, K) tile column / row (L2 re-reads): 2 passes per layer.
@@ -69,6 +73,14 @@ def pw_input_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, q_ptr, a1_ptr, b1_ptr, u_pt
     kmask = offs_k < K
     m = (offs_m < M)[:, None] & kmask[None, :]
     offs = offs_m.to(tl.int64)[:, None] * K + offs_k[None, :]
+    store_input_tile(hz_ptr, res_ptr, ax_ptr, bx_ptr, q_ptr, a1_ptr, b1_ptr, u_ptr, offs, m, offs_k, kmask,
+                     ACT_IN, ACT_G, HAS_RES)
+
+
+@triton.jit
+def store_input_tile(hz_ptr, res_ptr, ax_ptr, bx_ptr, q_ptr, a1_ptr, b1_ptr, u_ptr, offs, m, offs_k, kmask,
+                     ACT_IN: tl.constexpr, ACT_G: tl.constexpr, HAS_RES: tl.constexpr):
+    """u = [res] + ax·act_in(hz) + bx + a1·act_g(q) + b1 of one tile, stored in u's dtype."""
     ax = tl.load(ax_ptr + offs_k, mask=kmask, other=0.0)
     bx = tl.load(bx_ptr + offs_k, mask=kmask, other=0.0)
     a1 = tl.load(a1_ptr + offs_k, mask=kmask, other=0.0)
@@ -91,7 +103,7 @@ def pw_fwd_kernel(u_ptr, w_ptr, bias_ptr, z_ptr, part_ptr, M, N, K,
         kmask = offs_k < K
         u = tl.load(u_ptr + rows + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
         wt = tl.load(w_ptr + offs_n[None, :] * K + offs_k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
-        acc = tl.dot(u, wt, acc)
+        acc = tl.dot(u, wt, acc, input_precision="ieee" if u.dtype == tl.float32 else "tf32")
     bias = tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
     z = (acc + bias[None, :]).to(z_ptr.dtype.element_ty)
     omask = mmask[:, None] & nmask[None, :]
@@ -101,8 +113,8 @@ def pw_fwd_kernel(u_ptr, w_ptr, bias_ptr, z_ptr, part_ptr, M, N, K,
 
 
 @triton.jit
-def pw_dz_kernel(g_ptr, z_ptr, zvec_ptr, dz_ptr, M, N,
-                 ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def pw_dz_kernel(g_ptr, z_ptr, zvec_ptr, dz_ptr, hz_ptr, uvec_ptr, q_ptr, u_ptr, M, N,
+                 ACT: tl.constexpr, WRITE_U: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < N
@@ -110,6 +122,9 @@ def pw_dz_kernel(g_ptr, z_ptr, zvec_ptr, dz_ptr, M, N,
     offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     dz = bn_act_bwd_tile(g_ptr, z_ptr, zvec_ptr, offs, m, offs_n, nmask, N, ACT)
     tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=m)
+    if WRITE_U:  # a timm layer's u (not saved by the forward) for the run's weight gradient, in the same launch
+        store_input_tile(hz_ptr, hz_ptr, uvec_ptr, uvec_ptr + N, q_ptr, uvec_ptr + 2 * N, uvec_ptr + 3 * N, u_ptr,
+                         offs, m, offs_n, nmask, ACT, ACT, False)
 
 
 @triton.jit
@@ -127,7 +142,7 @@ def pw_bwd_dx_kernel(dz_ptr, w_ptr, r_ptr, q_ptr, qvec_ptr, du_ptr, part_ptr,
         dz = tl.load(dz_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :],
                      mask=mmask[:, None] & nmask[None, :], other=0.0)
         w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
-        acc = tl.dot(dz, w, acc)
+        acc = tl.dot(dz, w, acc, input_precision="ieee" if dz.dtype == tl.float32 else "tf32")
     omask = mmask[:, None] & kmask[None, :]
     offs_o = offs_m.to(tl.int64)[:, None] * K + offs_k[None, :]
     if HAS_R:
@@ -144,7 +159,7 @@ def pw_bwd_dx_kernel(dz_ptr, w_ptr, r_ptr, q_ptr, qvec_ptr, du_ptr, part_ptr,
 
 
 @triton.jit
-def pw_bwd_dw_kernel(dzrun_ptr, dzlast_ptr, u_ptr, dw_ptr, db_ptr, M, N, K, R, split,
+def pw_bwd_dw_kernel(dzrun_ptr, dzlast_ptr, urun_ptr, ulast_ptr, dw_ptr, db_ptr, M, N, K, R, split,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -168,12 +183,13 @@ def pw_bwd_dw_kernel(dzrun_ptr, dzlast_ptr, u_ptr, dw_ptr, db_ptr, M, N, K, R, s
         mmask = offs_m < M
         mz = mmask[:, None] & nmask[None, :]
         offs_z = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-        # dz of layer l: slice l of the stacked buffer (l < R-1) or the run's last layer's (l = R-1)
+        # dz and u of layer l: slice l of the stacked buffers (l < R-1) or the run's last layer's (l = R-1)
         dz_src = tl.where(layer < R - 1, dzrun_ptr + layer.to(tl.int64) * M * N, dzlast_ptr)
         dz = tl.load(dz_src + offs_z, mask=mz, other=0.0)
-        u = tl.load(u_ptr + layer.to(tl.int64) * M * K + offs_m.to(tl.int64)[:, None] * K + offs_k[None, :],
+        u_src = tl.where(layer < R - 1, urun_ptr + layer.to(tl.int64) * M * K, ulast_ptr)
+        u = tl.load(u_src + offs_m.to(tl.int64)[:, None] * K + offs_k[None, :],
                     mask=mmask[:, None] & kmask[None, :], other=0.0)
-        acc = tl.dot(tl.trans(dz), u, acc)
+        acc = tl.dot(tl.trans(dz), u, acc, input_precision="ieee" if u.dtype == tl.float32 else "tf32")
         if pid_k == 0:  # the bias gradient: one column of programs
             dbias += tl.sum(dz.to(tl.float32), axis=0)
     tl.store(dw_ptr + (pid_s * N + offs_n)[:, None] * K + offs_k[None, :], acc,
@@ -264,20 +280,26 @@ def pw_fwd(hz, res, ax, bx, q, a1, b1, weight, bias, act_in="gelu", act_g="gelu"
     return z, (u if write_u else None), (part if emit_stats else None)
 
 
-def pw_dz(g, z, zvec, act="gelu", out=None):
+def pw_dz(g, z, zvec, act="gelu", out=None, u_inputs=None, u_out=None):
     """dz = d/dz of y = BN(act(z)) given G (``_common.bn_act_bwd``'s modes, vectors ``zvec`` fp32 [6, N]), once per
-    element (pw_dz_kernel), into ``out`` (may be ``g`` itself: elementwise, in place) or a new tensor."""
+    element (pw_dz_kernel), into ``out`` (may be ``g`` itself: elementwise, in place) or a new tensor.
+
+    With ``u_inputs`` = (hz, q, uvec fp32 [4, N] = ax, bx, a1, b1) the same launch also writes a timm layer's
+    u = ax·act(hz) + bx + a1·act(q) + b1 (as pw_input) into ``u_out``."""
     M, N = g.shape
     dz = torch.empty_like(g) if out is None else out
+    hz, q, uvec = u_inputs if u_inputs is not None else (g, g, zvec)
     block_n = min(128, triton.next_power_of_2(N))
     pw_dz_kernel[(triton.cdiv(M, PW_INPUT_BLOCK_M), triton.cdiv(N, block_n))](
-        g_ptr=g, z_ptr=z, zvec_ptr=zvec, dz_ptr=dz, M=M, N=N, ACT=ACT_CODES[act], BLOCK_M=PW_INPUT_BLOCK_M,
-        BLOCK_N=block_n)
+        g_ptr=g, z_ptr=z, zvec_ptr=zvec, dz_ptr=dz, hz_ptr=hz, uvec_ptr=uvec, q_ptr=q,
+        u_ptr=u_out if u_inputs is not None else dz, M=M, N=N, ACT=ACT_CODES[act], WRITE_U=u_inputs is not None,
+        BLOCK_M=PW_INPUT_BLOCK_M, BLOCK_N=block_n)
     return dz
 
 
 def pw_bwd_dx(dz, weight, r, q, qvec, act_g="gelu"):
-    """Launch pw_bwd_dx_kernel: du = dz·W [+ r]. Returns (du [M, K], sum(du) fp32 [K], sum(du·ghat1) fp32 [K])."""
+    """Launch pw_bwd_dx_kernel: du = dz·W [+ r]. Returns (du [M, K], partial sums fp32 [2, T, K]: sum(du) and
+    sum(du·ghat1) of each of the T row tiles, reduced by spin_kernels.triton.bn.bn_bwd_vectors)."""
     M, N = dz.shape
     w = weight.reshape(weight.shape[0], -1)
     K = w.shape[1]
@@ -289,31 +311,18 @@ def pw_bwd_dx(dz, weight, r, q, qvec, act_g="gelu"):
     grid = (n_tiles * triton.cdiv(K, cfg["BLOCK_K"]),)
     pw_bwd_dx_kernel[grid](dz_ptr=dz, w_ptr=w, r_ptr=r if r is not None else dz, q_ptr=q, qvec_ptr=qvec, du_ptr=du,
                            part_ptr=part, M=M, N=N, K=K, ACT_G=ACT_CODES[act_g], HAS_R=r is not None, **cfg)
-    return du, part[0].sum(0), part[1].sum(0)
+    return du, part
 
 
-def pw_inputs_of_run(zin, zrun, qrun, uvec, act="gelu"):
-    """u of every layer of a timm-style run (not saved by the forward), rebuilt once per element by pw_input_kernel:
-    layer l's input x is BN(act(z)) of zin (l = 0) or of zrun[l-1]; uvec fp32 [R, 4, K] = (ax, bx, a1, b1).
-    Returns u [R, M, K] (a transient of the backward)."""
-    R, M, K = qrun.shape
-    u = torch.empty_like(qrun)
-    for layer in range(R):
-        hz = zin if layer == 0 else zrun[layer - 1]
-        ax, bx, a1, b1 = uvec[layer]
-        pw_input(hz, None, ax, bx, qrun[layer], a1, b1, act, act, out=u[layer])
-    return u
-
-
-def pw_bwd_dw(dzrun, dzlast, u, split=None):
+def pw_bwd_dw(dzrun, dzlast, urun, ulast, R, split=None):
     """Launch pw_bwd_dw_kernel: dW = Σ dzᵀ·u and dbias = Σ dz over the concatenated rows of the R layers of a run.
 
-    dzrun: [max(R-1, 1), M, N] dz of layers 0..R-2; dzlast: [M, N] dz of layer R-1; u: [R, M, K].
-    Returns (dW fp32 [N, K], dbias fp32 [N]).
+    dzrun / urun: [≥ R-1, M, N / K] dz and u of layers 0..R-2 (any tensor when R = 1: not read);
+    dzlast / ulast: [M, N / K] those of layer R-1. Returns (dW fp32 [N, K], dbias fp32 [N]).
     """
-    R, M, K = u.shape
+    M, K = ulast.shape
     N = dzlast.shape[1]
-    if _on_gpu(u):
+    if _on_gpu(ulast):
         cfg = dict(PW_DW_GPU_CONFIG)
     else:
         cfg = dict(BLOCK_M=32, BLOCK_N=max(16, min(32, triton.next_power_of_2(N))),
@@ -321,9 +330,10 @@ def pw_bwd_dw(dzrun, dzlast, u, split=None):
     n_prog = triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(K, cfg["BLOCK_K"])
     total = R * triton.cdiv(M, cfg["BLOCK_M"])
     if split is None:  # about WGRAD_PROGRAMS_PER_SM programs per SM (the interpreter: 2 splits)
-        split = max(1, min(total, triton.cdiv(WGRAD_PROGRAMS_PER_SM * sm_count(u), n_prog) if _on_gpu(u) else 2))
-    dw = torch.empty((split, N, K), device=u.device, dtype=torch.float32)
-    db = torch.empty((split, N), device=u.device, dtype=torch.float32)
-    pw_bwd_dw_kernel[(n_prog, split)](dzrun_ptr=dzrun, dzlast_ptr=dzlast, u_ptr=u, dw_ptr=dw, db_ptr=db, M=M, N=N,
-                                      K=K, R=R, split=split, **cfg)
+        on_gpu = _on_gpu(ulast)
+        split = max(1, min(total, triton.cdiv(WGRAD_PROGRAMS_PER_SM * sm_count(ulast), n_prog) if on_gpu else 2))
+    dw = torch.empty((split, N, K), device=ulast.device, dtype=torch.float32)
+    db = torch.empty((split, N), device=ulast.device, dtype=torch.float32)
+    pw_bwd_dw_kernel[(n_prog, split)](dzrun_ptr=dzrun, dzlast_ptr=dzlast, urun_ptr=urun, ulast_ptr=ulast, dw_ptr=dw,
+                                      db_ptr=db, M=M, N=N, K=K, R=R, split=split, **cfg)
     return dw.sum(0), db.sum(0)

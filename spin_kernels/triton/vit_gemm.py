@@ -93,7 +93,7 @@ def gemm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, res_ptr, scale_ptr, z_ptr, mean_p
             b = _gelu(b.to(tl.float32)).to(b_ptr.dtype.element_ty)
         if ROWSUM_A:
             rowsum += tl.sum(a.to(tl.float32), 1)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, input_precision="ieee" if b.dtype == tl.float32 else "tf32")
 
     offs_c = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     c_base = c_ptr + pid_k.to(tl.int64) * M * N  # split-K: fp32 partial [SPLIT, M, N], summed by the host

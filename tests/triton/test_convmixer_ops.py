@@ -58,13 +58,14 @@ def leaves(args, dtype=None):
 
 
 def run_and_backward(fn, a, probes):
-    Z, Q, U, st = fn(**a)
+    out = fn(**a)
+    z, u, bn = out[:3]
     rz, ru, rm, ri = probes
-    loss = (Z[-1].double() * rz).sum() + (st[-1, 3].double() * rm).sum() + (st[-1, 5].double() * ri).sum()
+    loss = (z.double() * rz).sum() + (bn[0].double() * rm).sum() + (bn[1].double() * ri).sum()
     if a["spin"]:
-        loss = loss + (U[-1].double() * ru).sum()
+        loss = loss + (u.double() * ru).sum()
     loss.backward()
-    return Z, Q, U, st
+    return out
 
 
 RUN_CASES = [  # (R, spin, training, act, dtype, k, (B, H, W, C))
@@ -82,8 +83,21 @@ RUN_CASES = [  # (R, spin, training, act, dtype, k, (B, H, W, C))
 ]
 
 
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """torch.empty / empty_like / Tensor.new_empty return NaN-filled float tensors while the test runs, so an output
+    element (or a partial-statistics slot) that no kernel writes shows up as NaN instead of stale memory."""
+    def poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    empty, empty_like, new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: poison(new_empty(self, *a, **k)))
+
+
 @pytest.mark.parametrize("R,spin,training,act,dtype,k,shape", RUN_CASES)
-def test_convmixer_run_fwd_bwd(R, spin, training, act, dtype, k, shape):
+def test_convmixer_run_fwd_bwd(R, spin, training, act, dtype, k, shape, poisoned_empty):
     B, H, W, C = shape
     M = B * H * W
     args = make_args(R, B, H, W, C, k, dtype, spin, training, act)
@@ -100,7 +114,8 @@ def test_convmixer_run_fwd_bwd(R, spin, training, act, dtype, k, shape):
     def tol_for(x_torch, y):
         return max(TOL[dtype], 2 * rel_err(x_torch, y))
 
-    for name, x, xt, y in zip("ZQUS", out, same, exp):
+    for name, x, xt, y in zip(("z", "u", "bn", "Z", "Q", "U", "stats"), out, same, exp):
+        assert x.shape == y.shape, name
         if y.numel():
             assert not torch.isnan(x).any(), name
             assert rel_err(x, y) <= tol_for(xt, y), name
@@ -122,7 +137,7 @@ def test_convmixer_run_fwd_bwd(R, spin, training, act, dtype, k, shape):
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="a GPU runs these tiles natively")
 @pytest.mark.parametrize("spin,big", [(False, True), (True, False)])
-def test_convmixer_run_at_gpu_gemm_tiles(monkeypatch, spin, big):
+def test_convmixer_run_at_gpu_gemm_tiles(monkeypatch, poisoned_empty, spin, big):
     """The whole run with the pointwise GEMMs at their GPU tiles in the interpreter — the large-M configs
     (``big``: 128x128x64, 128x128 with N steps of 64) or the small-M ones (64x64x64), and the weight gradient's
     64x128x256 — at several row and column tiles with partial ones (M = 300, C = 160); dw_fwd / dw_bwd at GPU
@@ -131,7 +146,7 @@ def test_convmixer_run_at_gpu_gemm_tiles(monkeypatch, spin, big):
 
     monkeypatch.setattr(pointwise, "_on_gpu", lambda t: True)
     monkeypatch.setattr(pointwise, "BIG_TILE_MIN_ROWS", 0 if big else 10 ** 9)
-    test_convmixer_run_fwd_bwd(2, spin, True, "gelu", torch.float32, 3, (2, 10, 15, 160))
+    test_convmixer_run_fwd_bwd(2, spin, True, "gelu", torch.float32, 3, (2, 10, 15, 160), poisoned_empty)
 
 
 def _model(spin, act="gelu", dim=32, depth=4, rate=2, k=3, mapping="sequential", momentum=0.1):
@@ -283,7 +298,9 @@ def test_saved_tensor_budget(spin):
             m.backend = backend
             sizes.append(_saved_activation_bytes(m, x))
         per_layer[backend] = (sizes[1] - sizes[0]) / 2
-    budget = (3 if spin else 2) * act_bytes + 6 * C * 4  # + per-layer statistics [6, C] fp32
+    # + per-layer statistics [6, C] fp32, + the run's output BN2 (mean, invstd) [2, C] fp32 that the next run
+    # saves (rate=1: a run per layer)
+    budget = (3 if spin else 2) * act_bytes + (6 + 2) * C * 4
     assert per_layer["triton"] <= budget, per_layer
     assert per_layer["reference"] >= 6 * act_bytes, per_layer  # what the fusion saves (eager: ~6 activations)
     assert per_layer["triton"] < per_layer["reference"], per_layer
@@ -331,14 +348,26 @@ def test_run_op_validation(key, bad, exc):
         ops.convmixer_run(**args)
 
 
+def test_run_op_differentiable_outputs():
+    """Only z, u and bn carry gradients. Z, Q, U and stats are saved state, marked non-differentiable: a loss on
+    them fails loudly instead of getting a silently wrong (dropped) gradient."""
+    a = leaves(make_args(2, 1, 3, 4, 16, 3, torch.float32, True, True, "gelu"))
+    z, u, bn, Z, Q, U, st = ops.convmixer_run(**a)
+    assert z.requires_grad and u.requires_grad and bn.requires_grad
+    for name, t in (("Z", Z), ("Q", Q), ("U", U), ("stats", st)):
+        assert not t.requires_grad, name
+        with pytest.raises(RuntimeError, match="does not require grad"):
+            t.sum().backward()
+
+
 def test_backward_is_deterministic():
     """No float atomics anywhere: two backward passes give bitwise identical gradients."""
     args = make_args(2, 3, 4, 5, 16, 3, torch.float32, True, True, "gelu")
     grads = []
     for _ in range(2):
         a = leaves(args)
-        Z, _, U, st = ops.convmixer_run(**a)
-        (Z[-1].sum() + U[-1].square().sum() + st[-1, 5].sum()).backward()
+        z, u, bn = ops.convmixer_run(**a)[:3]
+        (z.sum() + u.square().sum() + bn[1].sum()).backward()
         grads.append([a["z_in"].grad, a["pw_w"].grad, a["pw_b"].grad, a["dw_w"][0].grad, a["n1_w"][1].grad])
     for g1, g2 in zip(*grads):
         assert torch.equal(g1, g2)

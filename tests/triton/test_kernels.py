@@ -107,6 +107,34 @@ def test_bn_finalize_running_stats(momentum):
     assert rel_err(rm_b, bn_mod.running_mean) <= 1e-5 and rel_err(rv_b, bn_mod.running_var) <= 1e-5
 
 
+@pytest.mark.parametrize("param_dtype", DTYPES)
+@pytest.mark.parametrize("P,C,training", [(37, 45, True), (1, 16, False), (70, 130, True)])
+def test_bn_bwd_vectors(param_dtype, P, C, training):
+    """The backward glue of a BN: sums of the partials, parameter gradients in their dtype and the bn_act_bwd
+    vectors (a, 0, -a·s1/n, -a·s2/n, mean, invstd) against float64; every output poisoned first."""
+    part = rnd(2, P, C)
+    gamma, mean, invstd = vec(C).to(param_dtype), rnd(C), vec(C)
+    n = 1000
+    out = torch.full((6, C), float("nan"), device=DEVICE)
+    gw = torch.full((C,), float("nan"), device=DEVICE, dtype=param_dtype)
+    gb = torch.full_like(gw, float("nan"))
+    sums = bn.bn_bwd_vectors(part, gamma, mean, invstd, n, training, out, gw, gb)
+    s1, s2 = part.double().sum(1)
+    assert rel_err(sums[0], s1) <= 1e-6 and rel_err(sums[1], s2) <= 1e-6
+    assert torch.equal(gw, sums[1].to(param_dtype)) and torch.equal(gb, sums[0].to(param_dtype))
+    a = gamma.double() * invstd.double()
+    zero = torch.zeros_like(a)
+    exp = torch.stack([a, zero, -a * s1 / n if training else zero, -a * s2 / n if training else zero,
+                       mean.double(), invstd.double()])
+    assert rel_err(out, exp) <= 1e-6
+    # sums alone (no vectors, no gradients): the reduction only
+    assert torch.equal(bn.bn_bwd_vectors(part), sums)
+    with pytest.raises(ValueError, match="vec_out"):
+        bn.bn_bwd_vectors(part, vec_out=out)
+    with pytest.raises(ValueError, match="grad_w, grad_b"):
+        bn.bn_bwd_vectors(part, grad_w=gw)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M,C,act,spin", [(70, 32, "gelu", False), (33, 48, "relu", True), (1, 16, "gelu", True)])
 def test_pw_fwd(dtype, M, C, act, spin):
@@ -186,8 +214,9 @@ def test_dw_bwd(dtype, k, shape, act, has_res, training, tiling):
                         m1.detach(), i1.detach()]).float().contiguous()
     xvec = torch.stack([ax, bx, min_, iin]).contiguous()
     dx = torch.full((M, C), float("nan"), device=DEVICE, dtype=dtype)
-    _, dhz, dw, db, S1, S2 = dwconv.dw_bwd(du, q, qvec, w, hz, res, xvec, B, H, W, act, act, write_dx=True,
+    _, dhz, dw, db, s_part = dwconv.dw_bwd(du, q, qvec, w, hz, res, xvec, B, H, W, act, act, write_dx=True,
                                            write_dhz=True, dx_out=dx, **(tiling or {}))
+    S1, S2 = s_part.double().sum(1)  # per-program partial sums
     tol = TOL[dtype]
     assert rel_err(dx, x.grad) <= tol
     assert rel_err(dhz, hz64.grad) <= tol
