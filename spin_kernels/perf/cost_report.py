@@ -4,7 +4,8 @@ For each target shape (:data:`TARGET_SHAPES`) the fused ops' launches are record
 binary is compiled for sm_90a once (:mod:`.aot`), its SASS counted with the launch's trip counts
 (:mod:`.kernel_models`, :mod:`.cost_model`), and the rows are summed into a shared run, a train step (forward +
 backward) and an eval forward of the whole trunk (stem and head, PyTorch ops, are not kernels of ours and are left
-out). All numbers are estimates from machine code — lower bounds with no stalls modelled — never measurements.
+out). The host's PyTorch compute ops inside a run (BN vector glue, running statistics) are counted per phase
+(``host_ops_per_run``) and printed beside the launches, but not costed. All numbers are estimates from machine code — lower bounds with no stalls modelled — never measurements.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ __all__ = ["IMG_SIZE", "PHASES", "TARGET_SHAPES", "cost_report", "cost_shape", "
 CALIBRATION_RANGES = {"copy_kernel": ("hbm", 1.0, 1.05), "matmul_kernel": ("tensor", 1.0, 1.3)}
 
 
-def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132):
-    """(launches of one shared run, runs in the model, a description) of a target shape."""
+def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132, host_ops: dict | None = None):
+    """(launches of one shared run, runs in the model, a description) of a target shape; ``host_ops`` (a dict)
+    receives the run's host PyTorch compute ops per phase."""
     from .launches import convmixer_run_launches, vit_run_launches  # lazy: imports the ops and Triton
 
     model, batch, rate = TARGET_SHAPES[name]
@@ -42,12 +44,13 @@ def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132):
         hw = IMG_SIZE // arch["patch_size"]
         launches = convmixer_run_launches(batch, arch["dim"], hw, arch["kernel_size"], act=arch["act"],
                                           spin=arch["spin_residual"], run_length=rate, dtype=dtype,
-                                          sm_count=sm_count)
+                                          sm_count=sm_count, host_ops=host_ops)
         what = f"[{batch}, {arch['dim']}, {hw}, {hw}] k={arch['kernel_size']} {arch['act']}"
     else:
         tokens = (IMG_SIZE // arch["patch_size"]) ** 2 + 1
         launches = vit_run_launches(batch, tokens, arch["embed_dim"], arch["num_heads"],
-                                    mlp_ratio=arch["mlp_ratio"], run_length=rate, dtype=dtype, sm_count=sm_count)
+                                    mlp_ratio=arch["mlp_ratio"], run_length=rate, dtype=dtype, sm_count=sm_count,
+                                    host_ops=host_ops)
         what = f"[{batch}, {tokens}, {arch['embed_dim']}] heads={arch['num_heads']}"
     return launches, runs, f"{model} {what} {dtype}, runs of {rate} layer(s) × {runs}"
 
@@ -118,7 +121,8 @@ def cost_shape(name: str, compiler: Compiler, rates: cost_model.SMRates = cost_m
     ``cuda``: also the CUDA C++ kernels of ``backend="cuda"`` (:func:`.cuda_kernels.cuda_shape_costs`): extra rows
     with ``backend: "cuda"`` after the Triton ones, and the variant's own totals (``totals_cuda``,
     ``train_step_cuda``, ``eval_forward_persistent``, ...); the Triton rows and totals are unchanged."""
-    launches, runs, what = shape_launches(name, dtype, rates.sm_count)
+    host_ops: dict = {}
+    launches, runs, what = shape_launches(name, dtype, rates.sm_count, host_ops)
     rows: dict = {}
     for launch in launches:
         # the same binary with the same scalars and buffers sizes costs the same: one row, counted
@@ -133,7 +137,8 @@ def cost_shape(name: str, compiler: Compiler, rates: cost_model.SMRates = cost_m
     totals = {phase: phase_total([r for r in table if r["phase"] == phase], runs) for phase in PHASES}
     result = {"shape": name, "what": what, "runs": runs, "rows": table, "totals": totals,
               "train_step": train_step(totals),
-              "eval_forward": {k: totals["eval"][k] for k in ("model_estimate_s", "model_floor_s", "ratio")}}
+              "eval_forward": {k: totals["eval"][k] for k in ("model_estimate_s", "model_floor_s", "ratio")},
+              "host_ops_per_run": {phase: dict(sorted(host_ops.get(phase, {}).items())) for phase in PHASES}}
     if cuda:  # backend="cuda" (spin_kernels.perf.cuda_kernels), added after the Triton totals
         extra = cuda_shape_costs(name, table, runs, rates, dtype)
         result["rows"] = table + extra.pop("cuda_rows", [])
@@ -210,6 +215,11 @@ def format_cost_report(report: dict) -> str:
                      f"{t['fwd']['run_floor_s'] * 1e6:.1f}), bwd {t['bwd']['run_estimate_s'] * 1e6:.1f} us (floor "
                      f"{t['bwd']['run_floor_s'] * 1e6:.1f}), eval {t['eval']['run_estimate_s'] * 1e6:.1f} us (floor "
                      f"{t['eval']['run_floor_s'] * 1e6:.1f})")
+        host = sh.get("host_ops_per_run", {})
+        lines.append("launches per run (Triton + host PyTorch compute ops, each a kernel launch of its own on a GPU; "
+                     "their launch overhead is not in the estimates): " + ", ".join(
+                         f"{ph} {sum(r['count'] for r in sh['rows'] if r['phase'] == ph)} + "
+                         f"{sum(host.get(ph, {}).values())}" for ph in PHASES))
         lines.append(f"whole trunk ({sh['runs']} runs): train step {sh['train_step']['model_estimate_s'] * 1e3:.3f} ms"
                      f" vs floor {sh['train_step']['model_floor_s'] * 1e3:.3f} ms ({sh['train_step']['ratio']:.1f}x);"
                      f" eval forward {sh['eval_forward']['model_estimate_s'] * 1e3:.3f} ms vs floor "

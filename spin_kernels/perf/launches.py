@@ -9,6 +9,9 @@ recorder, so nothing is compiled or launched while the op runs; each :class:`Lau
 (:func:`spin_kernels.perf.aot.compile_kernel`) with the specialisation Triton's launcher would apply (16-byte
 aligned pointers and integers divisible by 16 marked, integers equal to 1 made constants).
 
+The host's own PyTorch compute ops between the launches (BN vector math, copies, reductions of partials: each a
+kernel launch of its own on a GPU) are counted too, per phase (:func:`is_compute_op`).
+
 Must run without ``TRITON_INTERPRET`` (the interpreter replaces the kernels by Python functions).
 """
 from __future__ import annotations
@@ -156,14 +159,58 @@ def _no_specialize(fn) -> set:
 
 
 class Recorder:
-    """The launches recorded so far; ``phase`` labels those that follow."""
+    """The launches recorded so far and the host's PyTorch compute ops per phase (``host_ops``: {phase: {op name:
+    count}}); ``phase`` labels those that follow."""
 
     def __init__(self):
         self.launches: list[Launch] = []
+        self.host_ops: dict = {}
         self.phase = ""
 
     def __call__(self, fn, args, kwargs, grid):
         self.launches.append(_record(fn, args, kwargs, grid, self.phase))
+
+    def restart_phase(self, phase: str) -> None:
+        """Forget what ``phase`` recorded so far (the setup a backward phase runs first)."""
+        self.launches = [lp for lp in self.launches if lp.phase != phase]
+        self.host_ops.pop(phase, None)
+
+
+def is_compute_op(func, args, kwargs, out) -> bool:
+    """Whether a dispatched aten op is a kernel launch of its own on a GPU: not an allocation (empty*), not a view or
+    alias of an input (views, detach, ``.to`` the same dtype, ``.contiguous()`` of a contiguous tensor); in-place
+    and out= ops always are."""
+    import torch
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.utils._pytree import tree_leaves
+
+    if func.overloadpacket.__name__.startswith(("empty", "new_empty")):
+        return False
+    if any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments):
+        return True
+
+    def storages(tree):
+        return {StorageWeakRef(t.untyped_storage()) for t in tree_leaves(tree)
+                if isinstance(t, torch.Tensor) and t.numel()}
+
+    outs = storages(out)
+    return not (outs and outs <= storages((args, kwargs)))
+
+
+def _host_op_counter(rec: Recorder):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            if rec.phase and func.namespace == "aten" and is_compute_op(func, args, kwargs, out):
+                ops = rec.host_ops.setdefault(rec.phase, {})
+                name = func.overloadpacket.__name__
+                ops[name] = ops.get(name, 0) + 1
+            return out
+
+    return HostOps()
 
 
 @contextlib.contextmanager
@@ -188,16 +235,17 @@ def recording(sm_count: int = 132):
                             total_memory=80 * 2 ** 30)
     with mock.patch.object(JITFunction, "run", run), \
             mock.patch.object(torch.cuda, "get_device_properties", lambda *a, **k: props), \
-            FakeTensorMode(allow_non_fake_inputs=True):
+            FakeTensorMode(allow_non_fake_inputs=True), _host_op_counter(rec):
         yield rec
 
 
 # ------------------------------------------------------------------------------------------------ the fused ops
 def convmixer_run_launches(batch: int, dim: int, hw: int, kernel_size: int, *, act: str, spin: bool,
                            run_length: int, dtype: str = "bf16", phases=("fwd", "bwd", "eval"),
-                           sm_count: int = 132) -> list[Launch]:
+                           sm_count: int = 132, host_ops: dict | None = None) -> list[Launch]:
     """The launches of one shared run (``run_length`` layers) of the fused ConvMixer trunk
-    (``spin_kernels::convmixer_run``) at ``[batch, dim, hw, hw]``: training forward, backward, eval forward."""
+    (``spin_kernels::convmixer_run``) at ``[batch, dim, hw, hw]``: training forward, backward, eval forward.
+    ``host_ops`` (a dict) receives the host's PyTorch compute ops per phase ({phase: {op: count}})."""
     import torch
 
     from ..ops import convmixer as op
@@ -221,22 +269,25 @@ def convmixer_run_launches(batch: int, dim: int, hw: int, kernel_size: int, *, a
         for phase in phases:
             rec.phase = phase
             training = phase != "eval"
-            Z, Q, U, stats = op.run_forward(*common, batch, hw, hw, 1e-5, 1e-5, training, act, spin, "triton",
-                                            False)
+            z, u, _, Z, Q, U, stats = op.run_forward(*common, batch, hw, hw, 1e-5, 1e-5, training, act, spin,
+                                                     "triton", False)
             if phase == "bwd":
-                rec.launches = [lp for lp in rec.launches if lp.phase != "bwd"]  # the forward above was a setup
-                op.run_backward(act_t(R, M, C), act_t(R, M, C) if spin else None, act_t(R, 6, C, dtype=f32),
-                                z_in, u_in, *vec, pw_w, Z, Q, U if spin else z_in.new_empty((0,)), stats, dw_w,
+                rec.restart_phase("bwd")  # the forward above was a setup
+                op.run_backward(act_t(M, C), act_t(M, C) if spin else None, act_t(2, C, dtype=f32),
+                                z_in, u_in, *vec, pw_w, z, Z, Q, u, U, stats, dw_w,
                                 per_layer["n1_w"], per_layer["n1_b"], per_layer["n2_w"], per_layer["n2_b"],
                                 batch, hw, hw, True, act, spin, "triton")
+    if host_ops is not None:
+        host_ops.update(rec.host_ops)
     return rec.launches
 
 
 def vit_run_launches(batch: int, tokens: int, dim: int, num_heads: int, *, mlp_ratio: float = 4.0,
                      run_length: int = 1, dtype: str = "bf16", phases=("fwd", "bwd", "eval"),
-                     sm_count: int = 132) -> list[Launch]:
+                     sm_count: int = 132, host_ops: dict | None = None) -> list[Launch]:
     """The launches of one shared run of fused ViT blocks (``spin_kernels::vit_run``) at ``[batch, tokens, dim]``:
-    training forward, backward, eval forward (the same kernels as the training forward: no dropout here)."""
+    training forward, backward, eval forward (the same kernels as the training forward: no dropout here).
+    ``host_ops`` as in :func:`convmixer_run_launches`."""
     import torch
 
     from ..ops import vit as op
@@ -255,8 +306,10 @@ def vit_run_launches(batch: int, tokens: int, dim: int, num_heads: int, *, mlp_r
             rec.phase = phase
             _, X, Y, O, stats, lse = op.run_forward(x, *w, *norms, None, num_heads, 1e-6, 0.0, 0)
             if phase == "bwd":
-                rec.launches = [lp for lp in rec.launches if lp.phase != "bwd"]
+                rec.restart_phase("bwd")
                 op.run_backward(t(batch, tokens, C), X, Y, O, stats, lse, *w, *norms, None, num_heads, 0.0, 0)
+    if host_ops is not None:
+        host_ops.update(rec.host_ops)
     return rec.launches
 
 
