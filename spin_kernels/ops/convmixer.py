@@ -76,28 +76,30 @@ def run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw
     u_of = _layer_of(U, u)
     ax = (in_w.float() * in_invstd.float()).contiguous()
     bx = (in_b.float() - in_mean.float() * ax).contiguous()
-    if not training:  # the running statistics' affines of all 2R BatchNorms, batched over the run
+    # BN1's batch statistics finalized inside dw_fwd's launch (Triton, local batch), else by bn_finalize
+    fused_finalize = training and not sync_bn and dw_impl == "triton"
+    counters = dwconv.finalize_counters(C, dev) if fused_finalize else None
+    if training:  # each BN's folded affine (a, b), [R, 2, C] per BN: what the next kernel applies on load
+        aff1, aff2 = torch.empty((2, R, 2, C), device=dev, dtype=torch.float32)
+    else:  # the running statistics' affines of all 2R BatchNorms, batched over the run
         eval1 = _eval_affines(n1_rm, n1_rv, n1_w, n1_b, eps1)
         eval2 = _eval_affines(n2_rm, n2_rv, n2_w, n2_b, eps2)
         stats[:, 0:3], stats[:, 3:6] = eval1[:, 0:3], eval2[:, 0:3]
+        aff1, aff2 = eval1[:, 3:5], eval2[:, 3:5]
     for i in range(R):
         hz = z_in if i == 0 else z_of(i - 1)
         res = (u_in if i == 0 else u_of(i - 1)) if spin else None
+        fin = {"finalize": dwconv.Finalize(n1_w[i], n1_b[i], eps1, stats[i, 0:3], aff1[i], counters)} \
+            if fused_finalize else {}
         _, part = dwconv.dw_fwd(hz, res, ax, bx, dw_w[i], dw_b[i], B, H, W, act, act, emit_stats=training,
-                                q_out=Q[i])
-        if training:
-            f1 = bn.bn_finalize(merge(part), n1_w[i], n1_b[i], eps1)
-            stats[i, 0:3] = f1[0:3]
-        else:
-            f1 = eval1[i]
-        _, _, part = pointwise.pw_fwd(hz, res, ax, bx, Q[i], f1[3], f1[4], pw_w, pw_b, act, act, act,
+                                q_out=Q[i], **fin)
+        if training and not fused_finalize:  # statistics and affine written where the run keeps them
+            bn.bn_finalize(merge(part), n1_w[i], n1_b[i], eps1, out=stats[i, 0:3], affine_out=aff1[i])
+        _, _, part = pointwise.pw_fwd(hz, res, ax, bx, Q[i], aff1[i, 0], aff1[i, 1], pw_w, pw_b, act, act, act,
                                       write_u=spin, emit_stats=training, z_out=z_of(i), u_out=u_of(i) if spin else None)
         if training:
-            f2 = bn.bn_finalize(merge(part), n2_w[i], n2_b[i], eps2)
-            stats[i, 3:6] = f2[0:3]
-        else:
-            f2 = eval2[i]
-        ax, bx = f2[3], f2[4]
+            bn.bn_finalize(merge(part), n2_w[i], n2_b[i], eps2, out=stats[i, 3:6], affine_out=aff2[i])
+        ax, bx = aff2[i, 0], aff2[i, 1]
     return z, u, stats[R - 1, 3::2].clone(), Z, Q, U, stats
 
 
@@ -363,7 +365,8 @@ def convmixer_run_backward(gz: Optional[Tensor], gu: Optional[Tensor], gbn: Opti
     """Backward of convmixer_run (its own op so that AOT autograd traces it through the fake below).
 
     Gradients flow only through the differentiable outputs z, u and bn (mean2, invstd2 of the last layer);
-    the statistics gradient is folded in training mode only (in eval the statistics are running buffers). Returns the gradients of z_in, u_in (empty without), in_mean, in_invstd,
+    the statistics gradient is folded in training mode only (in eval the statistics are running buffers).
+    Returns the gradients of z_in, u_in (empty without), in_mean, in_invstd,
     in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n2_w, n2_b (n2 of the last layer: zeros — the consumer
     applies that BN).
 

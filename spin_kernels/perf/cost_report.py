@@ -5,7 +5,8 @@ binary is compiled for sm_90a once (:mod:`.aot`), its SASS counted with the laun
 (:mod:`.kernel_models`, :mod:`.cost_model`), and the rows are summed into a shared run, a train step (forward +
 backward) and an eval forward of the whole trunk (stem and head, PyTorch ops, are not kernels of ours and are left
 out). The host's PyTorch compute ops inside a run (BN vector glue, running statistics) are counted per phase
-(``host_ops_per_run``) and printed beside the launches, but not costed. All numbers are estimates from machine code — lower bounds with no stalls modelled — never measurements.
+(``host_ops_per_run``) and printed beside the launches, but not costed. All numbers are estimates from machine
+code — lower bounds with no stalls modelled — never measurements.
 """
 from __future__ import annotations
 
@@ -101,6 +102,9 @@ def launch_cost(launch, compiler: Compiler, rates: cost_model.SMRates, dtype: st
     b = cost_model.bounds(counts, ctas=launch.ctas, warps=launch.num_warps,
                           blocks_per_sm=int(resources.get("blocks_per_sm") or 1), hbm_bytes=hbm, rates=rates)
     est, binding = cost_model.estimate(b)
+    # a tail one CTA runs after the others (in-kernel finalize): serial, added whatever bound binds
+    tail = (model.tail_waves(args) if model.tail_waves else 0) * rates.l2_round_trip_cycles / rates.clock_hz
+    est += tail
     flops = model.flops(args)
     floor = cost_model.floor_s(flops, model.unit, hbm, dtype, rates)
     return {"kernel": launch.kernel, "label": label(launch), "phase": launch.phase, "grid": list(launch.grid),
@@ -110,7 +114,7 @@ def launch_cost(launch, compiler: Compiler, rates: cost_model.SMRates, dtype: st
             launch.num_warps * launch.ctas, "flops": flops, "unit": model.unit,
             "tensor_macs": sum(counts.macs.values()) * launch.num_warps * launch.ctas,
             "bounds_s": {k: b[k] for k in cost_model.BOUNDS},
-            "pipe": b["pipe_name"], "binding": binding, "estimate_s": est, "floor_s": floor,
+            "pipe": b["pipe_name"], "binding": binding, "tail_s": tail, "estimate_s": est, "floor_s": floor,
             "ratio": est / floor if floor > 0 else float("inf")}
 
 

@@ -39,6 +39,9 @@ class KernelModel:
     flops: Callable                            # launch args -> FLOPs of the whole launch
     unit: str = "vector"                       # "tensor" (tensor-core GEMM work) or "vector" (CUDA cores)
     note: str = ""
+    # launch args -> serially dependent global-load waves that one CTA runs after all the others are done (an
+    # in-kernel finalize): a tail added to the estimate, whatever bound binds
+    tail_waves: Callable | None = None
 
     def trips(self, args, n_sass_loops: int) -> list[float]:
         """Trip counts matched to the ``n_sass_loops`` loops found in the machine code; ValueError when the
@@ -68,7 +71,11 @@ TRITON_MODELS: dict[str, KernelModel] = {
                LoopSpec("for s0 in range(0, region, STAGE)", lambda a: cdiv(a.region, a.STAGE)),
                LoopSpec("for tap in range(n_taps)", lambda a: a.n_taps)),
         flops=lambda a: 2.0 * a.q_ptr.shape[0] * a.C * a.KS * a.KS,
-        note="persistent: the tiles shared by grid[0] programs; halo staged once per tile, k² taps read it"),
+        note="persistent: the tiles shared by grid[0] programs; halo staged once per tile, k² taps read it; "
+             "FINALIZE: the last program per channel block merges the tile partials in finalize_block (a "
+             "noinline call: its loop is outside the kernel's SASS loops, costed as the tail)",
+        # the ticket atomic, one wave per BLOCK_T partials merged, the stores
+        tail_waves=lambda a: 2 + cdiv(a.n_tiles, a.BLOCK_T) if a.FINALIZE else 0),
     "dw_bwd_kernel": KernelModel(
         loops=(LoopSpec("for t in range(pid, n_tiles, n_prog)", lambda a: a.n_tiles / a.grid[0], may_fold=True),
                LoopSpec("for s0 in range(0, region, STAGE)", lambda a: cdiv(a.region, a.STAGE)),

@@ -42,11 +42,13 @@ def _build(dtype="fp16"):
     f32 = "*fp32"
     out = []
     dw_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, w_ptr=act, bias_ptr=act, q_ptr=act, part_ptr=f32,
-                    scratch_ptr=act)
+                    scratch_ptr=act, count_ptr="*i32", gamma_ptr=act, beta_ptr=act, stat_ptr=f32, ab_ptr=f32)
     for k, res in ((3, False), (9, True)):
         out.append(_entry(f"dw_fwd_k{k}{'_res' if res else ''}", dwconv.dw_fwd_kernel, dw_types,
-                          dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, EMIT_STATS=True, TILE_H=8, BLOCK_W=32,
-                               BLOCK_C=32, STAGE=dwconv.DW_FWD_STAGE),
+                          # the training forward's variant: statistics, BN finalized in the launch
+                          dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, EMIT_STATS=True, FINALIZE=True, TILE_H=8,
+                               BLOCK_W=32, BLOCK_C=32, STAGE=dwconv.DW_FWD_STAGE,
+                               BLOCK_T=dwconv.DW_FWD_FINALIZE_BLOCK),
                           dict(num_warps=4, num_stages=1), False,
                           # as launched: aligned buffers, C and the staging region multiples of 16 (the staged
                           # taps are 16-byte vector loads only when the launcher says so)
@@ -60,7 +62,8 @@ def _build(dtype="fp16"):
                                STAGE=dwconv.DW_BWD_STAGE_K9 if k >= 9 else dwconv.DW_BWD_STAGE),
                           dict(num_warps=4, num_stages=1), False, div16=[*dwb_types, "C", "W", "region"]))
     out.append(_entry("bn_finalize", bn.bn_finalize_kernel,
-                      dict(part_ptr=f32, gamma_ptr=f32, beta_ptr=f32, out_ptr=f32, rm_ptr=f32, rv_ptr=f32),
+                      dict(part_ptr=f32, gamma_ptr=f32, beta_ptr=f32, stat_ptr=f32, ab_ptr=f32, rm_ptr=f32,
+                           rv_ptr=f32),
                       dict(UPDATE_RUNNING=True, BLOCK_T=32, BLOCK_C=128), dict(num_warps=4, num_stages=1), False))
     out.append(_entry("bn_bwd_vectors", bn.bn_bwd_vectors_kernel,
                       dict(part_ptr=f32, gamma_ptr=act, mean_ptr=f32, invstd_ptr=f32, sums_ptr=f32, vec_ptr=f32,

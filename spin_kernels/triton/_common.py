@@ -117,15 +117,71 @@ def tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M
 
 
 @triton.jit
-def store_tile_stats(part_ptr, tile, n_tiles, offs_c, cmask, C, v, vmask, rmask):
-    """Store one tile's partial BatchNorm statistics of ``v`` [rows, cols] (fp32) into ``part`` [3, n_tiles, C]:
-    count of valid rows (``rmask``), mean and M2 over the valid elements (``vmask``) — merged later with Chan's
-    formula (spin_kernels.triton.bn)."""
+def tile_stats(v, vmask, rmask):
+    """(count, mean, M2) per column of ``v`` [rows, cols] (fp32) over its valid elements (``vmask``); the count is
+    the number of valid rows (``rmask``), the same for every column."""
     g = tl.where(vmask, v, 0.0)
     n = tl.sum(rmask.to(tl.float32), axis=0)
     mean = tl.sum(g, axis=0) / n
     d = tl.where(vmask, g - mean[None, :], 0.0)
-    m2 = tl.sum(d * d, axis=0)
-    tl.store(part_ptr + tile * C + offs_c, tl.zeros_like(mean) + n, mask=cmask)  # the count, per channel
-    tl.store(part_ptr + (n_tiles + tile) * C + offs_c, mean, mask=cmask)
-    tl.store(part_ptr + (2 * n_tiles + tile) * C + offs_c, m2, mask=cmask)
+    return tl.zeros_like(mean) + n, mean, tl.sum(d * d, axis=0)
+
+
+@triton.jit
+def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan's parallel merge of two (count, mean, M2) statistics (never sum / sum of squares: no cancellation)."""
+    n = n_a + n_b
+    frac = n_b / tl.maximum(n, 1.0)
+    delta = mean_b - mean_a
+    return n, mean_a + delta * frac, m2_a + m2_b + delta * delta * n_a * frac
+
+
+@triton.jit
+def store_stats(part_ptr, idx, n_part, offs_c, cmask, C, n, mean, m2):
+    """Store one (count, mean, M2) partial as entry ``idx`` of ``part`` [3, n_part, C]."""
+    tl.store(part_ptr + idx * C + offs_c, n, mask=cmask)
+    tl.store(part_ptr + (n_part + idx) * C + offs_c, mean, mask=cmask)
+    tl.store(part_ptr + (2 * n_part + idx) * C + offs_c, m2, mask=cmask)
+
+
+@triton.jit
+def store_tile_stats(part_ptr, tile, n_tiles, offs_c, cmask, C, v, vmask, rmask):
+    """Store one tile's partial BatchNorm statistics of ``v`` (:func:`tile_stats`) into ``part`` [3, n_tiles, C],
+    merged later with Chan's formula (spin_kernels.triton.bn)."""
+    n, mean, m2 = tile_stats(v, vmask, rmask)
+    store_stats(part_ptr, tile, n_tiles, offs_c, cmask, C, n, mean, m2)
+
+
+@triton.jit
+def merge_partials(part_ptr, n_part, C, offs_p, offs_c, cmask, n_a, mean_a, m2_a):
+    """Merge the partials ``offs_p`` (a block of entries) of ``part`` [3, n_part, C] into the running (count, mean,
+    M2) of the channels ``offs_c``. Through L2 (``.cg``): dw_fwd_kernel's in-kernel finalize reads partials
+    that other programs of the same launch wrote."""
+    m = (offs_p < n_part)[:, None] & cmask[None, :]
+    offs = offs_p[:, None] * C + offs_c[None, :]
+    nb = tl.load(part_ptr + offs, mask=m, other=0.0, cache_modifier=".cg")
+    mb = tl.load(part_ptr + n_part * C + offs, mask=m, other=0.0, cache_modifier=".cg")
+    qb = tl.load(part_ptr + 2 * n_part * C + offs, mask=m, other=0.0, cache_modifier=".cg")
+    n_blk = tl.sum(nb, axis=0)
+    mean_blk = tl.sum(nb * mb, axis=0) / tl.maximum(n_blk, 1.0)
+    d = tl.where(m, mb - mean_blk[None, :], 0.0)
+    m2_blk = tl.sum(qb + nb * d * d, axis=0)
+    return chan_merge(n_a, mean_a, m2_a, n_blk, mean_blk, m2_blk)
+
+
+@triton.jit
+def store_bn_affine(n, mean, m2, offs_c, cmask, C, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr):
+    """From merged (count, mean, M2): the biased variance, invstd = 1/sqrt(var + eps) and the folded affine
+    a = gamma·invstd, b = beta - mean·a. Stores mean, var, invstd as the rows of ``stat`` [3, C] and a, b as the
+    rows of ``ab`` [2, C]; returns var."""
+    var = m2 / tl.maximum(n, 1.0)
+    invstd = 1.0 / tl.sqrt(var + eps)
+    gamma = tl.load(gamma_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
+    a = gamma * invstd
+    tl.store(stat_ptr + offs_c, mean, mask=cmask)
+    tl.store(stat_ptr + C + offs_c, var, mask=cmask)
+    tl.store(stat_ptr + 2 * C + offs_c, invstd, mask=cmask)
+    tl.store(ab_ptr + offs_c, a, mask=cmask)
+    tl.store(ab_ptr + C + offs_c, beta - mean * a, mask=cmask)
+    return var

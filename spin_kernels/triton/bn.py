@@ -6,7 +6,10 @@ bn_finalize_kernel
               a = gamma·invstd, b = beta - mean·a that the consumer applies on load, and (UPDATE_RUNNING) the
               running statistics exactly as nn.BatchNorm2d: rm ← (1-m)·rm + m·mean, rv ← (1-m)·rv + m·var·n/(n-1).
     tiling    one program per BLOCK_C channels; the T tiles are merged BLOCK_T at a time in a fixed order, so the
-              result is deterministic (no atomics).
+              result is deterministic (no atomics). The merge and the affine (_common.merge_partials,
+              store_bn_affine) also run inside dw_fwd_kernel (FINALIZE), where the BN after the depthwise conv is
+              finalized without a launch of its own; the statistics (mean, var, invstd) and the affine (a, b) go
+              to two buffers, so the fused run writes them where it keeps them.
     bytes     3·T·C·4 read, 5·C·4 written: negligible next to one activation pass.
 
 bn_bwd_vectors_kernel
@@ -22,9 +25,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import merge_partials, store_bn_affine
+
 
 @triton.jit
-def bn_finalize_kernel(part_ptr, n_tiles, C, gamma_ptr, beta_ptr, eps, out_ptr, rm_ptr, rv_ptr, momentum,
+def bn_finalize_kernel(part_ptr, n_tiles, C, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr, rm_ptr, rv_ptr, momentum,
                        UPDATE_RUNNING: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -33,32 +38,9 @@ def bn_finalize_kernel(part_ptr, n_tiles, C, gamma_ptr, beta_ptr, eps, out_ptr, 
     mean_a = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2_a = tl.zeros([BLOCK_C], dtype=tl.float32)
     for t0 in range(0, n_tiles, BLOCK_T):
-        offs_t = t0 + tl.arange(0, BLOCK_T)
-        m = (offs_t < n_tiles)[:, None] & cmask[None, :]
-        offs = offs_t[:, None] * C + offs_c[None, :]
-        nb = tl.load(part_ptr + offs, mask=m, other=0.0)
-        mb = tl.load(part_ptr + n_tiles * C + offs, mask=m, other=0.0)
-        qb = tl.load(part_ptr + 2 * n_tiles * C + offs, mask=m, other=0.0)
-        n_blk = tl.sum(nb, axis=0)
-        mean_blk = tl.sum(nb * mb, axis=0) / tl.maximum(n_blk, 1.0)
-        d = tl.where(m, mb - mean_blk[None, :], 0.0)
-        m2_blk = tl.sum(qb + nb * d * d, axis=0)
-        n_new = n_a + n_blk
-        frac = n_blk / tl.maximum(n_new, 1.0)
-        delta = mean_blk - mean_a
-        mean_a = mean_a + delta * frac
-        m2_a = m2_a + m2_blk + delta * delta * n_a * frac
-        n_a = n_new
-    var = m2_a / tl.maximum(n_a, 1.0)
-    invstd = 1.0 / tl.sqrt(var + eps)
-    gamma = tl.load(gamma_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
-    a = gamma * invstd
-    tl.store(out_ptr + offs_c, mean_a, mask=cmask)
-    tl.store(out_ptr + C + offs_c, var, mask=cmask)
-    tl.store(out_ptr + 2 * C + offs_c, invstd, mask=cmask)
-    tl.store(out_ptr + 3 * C + offs_c, a, mask=cmask)
-    tl.store(out_ptr + 4 * C + offs_c, beta - mean_a * a, mask=cmask)
+        n_a, mean_a, m2_a = merge_partials(part_ptr, n_tiles, C, t0 + tl.arange(0, BLOCK_T), offs_c, cmask,
+                                           n_a, mean_a, m2_a)
+    var = store_bn_affine(n_a, mean_a, m2_a, offs_c, cmask, C, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr)
     if UPDATE_RUNNING:
         rm = tl.load(rm_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
         rv = tl.load(rv_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
@@ -131,20 +113,33 @@ def bn_bwd_vectors(part, gamma=None, mean=None, invstd=None, count=1, training=T
     return sums
 
 
-def bn_finalize(part, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.1, out=None):
+def bn_finalize(part, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.1, out=None,
+                affine_out=None):
     """Launch bn_finalize_kernel on partials [3, T, C].
 
-    Returns fp32 [5, C]: mean, var (biased), invstd, a, b. When running_mean/var are given they are updated in
-    place (nn.BatchNorm2d semantics; momentum must be a float here, resolve ``None`` on the host).
+    Returns ``out``, fp32 [5, C]: mean, var (biased), invstd, a, b. With ``affine_out`` (fp32 [2, C], receives a, b)
+    ``out`` is [3, C] (mean, var, invstd): the fused run writes the statistics and the affine where it keeps them.
+    When running_mean/var are given they are updated in place (nn.BatchNorm2d semantics; momentum must be a float
+    here, resolve ``None`` on the host).
     """
     _, T, C = part.shape
-    out = torch.empty((5, C), device=part.device, dtype=torch.float32) if out is None else out
+    rows = 5 if affine_out is None else 3
+    out = torch.empty((rows, C), device=part.device, dtype=torch.float32) if out is None else out
+    _check_stat_buffer("out", out, rows, C)
+    if affine_out is not None:
+        _check_stat_buffer("affine_out", affine_out, 2, C)
     block_c = min(128, triton.next_power_of_2(C))
     block_t = max(1, min(32, triton.next_power_of_2(T), 4096 // block_c))
     update = running_mean is not None
     bn_finalize_kernel[(triton.cdiv(C, block_c),)](
-        part, T, C, gamma, beta, float(eps), out,
+        part, T, C, gamma, beta, float(eps), out, out[3] if affine_out is None else affine_out,
         running_mean if update else out, running_var if update else out, float(momentum),
         UPDATE_RUNNING=update, BLOCK_T=block_t, BLOCK_C=block_c,
         **(dict(num_warps=4, num_stages=1) if part.is_cuda else {}))
     return out
+
+
+def _check_stat_buffer(name, t, rows, C):
+    if t.dtype != torch.float32 or tuple(t.shape) != (rows, C) or not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous fp32 [{rows}, {C}] buffer, got {t.dtype} "
+                         f"{tuple(t.shape)}{'' if t.is_contiguous() else ' (not contiguous)'}")

@@ -8,7 +8,10 @@ flattened M axis × BLOCK_C channels; the neighbour (di, dj) of position p is ro
 
 dw_fwd_kernel
     computes  q = DW_k(x) + bias   (stored: the pre-activation q; consumers apply act on load)
-              and, when EMIT_STATS, per-tile partial BN statistics of g = act(q): (count, mean, M2).
+              and, when EMIT_STATS, per-tile partial BN statistics of g = act(q): (count, mean, M2); with
+              FINALIZE also the BN itself (bn_finalize's merge, mean/var/invstd and the folded affine a, b), done
+              by the last program of each channel block to finish: a per-block counter (acq_rel atomic after a
+              barrier) elects it, so the layer's forward needs no separate finalize launch.
     tiling    a tile is TILE_H whole image rows (BLOCK_W ≥ W columns) × BLOCK_C channels; programs are persistent
               (grid[0] programs stride over the B·ceil(H/TILE_H) tiles, grid[1] = channel blocks). Per tile the
               halo — (TILE_H + k - 1) rows × (W + k - 1) columns — is rebuilt ONCE (prologue: BN affine,
@@ -17,7 +20,7 @@ dw_fwd_kernel
               a constant shift (i·(W + k - 1) + j positions), one conversion and one FMA per element.
     bytes     reads hz (+ res) once from HBM (halo rows of neighbouring tiles are cache hits), writes q once:
               2 (3) activation passes; the staging area (programs × region × BLOCK_C) is written and read back by
-              the same program and stays in L1/L2; stats: 3·C·4 bytes per tile.
+              the same program and stays in L1/L2; stats: 3·C·4 bytes per tile, read back once by the finalize.
     cost      (sm_90a SASS, bf16, `spin kernels-report --cost`): per tap and element ~3.3 instructions
               (k = 9: LDG.128 per 8 elements, bf16→fp32 conversion, FFMA); the prologue ~43 instructions per
               staged element at GELU, (TILE_H + k - 1)(W + k - 1) / (TILE_H·W) staged elements per output
@@ -48,6 +51,8 @@ dw_bwd_kernel
               second loop, which keeps the kernel spill-free with the fp32 dq halo. dw_bwd k = 9 at
               convmixer_1536_20 b64 went from 58.2x to 9.7x its floor when the prologues left the tap loop.
 """
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -58,16 +63,38 @@ from ._common import (
     act_grad,
     bn_act_bwd_tile,
     load_x_tile,
+    merge_partials,
     sm_count,
+    store_bn_affine,
     store_tile_stats,
 )
 
+
+@triton.jit(noinline=True)
+def finalize_block(part_ptr, n_part, C, pid_c, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr,
+                   BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """bn_finalize_kernel's work for channel block ``pid_c`` inside dw_fwd_kernel (FINALIZE): merge the n_part
+    tile partials, store the statistics and the folded affine. A real call (noinline, scalar arguments only), so
+    that its [BLOCK_T, BLOCK_C] tiles stay out of the register allocation of the kernel's tile loop (inlined, they
+    tip it into spills at 255 registers)."""
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
+    n_f = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean_f = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2_f = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for p0 in range(0, n_part, BLOCK_T):
+        n_f, mean_f, m2_f = merge_partials(part_ptr, n_part, C, p0 + tl.arange(0, BLOCK_T), offs_c, cmask,
+                                           n_f, mean_f, m2_f)
+    store_bn_affine(n_f, mean_f, m2_f, offs_c, cmask, C, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr)
+
+
 @triton.jit
 def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_ptr, scratch_ptr,
+                  count_ptr, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr,
                   H, W, C, n_tiles, row_tiles, halo_w, region, n_taps,
                   KS: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                  EMIT_STATS: tl.constexpr, TILE_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
-                  STAGE: tl.constexpr):
+                  EMIT_STATS: tl.constexpr, FINALIZE: tl.constexpr, TILE_H: tl.constexpr, BLOCK_W: tl.constexpr,
+                  BLOCK_C: tl.constexpr, STAGE: tl.constexpr, BLOCK_T: tl.constexpr):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     pid_c = tl.program_id(1)
@@ -116,7 +143,21 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
         q = (acc + bias[None, :]).to(q_ptr.dtype.element_ty)
         tl.store(q_ptr + offs_o, q, mask=omask)
         if EMIT_STATS:
+            # the BN statistics of act(q), merged over the program's tiles into its own partial (one per program,
+            # not per tile) by a read-modify-write: nothing is carried in registers across the tap loop (255
+            # registers at k = 9); the first tile reads zeros, which the merge leaves exact
             store_tile_stats(part_ptr, t, n_tiles, offs_c, cmask, C, act_fwd(q.to(tl.float32), ACT), omask, pmask)
+    if FINALIZE:
+        # the last program of this channel block to finish merges every tile's partial (bn_finalize in the same
+        # launch): the barrier orders all threads' partial stores before the acq_rel ticket (thread 0: MEMBAR.GPU,
+        # atomic, L1 invalidate: the pattern of a cooperative grid sync), the winner reads the partials through L2
+        # and re-arms the counter for the next launch
+        tl.debug_barrier()
+        ticket = tl.atomic_add(count_ptr + pid_c, 1, sem="acq_rel", scope="gpu")
+        if ticket == n_prog - 1:
+            finalize_block(part_ptr, n_tiles, C, pid_c, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr, BLOCK_T,
+                           BLOCK_C)
+            tl.store(count_ptr + pid_c, 0)
 
 
 @triton.jit
@@ -228,6 +269,10 @@ DW_BWD_STAGE = 32
 DW_BWD_STAGE_K9 = 16
 DW_FWD_PROGRAMS_PER_SM = 4
 DW_FWD_STAGE = 64
+# in-kernel finalize: the tile partials merged this many at a time (as bn_finalize does); the smallest channel
+# block any tiling picks (sizes the counter buffer)
+DW_FWD_FINALIZE_BLOCK = 32
+DW_MIN_BLOCK_C = 8
 
 
 def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sms=0,
@@ -245,7 +290,7 @@ def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sm
     block_w = triton.next_power_of_2(W)
     if block_c is None:  # rows wider than a tile: fewer channels, so a tile stays within the registers
         block_c = min(32 if on_gpu else 64, triton.next_power_of_2(C),
-                      max(8, 32 * positions // block_w))
+                      max(DW_MIN_BLOCK_C, 32 * positions // block_w))
     if tile_h is None:
         tile_h = min(triton.next_power_of_2(H), max(1, positions // block_w))
         # (no tile below min_positions: with a few elements per thread the tap loop's fixed work dominates)
@@ -257,13 +302,34 @@ def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sm
     return tile_h, block_w, block_c, halo_w, region
 
 
+class Finalize(NamedTuple):
+    """dw_fwd's BatchNorm of act(q) finalized in the same launch (bn_finalize's math, by the last program of each
+    channel block): the BN's ``gamma``, ``beta``, ``eps``; ``stats_out`` fp32 [3, C] receives mean, var (biased),
+    invstd and ``affine_out`` fp32 [2, C] the folded a, b; ``counters``: int32, at least one per channel block
+    (``ceil(C / 8)`` always suffice), all zero on entry and left zero (one buffer serves every launch of a
+    stream)."""
+
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    eps: float
+    stats_out: torch.Tensor
+    affine_out: torch.Tensor
+    counters: torch.Tensor
+
+
+def finalize_counters(C: int, device) -> torch.Tensor:
+    """A zeroed counter buffer for :class:`Finalize` (enough for any channel blocking of C channels)."""
+    return torch.zeros(triton.cdiv(C, DW_MIN_BLOCK_C), device=device, dtype=torch.int32)
+
+
 def dw_fwd(hz, res, ax, bx, weight, bias, B, H, W, act_in="gelu", act="gelu", emit_stats=True, q_out=None,
-           tile_h=None, block_c=None, programs=None):
+           tile_h=None, block_c=None, programs=None, finalize: Finalize | None = None):
     """Launch dw_fwd_kernel.
 
     hz, res: [M, C] (res may be None); ax, bx: fp32 [C]; weight: [C, 1, KS, KS] (or [C, KS, KS]); bias: [C].
-    Returns (q [M, C] in hz's dtype, partial stats fp32 [3, T, C] or None), T = B · ceil(H / TILE_H) tiles.
-    ``tile_h``, ``block_c``, ``programs`` (persistent programs along the tile axis) override the tiling rules.
+    Returns (q [M, C] in hz's dtype, partial stats fp32 [3, T, C] or None), T = B · ceil(H / TILE_H) tiles. With
+    ``finalize`` (implies emit_stats) the BN is also finalized in the same launch (:class:`Finalize`). ``tile_h``,
+    ``block_c``, ``programs`` (persistent programs along the tile axis) override the tiling rules.
     """
     M, C = hz.shape
     KS = weight.shape[-1]
@@ -277,18 +343,40 @@ def dw_fwd(hz, res, ax, bx, weight, bias, B, H, W, act_in="gelu", act="gelu", em
         programs = min(n_tiles, triton.cdiv(DW_FWD_PROGRAMS_PER_SM * sm_count(hz), n_cblk)) if hz.is_cuda \
             else n_tiles
     programs = max(1, min(programs, n_tiles))
+    emit_stats = emit_stats or finalize is not None
+    if finalize is not None:
+        _check_finalize(finalize, C, n_cblk, hz.device)
     # the staged layer input, in the activations' dtype (as x would be stored by PyTorch)
     scratch = torch.empty((n_cblk * programs * region * block_c,), device=hz.device, dtype=hz.dtype)
     q = torch.empty_like(hz) if q_out is None else q_out
     part = torch.empty((3, n_tiles, C), device=hz.device, dtype=torch.float32) if emit_stats else q
+    fin = finalize or Finalize(bias, bias, 0.0, part, part, part)  # placeholders: FINALIZE=False never reads them
     grid = (programs, n_cblk)
     dw_fwd_kernel[grid](hz_ptr=hz, res_ptr=res if res is not None else hz, ax_ptr=ax, bx_ptr=bx, w_ptr=wt,
-                        bias_ptr=bias, q_ptr=q, part_ptr=part, scratch_ptr=scratch, H=H, W=W, C=C,
+                        bias_ptr=bias, q_ptr=q, part_ptr=part, scratch_ptr=scratch, count_ptr=fin.counters,
+                        gamma_ptr=fin.gamma, beta_ptr=fin.beta, eps=float(fin.eps), stat_ptr=fin.stats_out,
+                        ab_ptr=fin.affine_out, H=H, W=W, C=C,
                         n_tiles=n_tiles, row_tiles=row_tiles, halo_w=halo_w, region=region, n_taps=KS * KS,
                         KS=KS, ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None,
-                        EMIT_STATS=emit_stats, TILE_H=tile_h, BLOCK_W=block_w, BLOCK_C=block_c,
-                        STAGE=DW_FWD_STAGE, **_launch_opts(hz))
+                        EMIT_STATS=emit_stats, FINALIZE=finalize is not None, TILE_H=tile_h, BLOCK_W=block_w,
+                        BLOCK_C=block_c, STAGE=DW_FWD_STAGE, BLOCK_T=DW_FWD_FINALIZE_BLOCK,
+                        **_launch_opts(hz))
     return q, (part if emit_stats else None)
+
+
+def _check_finalize(fin: Finalize, C: int, n_cblk: int, device) -> None:
+    for name, t, rows in (("finalize.stats_out", fin.stats_out, 3), ("finalize.affine_out", fin.affine_out, 2)):
+        if t.dtype != torch.float32 or tuple(t.shape) != (rows, C) or not t.is_contiguous() or t.device != device:
+            raise ValueError(f"{name}: expected a contiguous fp32 [{rows}, {C}] tensor on {device}, got {t.dtype} "
+                             f"{tuple(t.shape)} on {t.device}")
+    for name, t in (("finalize.gamma", fin.gamma), ("finalize.beta", fin.beta)):
+        if tuple(t.shape) != (C,) or t.device != device:
+            raise ValueError(f"{name}: expected a [{C}] tensor on {device}, got {tuple(t.shape)} on {t.device}")
+    cnt = fin.counters
+    if cnt.dtype != torch.int32 or cnt.dim() != 1 or cnt.numel() < n_cblk or not cnt.is_contiguous() \
+            or cnt.device != device:
+        raise ValueError(f"finalize.counters: expected a contiguous zeroed int32 vector of >= {n_cblk} entries on "
+                         f"{device} (finalize_counters), got {cnt.dtype} {tuple(cnt.shape)} on {cnt.device}")
 
 
 def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu",

@@ -34,15 +34,21 @@ class CountingRange:
 
 
 def _loop_lines(fn):
-    """{site: (absolute line, indentation)} of each descriptor loop in the kernel's source."""
+    """{site: (absolute line, absolute line past the loop's body)} of each descriptor loop in the kernel's source."""
     from spin_kernels.perf.kernel_models import TRITON_MODELS
+
+    def indent(line):
+        return len(line) - len(line.lstrip())
 
     lines, start = inspect.getsourcelines(fn)
     out = {}
     for spec in TRITON_MODELS[fn.__name__].loops:
         hits = [i for i, line in enumerate(lines) if spec.site in line]
         assert len(hits) == 1, f"{fn.__name__}: loop site {spec.site!r} found {len(hits)} times in the source"
-        out[spec.site] = (start + hits[0], len(lines[hits[0]]) - len(lines[hits[0]].lstrip()))
+        i = hits[0]
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() and indent(lines[j]) <= indent(lines[i])),
+                   len(lines))
+        out[spec.site] = (start + i, start + end)
     return out
 
 
@@ -72,12 +78,13 @@ def checked_launches(monkeypatch):
         sites = _loop_lines(fn)
         file = inspect.getsourcefile(fn)
         for i, spec in enumerate(model.loops):
-            line, indent = sites[spec.site]
-            # the loops around this one: earlier descriptor loops indented less (the source nest)
-            nest = [s for s in model.loops[:i] if sites[s.site][1] < indent] + [spec]
+            line, _ = sites[spec.site]
+            # the loops around this one: earlier descriptor loops whose body holds its line (the source nest)
+            nest = [s for s in model.loops[:i] if sites[s.site][0] < line < sites[s.site][1]] + [spec]
             expected = launch.ctas
             for s in nest:
-                expected *= s.trips(a)
+                trips = s.trips(a)
+                expected *= 0 if trips is None else trips  # None: compiled out, never runs
             got = counter.counts.get((file, line), 0)
             assert got == pytest.approx(expected), (fn.__name__, spec.site, launch.grid, got, expected)
         seen.append(fn.__name__)

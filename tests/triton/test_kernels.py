@@ -61,7 +61,9 @@ def test_dw_fwd_and_stats(dtype, k, shape, act, has_res):
 ])
 def test_dw_fwd_gpu_tilings(dtype, k, shape, tiling, has_res):
     """dw_fwd at the tilings a GPU runs (several tiles per persistent program, several channel blocks, partial
-    tiles), in the interpreter: output and statistics against float64."""
+    tiles), in the interpreter: output, the per-tile statistics and the BN finalized in the same launch (Finalize)
+    against float64; the counters are left zero for the next launch. (The interpreter runs programs in order, so
+    the elected last program is always the highest; on a GPU any program can be.)"""
     B, H, W, C = shape
     M = B * H * W
     if tiling == "gpu":
@@ -70,15 +72,67 @@ def test_dw_fwd_gpu_tilings(dtype, k, shape, tiling, has_res):
     hz, res = rnd(M, C, dtype=dtype), (rnd(M, C, dtype=dtype) if has_res else None)
     ax, bx = vec(C), rnd(C)
     w, b = rnd(C, 1, k, k, dtype=dtype, scale=k ** -1), rnd(C, dtype=dtype)
+    gamma, beta = vec(C).to(dtype), rnd(C, dtype=dtype)
     q = torch.full((M, C), float("nan"), device=DEVICE, dtype=dtype)
-    _, part = dwconv.dw_fwd(hz, res, ax, bx, w, b, B, H, W, "gelu", "gelu", emit_stats=True, q_out=q, **tiling)
-    assert part.shape[1] == B * -(-H // tiling["tile_h"])
+    stats_out = torch.full((3, C), float("nan"), device=DEVICE)
+    affine_out = torch.full((2, C), float("nan"), device=DEVICE)
+    counters = dwconv.finalize_counters(C, DEVICE)
+    fin = dwconv.Finalize(gamma, beta, 1e-5, stats_out, affine_out, counters)
+    _, part = dwconv.dw_fwd(hz, res, ax, bx, w, b, B, H, W, "gelu", "gelu", emit_stats=True, q_out=q,
+                            finalize=fin, **tiling)
+    assert part.shape[1] == B * -(-H // tiling["tile_h"])  # one partial per tile
+    assert not counters.any()
     qr, _, _ = ref.dw_fwd_ref(*d64(hz, res, ax, bx, w, b), B, H, W, "gelu", "gelu")
     assert rel_err(q, qr) <= TOL[dtype]
     out = bn.bn_finalize(part, torch.ones(C, device=DEVICE), torch.zeros(C, device=DEVICE), 1e-5)
+    # the statistics are of act(q) as stored (rounded to dtype): compare against that
     g = ref.act_ref(q.double(), "gelu")
+    exp = ref.bn_finalize_ref(g, gamma.double(), beta.double(), 1e-5)
     assert rel_err(out[0], g.mean(0)) <= 1e-5
     assert rel_err(out[1], g.var(0, unbiased=False)) <= 1e-5
+    for i in range(3):
+        assert rel_err(stats_out[i], exp[i]) <= 1e-5, i
+    for i in range(2):
+        assert rel_err(affine_out[i], exp[3 + i]) <= 1e-5, i
+    # the same buffers again: the counters were re-armed, the result is the same
+    stats_out.fill_(float("nan"))
+    dwconv.dw_fwd(hz, res, ax, bx, w, b, B, H, W, "gelu", "gelu", q_out=q, finalize=fin, **tiling)
+    assert rel_err(stats_out[0], exp[0]) <= 1e-5 and not counters.any()
+
+
+def test_dw_fwd_finalize_errors():
+    C = 32
+    hz, ax, bx = rnd(8, C), vec(C), rnd(C)
+    w, b = rnd(C, 1, 3, 3), rnd(C)
+
+    def fin(**kw):
+        base = dict(gamma=vec(C), beta=rnd(C), eps=1e-5, stats_out=torch.empty(3, C), affine_out=torch.empty(2, C),
+                    counters=dwconv.finalize_counters(C, DEVICE))
+        return dwconv.Finalize(**{**base, **kw})
+
+    for kw, name in ((dict(stats_out=torch.empty(5, C)), "finalize.stats_out"),
+                     (dict(affine_out=torch.empty(2, C, dtype=torch.float64)), "finalize.affine_out"),
+                     (dict(gamma=vec(C + 16)), "finalize.gamma"),
+                     (dict(counters=torch.zeros(1, dtype=torch.int32)), "finalize.counters"),
+                     (dict(counters=torch.zeros(C, dtype=torch.int64)), "finalize.counters")):
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            dwconv.dw_fwd(hz, None, ax, bx, w, b, 1, 2, 4, finalize=fin(**kw), block_c=16)
+
+
+def test_bn_finalize_split_outputs():
+    """bn_finalize into separate statistics [3, C] and affine [2, C] buffers (where the fused run keeps them) gives
+    the rows of the [5, C] result; wrong buffers raise naming the argument."""
+    C, T = 40, 7
+    part = torch.stack([torch.full((T, C), 3.0, device=DEVICE), rnd(T, C), vec(T * C).view(T, C)])
+    gamma, beta = vec(C), rnd(C)
+    full = bn.bn_finalize(part, gamma, beta, 1e-5)
+    st, ab = torch.full((3, C), float("nan"), device=DEVICE), torch.full((2, C), float("nan"), device=DEVICE)
+    assert bn.bn_finalize(part, gamma, beta, 1e-5, out=st, affine_out=ab) is st
+    assert torch.equal(st, full[:3]) and torch.equal(ab, full[3:])
+    with pytest.raises(ValueError, match="out: expected a contiguous fp32 \\[3, 40\\]"):
+        bn.bn_finalize(part, gamma, beta, 1e-5, out=torch.empty(5, C), affine_out=ab)
+    with pytest.raises(ValueError, match="affine_out"):
+        bn.bn_finalize(part, gamma, beta, 1e-5, out=st, affine_out=torch.empty(2, C).t().contiguous().t())
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.3])
