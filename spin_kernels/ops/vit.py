@@ -94,7 +94,7 @@ def run_forward(x, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_
     b, n, c = x.shape
     m = b * n
     r = len(n1_w)
-    new = layernorm.new_output  # NaN-poisoned on the CPU / with SPIN_KERNELS_POISON=1
+    new = layernorm.new_output  # (_common.new_output) NaN-poisoned on the CPU / with SPIN_KERNELS_POISON=1
     X = new((r, m, c), x.device, x.dtype)
     Y = new((r, m, c), x.device, x.dtype)
     O = new((r, m, c), x.device, x.dtype)

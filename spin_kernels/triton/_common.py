@@ -1,13 +1,25 @@
-"""Device helpers shared by the ConvMixer kernels (activation, its derivative, the fused BN/act backward).
+"""Helpers shared by the Triton kernels (ConvMixer and ViT): activation and its derivative, the fused BN/act
+backward, BatchNorm partial statistics and their merge, tile ordering, and the NaN-poisoned output buffer.
 
 Activation codes (constexpr ``ACT``): 0 identity, 1 GELU (erf form, ``tl.math.erf`` so it also runs in the
 interpreter), 2 ReLU. Everything here works on fp32 register tiles.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 ACT_CODES = {"identity": 0, "none": 0, "gelu": 1, "relu": 2}
+
+
+def new_output(shape, device, dtype) -> torch.Tensor:
+    """An output buffer for a kernel: NaN-poisoned on the CPU (interpreter tests) or when SPIN_KERNELS_POISON=1,
+    so an element a kernel fails to write fails the test; plain torch.empty otherwise (no extra memset pass)."""
+    device = torch.device(device)
+    if device.type == "cpu" or os.environ.get("SPIN_KERNELS_POISON") == "1":
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(shape, device=device, dtype=dtype)
 
 
 def sm_count(t: torch.Tensor) -> int:

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layernorm import new_output
+from ._common import new_output
 
 LOG2E = 1.4426950408889634
 

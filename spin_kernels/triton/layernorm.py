@@ -4,27 +4,16 @@ Rows are the M = B·N tokens of a contiguous [M, C] activation; all statistics a
 In the fused block the normalisation itself is applied in the prologue of the following GEMM (vit_gemm.py), so the
 forward here usually only emits (mean, rstd): 8 bytes per row instead of a full normalised activation.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._common import sm_count
+from ._common import new_output, sm_count
 
 # elements of one row tile held in registers: forward one live fp32 tile, backward five
 LN_FWD_TILE_ELEMS, LN_BWD_TILE_ELEMS = 4096, 2048
 # ln_bwd: programs per SM (each loops over its rows and keeps fp32 partial dweight / dbias)
 LN_BWD_PROGRAMS_PER_SM = 4
-
-
-def new_output(shape, device, dtype) -> torch.Tensor:
-    """An output buffer for a kernel: NaN-poisoned on the CPU (interpreter tests) or when SPIN_KERNELS_POISON=1,
-    so an element a kernel fails to write fails the test; plain torch.empty otherwise (no extra memset pass)."""
-    device = torch.device(device)
-    if device.type == "cpu" or os.environ.get("SPIN_KERNELS_POISON") == "1":
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-    return torch.empty(shape, device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -28,18 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import sm_count, tile_coords
-from .layernorm import new_output
+from ._common import ACT_CODES, act_fwd, act_grad, new_output, sm_count, tile_coords
 
-
-@triton.jit
-def _gelu(z):
-    return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
-
-
-@triton.jit
-def _gelu_grad(z):
-    return 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476)) + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
+GELU = tl.constexpr(ACT_CODES["gelu"])  # the activation code of _common.act_fwd / act_grad
 
 
 @triton.jit
@@ -90,7 +81,7 @@ def gemm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, res_ptr, scale_ptr, z_ptr, mean_p
             bf = (b.to(tl.float32) - mean_b[:, None]) * rstd_b[:, None] * lnw_b + lnb_b
             b = tl.where(b_mask, bf, 0.0).to(b_ptr.dtype.element_ty)
         if GELU_B:
-            b = _gelu(b.to(tl.float32)).to(b_ptr.dtype.element_ty)
+            b = act_fwd(b.to(tl.float32), GELU).to(b_ptr.dtype.element_ty)
         if ROWSUM_A:
             rowsum += tl.sum(a.to(tl.float32), 1)
         acc = tl.dot(a, b, acc, input_precision="ieee" if b.dtype == tl.float32 else "tf32")
@@ -100,11 +91,11 @@ def gemm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, res_ptr, scale_ptr, z_ptr, mean_p
     c_mask = m_mask[:, None] & n_mask[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if ACT == 1:
-        acc = _gelu(acc)
+    if ACT == GELU:
+        acc = act_fwd(acc, GELU)
     if GELU_GRAD:
         z = tl.load(z_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-        acc = acc * _gelu_grad(z)
+        acc = acc * act_grad(z, GELU)
     if HAS_RES:
         if HAS_SCALE:
             s = tl.load(scale_ptr + offs_m // rows_per_sample, mask=m_mask, other=0.0)
@@ -191,8 +182,8 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out_dtype=None, *, bias=None, act: st
                       stride_ak=a.stride(1), stride_bk=b.stride(0), stride_bn=b.stride(1),
                       rows_per_sample=rows_per_sample, rows_per_group=rows_per_group or k, k_per_split=k_per,
                       LN_A=ln is not None, LN_B=ln_b is not None, GELU_B=gelu_b, HAS_BIAS=bias is not None,
-                      ACT=1 if act == "gelu" else 0, GELU_GRAD=gelu_grad_z is not None, HAS_RES=res is not None,
-                      HAS_SCALE=scale is not None, ROWSUM_A=rowsum, SPLIT_K=split_k > 1, **cfg)
+                      ACT=ACT_CODES["gelu"] if act == "gelu" else 0, GELU_GRAD=gelu_grad_z is not None,
+                      HAS_RES=res is not None, HAS_SCALE=scale is not None, ROWSUM_A=rowsum, SPLIT_K=split_k > 1, **cfg)
     if split_k > 1:
         total = out.sum(0)
         out = total.to(out_dtype or b.dtype) if final is None else final.copy_(total)
