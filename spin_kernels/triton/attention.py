@@ -9,7 +9,8 @@ Layouts (no permute / contiguous copies anywhere):
 N needs not be a multiple of the tile (ViT: N = 197): keys past N are masked to -inf in the scores, query rows
 past N are loaded as zeros and never stored. head_dim D is a constexpr power of two in 16..128.
 Softmax statistics (running max, running sum, lse, delta) are fp32; both tl.dot of each step take operands in
-the activation dtype (fp16/bf16 -> wgmma on sm_90) and accumulate in fp32.
+the activation dtype (fp16/bf16 -> wgmma on sm_90) and accumulate in fp32; fp32 operands are multiplied in IEEE
+fp32 (constexpr PREC, :func:`dot_precision`), never single-pass TF32.
 
 Attention dropout (constexpr DROPOUT; runtime seed, p): the keep mask comes from Philox (tl.rand) on the flat
 (head, query, key) index, regenerated tile by tile in forward and backward and never stored;
@@ -74,7 +75,8 @@ def head_bases(qkv_ptr, bh, H, stride_qb, D: tl.constexpr):
 @triton.jit
 def attn_fwd_kernel(qkv_ptr, o_ptr, lse_ptr, N, H, qk_scale,
                     stride_qb, stride_qn, stride_ob, stride_on, seed, p_drop,
-                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr):
+                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr,
+                    PREC: tl.constexpr):
     bh = tl.program_id(0)  # batch x head on grid axis 0: axis 1 is capped at 65535 by CUDA, axis 0 is not
     pid_m = tl.program_id(1)
     b, h, q_base, k_base, v_base = head_bases(qkv_ptr, bh, H, stride_qb, D)
@@ -91,7 +93,7 @@ def attn_fwd_kernel(qkv_ptr, o_ptr, lse_ptr, N, H, qk_scale,
         n_mask = offs_n < N
         k = load_rows(k_base, offs_n, stride_qn, offs_d, n_mask)
         v = load_rows(v_base, offs_n, stride_qn, offs_d, n_mask)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # log2 domain
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # log2 domain
         s = tl.where(n_mask[None, :], s, float("-inf"))
         # key block 0 always holds key 0, so m_new is finite from the first step on
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -101,7 +103,7 @@ def attn_fwd_kernel(qkv_ptr, o_ptr, lse_ptr, N, H, qk_scale,
         if DROPOUT:
             keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, p_drop)
             p = tl.where(keep, p * (1.0 / (1.0 - p_drop)), 0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     acc = acc / l_i[:, None]
     o_base = o_ptr + b.to(tl.int64) * stride_ob + h * D
@@ -149,7 +151,8 @@ def attn_bwd_pre_kernel(o_ptr, do_ptr, delta_ptr, N, H, stride_ob, stride_on,
 @triton.jit
 def attn_bwd_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, N, H, qk_scale, sm_scale,
                     stride_qb, stride_qn, stride_ob, stride_on, seed, p_drop,
-                    D: tl.constexpr, BLOCK: tl.constexpr, STEP: tl.constexpr, DROPOUT: tl.constexpr):
+                    D: tl.constexpr, BLOCK: tl.constexpr, STEP: tl.constexpr, DROPOUT: tl.constexpr,
+                    PREC: tl.constexpr):
     bh = tl.program_id(0)
     pid = tl.program_id(1)
     kind = tl.program_id(2)
@@ -175,19 +178,19 @@ def attn_bwd_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, N, H, qk_scal
             do = load_rows(do_base, offs_m, stride_on, offs_d, m_mask)
             lse = tl.load(lse_base + offs_m, mask=m_mask, other=0.0)
             delta = tl.load(delta_base + offs_m, mask=m_mask, other=0.0)
-            s_t = tl.dot(k, tl.trans(q)) * qk_scale  # [keys, queries]
+            s_t = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # [keys, queries]
             p_t = tl.exp2(s_t - lse[None, :])
             p_t = tl.where(m_mask[None, :], p_t, 0.0)
-            dp_t = tl.dot(v, tl.trans(do))
+            dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)
             if DROPOUT:  # the same keep mask as the forward (Philox on the (head, query, key) index)
                 keep_t = _keep(seed, bh, offs_m[None, :], offs_b[:, None], N, p_drop)
                 pd_t = tl.where(keep_t, p_t * (1.0 / (1.0 - p_drop)), 0.0)
-                dv += tl.dot(pd_t.to(do.dtype), do)
+                dv += tl.dot(pd_t.to(do.dtype), do, input_precision=PREC)
                 dp_t = tl.where(keep_t, dp_t * (1.0 / (1.0 - p_drop)), 0.0)
             else:
-                dv += tl.dot(p_t.to(do.dtype), do)
+                dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
             ds_t = p_t * (dp_t - delta[None, :])
-            dk += tl.dot(ds_t.to(q.dtype), q)
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
         dk = dk * sm_scale
         tl.store(dq_base + C + offs_b[:, None] * stride_qn + offs_d[None, :], dk.to(dqkv_ptr.dtype.element_ty),
                  mask=b_mask[:, None])
@@ -205,15 +208,15 @@ def attn_bwd_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, N, H, qk_scal
             n_mask = offs_n < N
             k = load_rows(k_base, offs_n, stride_qn, offs_d, n_mask)
             v = load_rows(v_base, offs_n, stride_qn, offs_d, n_mask)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
             p = tl.exp2(s - lse[:, None])
             p = tl.where(n_mask[None, :], p, 0.0)
-            dp = tl.dot(do, tl.trans(v))
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
             if DROPOUT:
                 keep = _keep(seed, bh, offs_b[:, None], offs_n[None, :], N, p_drop)
                 dp = tl.where(keep, dp * (1.0 / (1.0 - p_drop)), 0.0)
             ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k)
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
         dq = dq * sm_scale
         tl.store(dq_base + offs_b[:, None] * stride_qn + offs_d[None, :], dq.to(dqkv_ptr.dtype.element_ty),
                  mask=b_mask[:, None])
@@ -247,12 +250,26 @@ def attn_dropout_mask(seed: int, batch: int, num_heads: int, n: int, dropout_p: 
     return mask.view(batch, num_heads, n, n).bool()
 
 
-def attn_config(d: int) -> dict:
-    """The shipped tile config for head_dim d (the interpreter runs the same one, so tests cover it).
+def dot_precision(dtype) -> str:
+    """``input_precision`` of the attention dots: fp32 operands as "ieee" (FFMA, fp32 rounding: single-pass TF32,
+    Triton's default, truncates the operands and errs ~1.6e-3 on the (4, 197, 6, 64) output, over the fp32
+    bound); fp16 / bf16 take one tensor-core pass whatever is asked ("tf32" is ignored for them)."""
+    return "ieee" if dtype in (torch.float32, "fp32") else "tf32"
 
-    sm_90 register budget (ptxas, 8 warps): fwd 128x64 tiles stay <= 255 regs without spills for every D;
-    bwd BLOCK 64 (the wgmma M) with a STEP of 64 query/key rows, 32 for D = 128 (64 spills there).
+
+def attn_config(d: int, dtype=torch.bfloat16) -> dict:
+    """The shipped tile config for head_dim d and the activations' dtype (the interpreter runs the same one, so
+    tests cover it).
+
+    sm_90 register budget (ptxas, 8 warps): fp16 / bf16 fwd 128x64 tiles stay <= 255 regs without spills for
+    every D; bwd BLOCK 64 (the wgmma M) with a STEP of 64 query/key rows, 32 for D = 128 (64 spills there).
+    fp32 (IEEE dots on FFMA: every operand in registers) at those tiles spills 0.5-74 KB from D = 32 on; fwd 64x32
+    and bwd 32x32 tiles compile spill-free for every D (74-120 registers).
     """
+    if dtype in (torch.float32, "fp32"):
+        return dict(fwd=dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+                    pre=dict(BLOCK_M=64, num_warps=4),
+                    bwd=dict(BLOCK=32, STEP=32, num_warps=8, num_stages=2))
     return dict(fwd=dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
                 pre=dict(BLOCK_M=64, num_warps=4),
                 bwd=dict(BLOCK=64, STEP=32 if d > 64 else 64, num_warps=8, num_stages=2))
@@ -272,11 +289,11 @@ def attn_fwd(qkv: torch.Tensor, num_heads: int, sm_scale: float | None = None, o
     if o.shape != (bsz, n, c) or not o.is_contiguous() or lse.shape != (bsz, num_heads, n) \
             or not lse.is_contiguous() or lse.dtype != torch.float32:
         raise ValueError("out, lse: expected contiguous [B, N, C] and fp32 [B, H, N] buffers")
-    cfg = attn_config(d)["fwd"]
+    cfg = attn_config(d, qkv.dtype)["fwd"]
     grid = (bsz * num_heads, triton.cdiv(n, cfg["BLOCK_M"]))  # B*H first: only axis 0 may exceed 65535
     _check_dropout(dropout_p)
     attn_fwd_kernel[grid](qkv, o, lse, n, num_heads, scale * LOG2E, n * c3, c3, n * c, c, seed, dropout_p,
-                          D=d, DROPOUT=dropout_p > 0, **cfg)
+                          D=d, DROPOUT=dropout_p > 0, PREC=dot_precision(qkv.dtype), **cfg)
     return o, lse
 
 
@@ -298,14 +315,15 @@ def attn_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Te
     dqkv = new_output(qkv.shape, qkv.device, qkv.dtype) if out is None else out
     if dqkv.shape != qkv.shape or not dqkv.is_contiguous():
         raise ValueError(f"out: expected a contiguous {tuple(qkv.shape)} buffer")
-    cfg = attn_config(d)
+    cfg = attn_config(d, qkv.dtype)
     pre, bwd = cfg["pre"], cfg["bwd"]
     attn_bwd_pre_kernel[(bsz * num_heads, triton.cdiv(n, pre["BLOCK_M"]))](o, do, delta, n, num_heads, n * c, c,
                                                                             D=d, **pre)
     attn_bwd_kernel[(bsz * num_heads, triton.cdiv(n, bwd["BLOCK"]), 2)](qkv, do, lse, delta, dqkv, n, num_heads,
                                                                         scale * LOG2E, scale, n * c3, c3, n * c,
                                                                         c, seed, dropout_p, D=d,
-                                                                        DROPOUT=dropout_p > 0, **bwd)
+                                                                        DROPOUT=dropout_p > 0,
+                                                                        PREC=dot_precision(qkv.dtype), **bwd)
     return dqkv
 
 
@@ -323,13 +341,14 @@ def _aot(dt: str):
     for d in (16, 32, 64, 128):
         for kind, fn, sig in (("fwd", attn_fwd_kernel, sig_f), ("pre", attn_bwd_pre_kernel, sig_p),
                               ("bwd", attn_bwd_kernel, sig_b)):
-            cfg = dict(attn_config(d)[kind])
+            cfg = dict(attn_config(d, dt)[kind])
             nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages", 1)
             # launcher specialisation for ViT shapes: 16-byte aligned tensors, row strides (3C, C, N*3C, N*C)
             # divisible by 16; N (197) is not.
             div = [a for a in sig if a.endswith("_ptr") or a.startswith("stride")]
             for drop in ((False, True) if kind != "pre" and d >= 64 else (False,)):
-                cex = dict(D=d, **cfg) if kind == "pre" else dict(D=d, DROPOUT=drop, **cfg)
+                cex = dict(D=d, **cfg) if kind == "pre" else \
+                    dict(D=d, DROPOUT=drop, PREC=dot_precision(dt), **cfg)
                 out.append(dict(name=f"attn_{kind}_{dt}_d{d}" + ("_dropout" if drop else ""), fn=fn,
                                 signature=sig, constexprs=cex, num_warps=nw, num_stages=ns, div16=div,
                                 options=dict(num_warps=nw, num_stages=ns), is_gemm=kind != "pre"))
