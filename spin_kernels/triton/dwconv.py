@@ -70,6 +70,18 @@ from ._common import (
 )
 
 
+@triton.jit
+def halo_chunk(f, h0, img_row0, H, W, C, halo_w, offs_c, cmask, KS: tl.constexpr, TILE_H: tl.constexpr):
+    """(mask, offsets) into the [M, C] activations of halo positions ``f`` of the tile whose first output row is
+    ``h0`` of the image starting at batch row ``img_row0``: position f is halo row f // halo_w, column
+    f % halo_w, shifted by -(KS // 2); masked outside the image (the conv's zero padding) and past the halo."""
+    hh = h0 - KS // 2 + f // halo_w
+    ww = f % halo_w - KS // 2
+    valid = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W) & (f < (TILE_H + KS - 1) * halo_w)
+    offs = ((img_row0 + hh).to(tl.int64) * W + ww)[:, None] * C + offs_c[None, :]
+    return valid[:, None] & cmask[None, :], offs
+
+
 @triton.jit(noinline=True)
 def finalize_block(part_ptr, n_part, C, pid_c, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr,
                    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -118,11 +130,7 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
         # stage the halo once: x = [res] + ax·act_in(hz) + bx, zero outside the image (the conv's padding)
         for s0 in range(0, region, STAGE):
             f = s0 + offs_s
-            hh = h0 - KS // 2 + f // halo_w
-            ww = f % halo_w - KS // 2
-            valid = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W) & (f < (TILE_H + KS - 1) * halo_w)
-            m = valid[:, None] & cmask[None, :]
-            offs = ((img_row0 + hh).to(tl.int64) * W + ww)[:, None] * C + offs_c[None, :]
+            m, offs = halo_chunk(f, h0, img_row0, H, W, C, halo_w, offs_c, cmask, KS, TILE_H)
             x = load_x_tile(hz_ptr, res_ptr, offs, m, ax, bx, ACT_IN, HAS_RES)
             tl.store(scr + (f * BLOCK_C)[:, None] + lane_c[None, :], x.to(scratch_ptr.dtype.element_ty))
         tl.debug_barrier()  # the tile's halo is visible to every thread of the program
@@ -196,11 +204,7 @@ def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
         # stage both halos once: dq = d/dq through BN1 and act (zero outside the image) and the layer input x
         for s0 in range(0, region, STAGE):
             f = s0 + offs_s
-            hh = h0 - KS // 2 + f // halo_w
-            ww = f % halo_w - KS // 2
-            valid = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W) & (f < (TILE_H + KS - 1) * halo_w)
-            m = valid[:, None] & cmask[None, :]
-            offs = ((img_row0 + hh).to(tl.int64) * W + ww)[:, None] * C + offs_c[None, :]
+            m, offs = halo_chunk(f, h0, img_row0, H, W, C, halo_w, offs_c, cmask, KS, TILE_H)
             dq = bn_act_bwd_tile(du_ptr, q_ptr, qvec_ptr, offs, m, offs_c, cmask, C, ACT)
             ax = tl.load(xvec_ptr + offs_c, mask=cmask, other=0.0)
             bx = tl.load(xvec_ptr + C + offs_c, mask=cmask, other=0.0)
