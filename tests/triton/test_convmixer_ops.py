@@ -170,14 +170,26 @@ def _model(spin, act="gelu", dim=32, depth=4, rate=2, k=3, mapping="sequential",
     (False, "gelu", 2, "strided", 0.2),
     (True, "gelu", 4, "sequential", 0.1),
 ])
-def test_model_triton_vs_reference(spin, act, rate, mapping, momentum):
-    """Same logits, every parameter gradient and running statistics as the reference backend (float64)."""
+def test_model_triton_vs_reference(monkeypatch, spin, act, rate, mapping, momentum):
+    """Same logits, every parameter gradient and running statistics as the reference backend (float64); the fused
+    run op really runs every layer (a spy on its body) and nothing falls back (warnings are errors)."""
     ref_model = _model(spin, act, rate=rate, mapping=mapping, momentum=momentum).double().train()
     tri = copy.deepcopy(ref_model).float()
     tri.backend = "triton"
+    layers_run = []
+    real_run_forward = ops.run_forward
+
+    def spy(*args):
+        layers_run.append(len(args[6]))  # dw_w: one weight per layer of the run
+        return real_run_forward(*args)
+
+    monkeypatch.setattr(ops, "run_forward", spy)
+    warnings.simplefilter("error")  # (pytest restores the filters after the test)
     x = torch.randn(3, 3, 10, 6, dtype=torch.float64, device=DEVICE)
     for step in range(2):  # two steps: running stats (cumulative average when momentum is None) evolve
+        layers_run.clear()
         yt = tri(x.float())
+        assert sum(layers_run) == 4, layers_run  # every layer of _model's depth-4 trunk, fused
         yr = ref_model(x)
         assert rel_err(yt, yr) <= TOL[torch.float32]
         tri.zero_grad()
