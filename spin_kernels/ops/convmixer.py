@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import collectives
+from .. import collectives, cuda
 from .._util import warn_once as _warn_once
 from ..reference import convmixer_ops as _ref
 from ..reference.batchnorm import batch_norm_rows, update_running_stats, update_running_stats_of_layers
@@ -58,7 +58,8 @@ def _act(z: Tensor, act: str) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------ forward
 def run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
-                 n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl, sync_bn):
+                 n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl, sync_bn,
+                 eval_affines=None):
     dwconv, pointwise, bn = _kernels(dw_impl)
     # --sync-bn: every rank's per-tile partials, in rank order, go into one finalize (global-batch statistics)
     merge = (lambda part: collectives.all_gather_cat(part, dim=1)) if sync_bn else (lambda part: part)
@@ -81,9 +82,9 @@ def run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw
     counters = dwconv.finalize_counters(C, dev) if fused_finalize else None
     if training:  # each BN's folded affine (a, b), [R, 2, C] per BN: what the next kernel applies on load
         aff1, aff2 = torch.empty((2, R, 2, C), device=dev, dtype=torch.float32)
-    else:  # the running statistics' affines of all 2R BatchNorms, batched over the run
-        eval1 = _eval_affines(n1_rm, n1_rv, n1_w, n1_b, eps1)
-        eval2 = _eval_affines(n2_rm, n2_rv, n2_w, n2_b, eps2)
+    else:  # the running statistics' affines of all 2R BatchNorms, batched over the run (or the caller's cache)
+        eval1, eval2 = eval_affines if eval_affines is not None else \
+            (_eval_affines(n1_rm, n1_rv, n1_w, n1_b, eps1), _eval_affines(n2_rm, n2_rv, n2_w, n2_b, eps2))
         stats[:, 0:3], stats[:, 3:6] = eval1[:, 0:3], eval2[:, 0:3]
         aff1, aff2 = eval1[:, 3:5], eval2[:, 3:5]
     for i in range(R):
@@ -179,7 +180,8 @@ def convmixer_run(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_invs
                   n2_w: List[Tensor], n2_b: List[Tensor], n2_rm: List[Tensor], n2_rv: List[Tensor],
                   B: int, H: int, W: int, eps1: float, eps2: float, training: bool, act: str,
                   spin: bool, dw_impl: str = "triton", sync_bn: bool = False,
-                  bn_count: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                  bn_count: int = 0, eval_affines: Optional[Tensor] = None,
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """All R layers of a run sharing one pointwise weight (see the module docstring and
     spin_kernels.reference.convmixer_ops.convmixer_run_ref for the exact math).
 
@@ -192,17 +194,33 @@ def convmixer_run(z_in: Tensor, u_in: Optional[Tensor], in_mean: Tensor, in_invs
     ``dw_impl`` picks the depthwise kernels: "triton" (spin_kernels.triton.dwconv) or "cuda" (csrc/, through
     spin_kernels.ops.dwconv_cuda); the pointwise GEMMs and BN finalize are Triton either way.
     ``sync_bn`` (training, torch.distributed): BatchNorm statistics of the global batch of ``bn_count`` rows over
-    all ranks (spin_kernels.collectives states the conventions); ``bn_count`` 0 means this rank's rows."""
+    all ranks (spin_kernels.collectives states the conventions); ``bn_count`` 0 means this rank's rows.
+    ``eval_affines`` (eval only): fp32 [2, R, 5, C], the 2R BatchNorms' (mean, var, invstd, a, b) from their
+    running statistics, exactly what the op would compute from the running buffers — a caller that caches them
+    (convmixer_features does) saves ~20 small ops per run and call."""
     _validate_run(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv,
                   n2_w, n2_b, n2_rm, n2_rv, B, H, W, act, spin, dw_impl)
+    if eval_affines is not None:
+        _check_eval_affines(eval_affines, training, len(dw_w), z_in)
     return run_forward(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm,
                         n1_rv, n2_w, n2_b, n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl,
-                        sync_bn and training)
+                        sync_bn and training, eval_affines)
+
+
+def _check_eval_affines(t, training, R, z_in):
+    C = z_in.shape[1]
+    if training:
+        raise ValueError("eval_affines: only an eval run (training=False) takes them; training uses batch statistics")
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != (2, R, 5, C) \
+            or t.device != z_in.device:
+        got = f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"eval_affines: expected fp32 [2, {R}, 5, {C}] on {z_in.device}, got {got}")
 
 
 @convmixer_run.register_fake
 def _(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv, n2_w, n2_b,
-      n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl="triton", sync_bn=False, bn_count=0):
+      n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl="triton", sync_bn=False, bn_count=0,
+      eval_affines=None):
     R = len(dw_w)
     M, C = z_in.shape
     e = z_in.new_empty
@@ -213,7 +231,7 @@ def _(z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, 
 # ------------------------------------------------------------------------------------------------ backward
 def _setup_context(ctx, inputs, output):
     (z_in, u_in, in_mean, in_invstd, in_w, in_b, dw_w, dw_b, pw_w, pw_b, n1_w, n1_b, n1_rm, n1_rv, n2_w, n2_b,
-     n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl, sync_bn, bn_count) = inputs
+     n2_rm, n2_rv, B, H, W, eps1, eps2, training, act, spin, dw_impl, sync_bn, bn_count, _affines) = inputs
     z, u, _, Z, Q, U, stats = output
     # gradients flow through z, u and bn only: the stacks are saved state, not outputs to differentiate
     ctx.mark_non_differentiable(Z, Q, U, stats)
@@ -246,7 +264,7 @@ def _backward(ctx, gz, gu, gbn, *_non_differentiable):
     none_r = [None] * R
     return (g_z_in, g_u_in if u_in is not None else None, g_in_mean, g_in_invstd, g_in_w, g_in_b, g_dw_w, g_dw_b,
             dW, dB, g_n1_w, g_n1_b, none_r, none_r, g_n2_w, g_n2_b, none_r, none_r,
-            None, None, None, None, None, None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None, None, None, None, None)
 
 
 def run_backward(gz, gu, gbn, z_in, u_in, in_mean, in_invstd, in_w, in_b, pw_w, z, Z, Q, u, U, stats, dw_w, n1_w,
@@ -446,6 +464,46 @@ def _depthwise_impl(backend: str, rows: Tensor) -> str:
     return "cuda"
 
 
+class _EvalAffineCache:
+    """A model's eval BatchNorm affines per run (fp32 [2, R, 5, C]) and the watch that says when they are stale."""
+
+    def __init__(self, token, watch):
+        self.token, self.watch, self.runs = token, watch, {}
+
+    def __reduce__(self):  # a copied or pickled model builds its own (the watch follows these tensors)
+        return _no_cache, ()
+
+
+def _no_cache():
+    return None
+
+
+def cached_eval_affines(model, start: int, end: int, n1: list, n2: list) -> Optional[Tensor]:
+    """The ``eval_affines`` of convmixer_run for layers ``start..end-1`` (BatchNorms ``n1``, ``n2``) of ``model``,
+    computed once and kept until a BatchNorm parameter or running statistic of the model changes (in place, new
+    data, swapped: a tensor watch, a few microseconds per call) or the BatchNorm modules are replaced. Saves an
+    eval call ~20 small ops per run — at batch 1 as many launches as the run's kernels. None under torch.compile
+    (the op computes them itself)."""
+    if torch.compiler.is_compiling():
+        return None
+    norms = [*model.norm1, *model.norm2]
+    token = tuple(map(id, norms))
+    cache = model.__dict__.get("_eval_affine_cache")
+    if cache is None or cache.token != token or not cache.watch.unchanged():
+        tensors = [t for m in norms for t in (m.weight, m.bias, m.running_mean, m.running_var)]
+        cache = _EvalAffineCache(token, cuda.tensor_watch(tensors))
+        model.__dict__["_eval_affine_cache"] = cache
+    key = (start, end)
+    if key not in cache.runs:
+        with torch.no_grad():  # constants of the eval call: no graph kept alive by the cache
+            cache.runs[key] = torch.stack([
+                _eval_affines([m.running_mean for m in n1], [m.running_var for m in n1], [m.weight for m in n1],
+                              [m.bias for m in n1], n1[0].eps),
+                _eval_affines([m.running_mean for m in n2], [m.running_var for m in n2], [m.weight for m in n2],
+                              [m.bias for m in n2], n2[0].eps)])
+    return cache.runs[key]
+
+
 def convmixer_features(model, images: Tensor, taps: Optional[Sequence[int]] = None, stop: Optional[int] = None):
     """Trunk of a ConvMixer (stem + all layers) with the fused kernels: images [B, in_chans, H, W] ->
     features [B, dim, H/p, W/p] (an NCHW-shaped tensor in channels_last memory format).
@@ -521,7 +579,7 @@ def convmixer_features(model, images: Tensor, taps: Optional[Sequence[int]] = No
             [m.bias for m in n1], [m.running_mean for m in n1], [m.running_var for m in n1],
             [m.weight for m in n2], [m.bias for m in n2],
             [m.running_mean for m in n2], [m.running_var for m in n2], B, H, W, eps1, eps2, training, act, spin,
-            dw_impl, sync_bn, bn_count)
+            dw_impl, sync_bn, bn_count, None if training else cached_eval_affines(model, start, end, n1, n2))
         if training:  # the run's 2R BatchNorms in a few multi-tensor updates
             sd = stats.detach()
             update_running_stats_of_layers([bn for pair in zip(n1, n2) for bn in pair],

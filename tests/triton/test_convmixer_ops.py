@@ -102,8 +102,7 @@ def test_convmixer_run_fwd_bwd(R, spin, training, act, dtype, k, shape, poisoned
     M = B * H * W
     args = make_args(R, B, H, W, C, k, dtype, spin, training, act)
     a, r = leaves(args), leaves(args, torch.float64)
-    probes = (torch.randn(M, C, dtype=torch.float64, device=DEVICE), torch.randn(M, C, dtype=torch.float64, device=DEVICE),
-              torch.randn(C, dtype=torch.float64, device=DEVICE), torch.randn(C, dtype=torch.float64, device=DEVICE))
+    probes = tuple(torch.randn(*shape, dtype=torch.float64, device=DEVICE) for shape in ((M, C), (M, C), (C,), (C,)))
     out = run_and_backward(ops.convmixer_run, a, probes)
     exp = run_and_backward(ref.convmixer_run_ref, r, probes)
     # PyTorch itself in the same dtype: our error may reach max(TOL, 2 × PyTorch's) (flash-attention's rule;
@@ -358,6 +357,65 @@ def test_run_op_validation(key, bad, exc):
     args[key] = bad
     with pytest.raises(exc, match=key):
         ops.convmixer_run(**args)
+
+
+def test_run_op_eval_affines():
+    """eval_affines (a caller's cache of the eval BatchNorm affines) gives bitwise the outputs of the op computing
+    them itself; given to a training run or with a wrong shape, a ValueError names it."""
+    args = make_args(2, 1, 3, 4, 16, 3, torch.float32, True, False, "gelu")
+    plain = ops.convmixer_run(**args)
+    aff = torch.stack([ops._eval_affines(args["n1_rm"], args["n1_rv"], args["n1_w"], args["n1_b"], 1e-5),
+                       ops._eval_affines(args["n2_rm"], args["n2_rv"], args["n2_w"], args["n2_b"], 1e-5)])
+    cached = ops.convmixer_run(**args, eval_affines=aff)
+    for a, b in zip(plain, cached, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="eval_affines"):
+        ops.convmixer_run(**{**args, "training": True}, eval_affines=aff)
+    with pytest.raises(ValueError, match="eval_affines"):
+        ops.convmixer_run(**args, eval_affines=aff[:, :1])
+
+
+def test_model_eval_affines_cached_and_never_stale(monkeypatch):
+    """An eval model computes its BatchNorm affines once (not per call) and recomputes them whenever a running
+    statistic or BN parameter changes — by a training step, in place, or by new data — so eval always matches
+    the reference backend."""
+    ref_model = _model(True, rate=2).double().eval()
+    tri = copy.deepcopy(ref_model).float()
+    tri.backend = "triton"
+    tri.eval()
+    computed = []
+    real = ops._eval_affines
+
+    def spy(*a):
+        computed.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(ops, "_eval_affines", spy)
+    x = torch.randn(2, 3, 10, 6, dtype=torch.float64, device=DEVICE)
+
+    def check(expect_computed):
+        computed.clear()
+        assert rel_err(tri(x.float()), ref_model(x)) <= TOL[torch.float32]
+        assert bool(computed) == expect_computed, computed
+
+    check(True)    # first call: 2 runs x 2 BatchNorm groups
+    check(False)   # cached
+    for model in (tri, ref_model):  # in place (a version bump)
+        with torch.no_grad():
+            model.norm1[0].running_mean.add_(0.25)
+    check(True)
+    check(False)
+    for model in (tri, ref_model):  # new data (another storage)
+        model.norm2[1].weight.data = model.norm2[1].weight.data * 1.5
+    check(True)
+    for model in (tri, ref_model):  # a training step updates the running statistics
+        model.train()
+        model(x.to(next(model.parameters()).dtype))
+        model.eval()
+    check(True)
+    check(False)
+    clone = copy.deepcopy(tri)  # a copy builds its own cache
+    assert clone.__dict__.get("_eval_affine_cache") is None
 
 
 def test_run_op_differentiable_outputs():
