@@ -225,56 +225,24 @@ def test_counting_sees_the_kernels(measured):
                 assert all(m["launches"][R] > 0 for R in LAYERS) and m["launches_per_layer"] > 0, m
 
 
-@pytest.mark.parametrize("training", [pytest.param(True, id="train"), pytest.param(False, id="eval")])
-@pytest.mark.parametrize("spin", SPINS)
-def test_fwd_launches_per_layer(measured, spin, training):
-    m = measured(spin, training)["fwd"]
-    assert m["launches_per_layer"] <= FWD_LAUNCHES_PER_LAYER_MAX, _msg("forward launches/layer",
-                                                                       FWD_LAUNCHES_PER_LAYER_MAX, m)
-
-
-@pytest.mark.parametrize("training", [pytest.param(True, id="train"), pytest.param(False, id="eval")])
-@pytest.mark.parametrize("spin", SPINS)
-def test_fwd_launches_per_run(measured, spin, training):
-    m = measured(spin, training)["fwd"]
-    assert m["launches_per_run"] <= FWD_LAUNCHES_PER_RUN_MAX, _msg("forward launches/run beyond the layers'",
-                                                                   FWD_LAUNCHES_PER_RUN_MAX, m)
-
-
-@pytest.mark.parametrize("spin", SPINS)
-def test_bwd_launches_per_layer(measured, spin):
-    m = measured(spin, True)["bwd"]
-    assert m["launches_per_layer"] <= BWD_LAUNCHES_PER_LAYER_MAX, _msg("backward launches/layer",
-                                                                       BWD_LAUNCHES_PER_LAYER_MAX, m)
+# one case per limit of the issue: (what, phase, measured key, limit, the modes it applies to)
+LIMITS = [
+    ("fwd-launches-per-layer", "fwd", "launches_per_layer", FWD_LAUNCHES_PER_LAYER_MAX, (True, False)),
+    ("fwd-launches-per-run", "fwd", "launches_per_run", FWD_LAUNCHES_PER_RUN_MAX, (True, False)),
+    ("bwd-launches-per-layer", "bwd", "launches_per_layer", BWD_LAUNCHES_PER_LAYER_MAX, (True,)),
+    ("bwd-launches-per-run", "bwd", "launches_per_run", BWD_LAUNCHES_PER_RUN_MAX, (True,)),
+    ("fwd-torch-ops-per-layer", "fwd", "torch_ops_per_layer", FWD_TORCH_OPS_PER_LAYER_MAX, (True, False)),
+    ("bwd-torch-ops-per-layer", "bwd", "torch_ops_per_layer", BWD_TORCH_OPS_PER_LAYER_MAX, (True,)),
+    # torch ops per layer on >= M*C elements (an activation pass)
+    ("fwd-act-torch-ops-per-layer", "fwd", "act_ops_per_layer", ACT_TORCH_OPS_PER_LAYER_MAX, (True, False)),
+    ("bwd-act-torch-ops-per-layer", "bwd", "act_ops_per_layer", ACT_TORCH_OPS_PER_LAYER_MAX, (True,)),
+]
 
 
 @pytest.mark.parametrize("spin", SPINS)
-def test_bwd_launches_per_run(measured, spin):
-    m = measured(spin, True)["bwd"]
-    assert m["launches_per_run"] <= BWD_LAUNCHES_PER_RUN_MAX, _msg("backward launches/run beyond the layers'",
-                                                                   BWD_LAUNCHES_PER_RUN_MAX, m)
-
-
-@pytest.mark.parametrize("training", [pytest.param(True, id="train"), pytest.param(False, id="eval")])
-@pytest.mark.parametrize("spin", SPINS)
-def test_fwd_torch_ops_per_layer(measured, spin, training):
-    m = measured(spin, training)["fwd"]
-    assert m["torch_ops_per_layer"] <= FWD_TORCH_OPS_PER_LAYER_MAX, _msg("forward torch ops/layer",
-                                                                         FWD_TORCH_OPS_PER_LAYER_MAX, m)
-
-
-@pytest.mark.parametrize("spin", SPINS)
-def test_bwd_torch_ops_per_layer(measured, spin):
-    m = measured(spin, True)["bwd"]
-    assert m["torch_ops_per_layer"] <= BWD_TORCH_OPS_PER_LAYER_MAX, _msg("backward torch ops/layer",
-                                                                         BWD_TORCH_OPS_PER_LAYER_MAX, m)
-
-
-@pytest.mark.parametrize("phase, training", [pytest.param("fwd", True, id="fwd-train"),
-                                             pytest.param("fwd", False, id="fwd-eval"),
-                                             pytest.param("bwd", True, id="bwd-train")])
-@pytest.mark.parametrize("spin", SPINS)
-def test_no_activation_sized_torch_op_per_layer(measured, spin, phase, training):
+@pytest.mark.parametrize("phase,key,limit,training", [
+    pytest.param(phase, key, limit, training, id=f"{name}-{'train' if training else 'eval'}")
+    for name, phase, key, limit, modes in LIMITS for training in modes])
+def test_limit(measured, spin, phase, key, limit, training):
     m = measured(spin, training)[phase]
-    assert m["act_ops_per_layer"] <= ACT_TORCH_OPS_PER_LAYER_MAX, _msg(
-        f"{phase} torch ops/layer on >= M*C = {ACT_NUMEL} elements", ACT_TORCH_OPS_PER_LAYER_MAX, m)
+    assert m[key] <= limit, _msg(f"{phase} {key}", limit, m)
