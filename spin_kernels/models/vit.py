@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backends import fused_forward, warn_reference_fallback
+from ..perf.roofline import vit_recomputed
 from ..sharing import SharingPlan
 from .common import (
     MATCH_PREV_GROUP,
@@ -118,6 +119,11 @@ class VisionTransformer(IsotropicModel):
         backend: ``reference`` (PyTorch), ``triton``, ``cuda`` or ``auto``.
         global_pool: ``"token"`` (class token), ``"avg"`` (mean of the patch tokens) or ``""`` (all tokens).
         final_norm: the LayerNorm after the last layer (False once pruned away for features).
+        recompute: what the fused training backward recomputes instead of keeping from the forward: ``"all"``
+            (LN1 + qkv and LN2 + fc1: least memory), ``"qkv"``, ``"fc1"`` (only that one), ``"none"`` (keep all:
+            fastest, +9 activations of B·N·C per layer); spin_kernels.ops.vit and
+            ``perf.roofline.vit_recompute_costs`` give the memory and time of each. Changeable with
+            :meth:`set_recompute`.
     """
 
     PLAN_OF = {"norm1": "norm_plan", "attn": "attn_plan", "norm2": "norm_plan", "mlp": "mlp_plan"}
@@ -127,8 +133,10 @@ class VisionTransformer(IsotropicModel):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=384, depth=12,
                  num_heads=6, mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0, attn_drop_rate=0.0,
                  plan: Optional[SharingPlan] = None, share=None, share_norms=False, fix_init=False,
-                 backend="reference", global_pool="token", final_norm=True):
+                 backend="reference", global_pool="token", final_norm=True, recompute="all"):
         super().__init__()
+        vit_recomputed(recompute)  # validates the name
+        self.recompute = recompute
         img_size = square_size(img_size)
         for name, value in (("img_size", img_size), ("patch_size", patch_size), ("embed_dim", embed_dim),
                             ("depth", depth), ("num_heads", num_heads), ("in_chans", in_chans)):
@@ -204,6 +212,14 @@ class VisionTransformer(IsotropicModel):
     def _bind_backend(self):
         self._fused = fused_forward("vit", "vit_blocks") if self.backend != "reference" else None
         self._fused_path = self.backend != "reference"
+
+    @torch.jit.ignore
+    def set_recompute(self, recompute: str = "all"):
+        """Choose what the fused training backward recomputes: ``"all"``, ``"qkv"``, ``"fc1"`` or ``"none"``
+        (see the class docstring); the reference path keeps what autograd keeps."""
+        vit_recomputed(recompute)
+        self.recompute = recompute
+        self._remember(recompute=recompute)
 
     def _tail_groups(self) -> list:
         return [(r"^norm\.", MATCH_PREV_GROUP)]  # the final norm joins the last layer's group, as in timm

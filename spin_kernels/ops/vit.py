@@ -3,28 +3,37 @@
 A *run* is a maximal stretch of consecutive layers that use the same unique attention AND the same unique MLP
 weights (the LayerNorms stay per layer: they are per-layer inputs of the op). Per layer (rows M = B·N, C channels):
 
-    ln_stats(x)                                   mean1, rstd1                  (layernorm.ln_fwd, write_y=False)
-    qkv = LN1(x)·Wqkvᵀ + b                        LN in the GEMM prologue       (vit_gemm, LN_A)
+    xn = LN1(x)                                   one pass, written once    (layernorm.ln_fwd; mean1, rstd1)
+    qkv = xn·Wqkvᵀ + b                            bias epilogue             (vit_gemm)
     o, lse = flash_attn(qkv)                      q/k/v read in place from qkv  (attention.attn_fwd)
     y = x + s1·(o·Wpᵀ + bp)                       bias + residual + drop-path   (vit_gemm, HAS_RES/HAS_SCALE)
-    ln_stats(y)                                   mean2, rstd2
-    h = gelu(LN2(y)·W1ᵀ + b1)                     LN prologue, bias+GELU epilogue
+    yn = LN2(y)                                   one pass                  (mean2, rstd2)
+    h = gelu(yn·W1ᵀ + b1)                         bias + GELU epilogue (+ z1 = the pre-activation when saved)
     x' = y + s2·(h·W2ᵀ + b2)                      bias + residual + drop-path
 
-HBM traffic per layer forward, in activation passes of N·C: ln_stats 1, qkv 1 + 3, attention 3 + 1, proj 3,
-ln_stats 1, fc1 1 + 4, fc2 4 + 2 = 24 (eager PyTorch: ~38, with LN outputs, GELU and residual adds materialised).
+The LayerNorm outputs are materialised (an extra write and read of M·C) rather than applied in the GEMM prologue:
+there they were recomputed for every N tile of the GEMM and of its weight gradient, and the machine-code cost model
+put those GEMMs at 2.5-9x their floor against ~1.2x for a materialising pass plus a plain GEMM.
 
-Saved for backward per layer: x, y, o (3 tensors of N·C) + mean/rstd of both norms + the attention lse (fp32 per
-row and head). qkv and the fc1 pre-activation are recomputed in backward (one GEMM each) instead of saved, so no
-3·N·C / 4·N·C tensor and no N×N matrix is kept. Backward per layer, in reverse:
+HBM traffic per layer forward, in activation passes of N·C: ln1 2, qkv 1 + 3, attention 3 + 1, proj 3, ln2 2,
+fc1 1 + 4, fc2 4 + 2 = 26 (eager PyTorch: ~38, with GELU and residual adds materialised).
 
-    z1 = LN2(y)·W1ᵀ + b1 (recompute) ; dz1 = (g·s2)·W2 ⊙ gelu'(z1) ; dy = LN2_bwd(dz1·W1) + g
-    do = (dy·s1)·Wp ; qkv (recompute) ; dqkv = flash_attn_bwd(do) ; dx = LN1_bwd(dqkv·Wqkv) + dy
+``recompute`` chooses, per model, what the backward recomputes instead of keeping from the forward:
+
+    "all" (default)  saves x, y, o (3 tensors of M·C) + row statistics + the attention lse; the backward redoes
+                     LN1 and the qkv GEMM, LN2 and the fc1 GEMM (+2 GEMMs of 2·M·C·3C and 2·M·C·4C FLOPs).
+    "qkv"            recompute qkv only: also saves LN2(y) and z1 (+5 M·C per layer).
+    "fc1"            recompute fc1 only: also saves LN1(x) and qkv (+4 M·C per layer).
+    "none"           saves both (+9 M·C per layer, 12 in all): no recompute, the fastest backward.
+(perf.roofline.vit_recompute_costs gives the memory and time of each mode.) Backward per layer, in reverse:
+
+    z1 (saved, or LN2 + GEMM) ; dz1 = (g·s2)·W2 ⊙ gelu'(z1), h = gelu(z1) from the same epilogue ;
+    dy = LN2_bwd(dz1·W1) + g ; do = (dy·s1)·Wp ; qkv (saved, or LN1 + GEMM) ; dqkv = flash_attn_bwd(do) ;
+    dx = LN1_bwd(dqkv·Wqkv) + dy
 
 and once per run, each shared weight's gradient as ONE fp32 GEMM over the concatenated rows of all its layers
-(dW2 = [g·s2]ᵀ·gelu([z1]), dW1 = [dz1]ᵀ·LN2([y]), dWp = [dy·s1]ᵀ·[o], dWqkv = [dqkv]ᵀ·LN1([x]); the LayerNorm and
-GELU applied in the B-operand prologue, per-layer LayerNorm parameters indexed by row group; bias gradients from
-the same GEMMs' row sums).
+(dW2 = [g·s2]ᵀ·[h], dW1 = [dz1]ᵀ·[LN2(y)], dWp = [dy·s1]ᵀ·[o], dWqkv = [dqkv]ᵀ·[LN1(x)]: plain GEMMs on the
+materialised operands; bias gradients from the same GEMMs' row sums).
 
 Attention dropout (training): Philox keep masks generated inside the attention kernels from a per-layer seed
 (drawn from torch's CPU generator, so torch.manual_seed makes runs reproducible), regenerated in backward.
@@ -40,6 +49,7 @@ import torch
 from torch import Tensor
 
 from .._util import warn_once as _warn_once
+from ..perf.roofline import vit_recomputed
 from ..sharing import split_runs
 
 
@@ -85,8 +95,17 @@ def _validate(x, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_w,
         raise ValueError(f"dp_scale: expected fp32 [{r}, 2, {b}], got {tuple(dp_scale.shape)} {dp_scale.dtype}")
 
 
+def saved_shapes(r: int, m: int, c: int, hidden: int, recompute: str) -> dict:
+    """Shapes of the optional saved tensors of a run (XN1 = LN1(x), QKV, YN = LN2(y), Z1 = fc1 pre-activation):
+    [R, M, ·] when mode ``recompute`` keeps them, (0,) when the backward recomputes them."""
+    redo = vit_recomputed(recompute)
+    keep_qkv, keep_fc1 = "qkv" not in redo, "fc1" not in redo
+    return dict(XN1=(r, m, c) if keep_qkv else (0,), QKV=(r, m, 3 * c) if keep_qkv else (0,),
+                YN=(r, m, c) if keep_fc1 else (0,), Z1=(r, m, hidden) if keep_fc1 else (0,))
+
+
 def run_forward(x, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_w, n1_b, n2_w, n2_b, dp_scale,
-                  num_heads, eps, attn_drop, seed):
+                num_heads, eps, attn_drop, seed, recompute="all"):
     _validate(x, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_w, n1_b, n2_w, n2_b, dp_scale,
               num_heads)
     attention, layernorm, vit_gemm = _kernels()
@@ -100,70 +119,84 @@ def run_forward(x, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_
     O = new((r, m, c), x.device, x.dtype)
     stats = new((r, 4, m), x.device, torch.float32)
     lse = new((r, b, num_heads, n), x.device, torch.float32)
+    kept = {k: new(v, x.device, x.dtype) for k, v in saved_shapes(r, m, c, fc1_w.shape[0], recompute).items()}
+    XN1, QKV, YN, Z1 = kept["XN1"], kept["QKV"], kept["YN"], kept["Z1"]
     X[0].copy_(x.reshape(m, c))
     out = None
     for i in range(r):
         xi = X[i]
         s1 = dp_scale[i, 0] if dp_scale is not None else None
         s2 = dp_scale[i, 1] if dp_scale is not None else None
-        _, stats[i, 0], stats[i, 1] = layernorm.ln_fwd(xi, eps=eps, write_y=False)
-        qkv = gemm(xi, qkv_w.t(), bias=qkv_b, ln=(stats[i, 0], stats[i, 1], n1_w[i], n1_b[i]))
+        xn = layernorm.ln_fwd(xi, n1_w[i], n1_b[i], eps, out=XN1[i] if XN1.numel() else None,
+                              mean_out=stats[i, 0], rstd_out=stats[i, 1])[0]
+        qkv = gemm(xn, qkv_w.t(), bias=qkv_b, out=QKV[i] if QKV.numel() else None)
         attention.attn_fwd(qkv.view(b, n, 3 * c), num_heads, out=O[i].view(b, n, c), lse=lse[i],
                            dropout_p=attn_drop, seed=seed + i)
         gemm(O[i], proj_w.t(), bias=proj_b, res=xi, scale=s1, rows_per_sample=n, out=Y[i])
-        _, stats[i, 2], stats[i, 3] = layernorm.ln_fwd(Y[i], eps=eps, write_y=False)
-        h = gemm(Y[i], fc1_w.t(), bias=fc1_b, act="gelu", ln=(stats[i, 2], stats[i, 3], n2_w[i], n2_b[i]))
+        yn = layernorm.ln_fwd(Y[i], n2_w[i], n2_b[i], eps, out=YN[i] if YN.numel() else None,
+                              mean_out=stats[i, 2], rstd_out=stats[i, 3])[0]
+        h = gemm(yn, fc1_w.t(), bias=fc1_b, act="gelu", pre_out=Z1[i] if Z1.numel() else None)
         nxt = gemm(h, fc2_w.t(), bias=fc2_b, res=Y[i], scale=s2, rows_per_sample=n,
                    out=X[i + 1] if i + 1 < r else None)
         if i + 1 == r:
             out = nxt.view(b, n, c)
-    return out, X, Y, O, stats, lse
+    return out, X, Y, O, stats, lse, XN1, QKV, YN, Z1
 
 
 @torch.library.custom_op("spin_kernels::vit_run", mutates_args=())
 def vit_run(x: Tensor, qkv_w: Tensor, qkv_b: Tensor, proj_w: Tensor, proj_b: Tensor, fc1_w: Tensor, fc1_b: Tensor,
             fc2_w: Tensor, fc2_b: Tensor, n1_w: List[Tensor], n1_b: List[Tensor], n2_w: List[Tensor],
             n2_b: List[Tensor], dp_scale: Optional[Tensor], num_heads: int, eps: float, attn_drop: float = 0.0,
-            seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+            seed: int = 0, recompute: str = "all"
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A run of R ViT blocks sharing (qkv, proj, fc1, fc2); per-layer LayerNorms n1/n2 (lists of R).
 
     x [B, N, C]; dp_scale [R, 2, B] fp32 per-sample drop-path scales (attn, mlp branch) or None;
-    attn_drop: attention-dropout probability, layer i of the run uses Philox seed ``seed + i``.
+    attn_drop: attention-dropout probability, layer i of the run uses Philox seed ``seed + i``;
+    recompute: what the backward recomputes instead of saving ('all', 'qkv', 'fc1', 'none'; module docstring).
     Returns (out [B, N, C], X, Y, O [R, B·N, C], stats [R, 4, B·N] fp32 (mean1, rstd1, mean2, rstd2),
-    lse [R, B, H, N] fp32); everything but ``out`` is saved state for the backward.
+    lse [R, B, H, N] fp32, XN1, QKV, YN, Z1 (saved_shapes: empty unless ``recompute`` keeps them));
+    everything but ``out`` is saved state for the backward.
     """
     return run_forward(x, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_w, n1_b, n2_w, n2_b,
-                         dp_scale, num_heads, eps, attn_drop, seed)
+                       dp_scale, num_heads, eps, attn_drop, seed, recompute)
 
 
 @vit_run.register_fake
 def _(x, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_w, n1_b, n2_w, n2_b, dp_scale, num_heads, eps,
-      attn_drop=0.0, seed=0):
+      attn_drop=0.0, seed=0, recompute="all"):
     b, n, c = x.shape
     r = len(n1_w)
     big = x.new_empty((r, b * n, c))
+    kept = [x.new_empty(s) for s in saved_shapes(r, b * n, c, fc1_w.shape[0], recompute).values()]
     return (x.new_empty((b, n, c)), big, torch.empty_like(big), torch.empty_like(big),
-            x.new_empty((r, 4, b * n), dtype=torch.float32), x.new_empty((r, b, num_heads, n), dtype=torch.float32))
+            x.new_empty((r, 4, b * n), dtype=torch.float32), x.new_empty((r, b, num_heads, n), dtype=torch.float32),
+            *kept)
 
 
 # ------------------------------------------------------------------------------------------------ backward
-def run_backward(g, X, Y, O, stats, lse, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_w, n1_b,
-                 n2_w, n2_b, dp_scale, num_heads, attn_drop=0.0, seed=0):
+def run_backward(g, X, Y, O, stats, lse, XN1, QKV, YN, Z1, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w,
+                 fc2_b, n1_w, n1_b, n2_w, n2_b, dp_scale, num_heads, eps, attn_drop=0.0, seed=0):
     """The body of ``spin_kernels::vit_run_backward`` (a plain function: the cost model traces its launches
-    without the dispatcher)."""
+    without the dispatcher). XN1 / QKV and YN / Z1 are the forward's saved tensors, or empty when the mode
+    recomputes them (LN pass + GEMM, bit-identical to the forward's: same kernels, same inputs)."""
     attention, layernorm, vit_gemm = _kernels()
     gemm = vit_gemm.gemm
     r, m, c = X.shape
     b, h, n = lse.shape[1:]
     hidden = fc1_w.shape[0]
     dev, dt = X.device, X.dtype
-    # run buffers: the A operands of the run-wide weight-gradient GEMMs (rows of all R layers concatenated)
+    # run buffers: the operands of the run-wide weight-gradient GEMMs (rows of all R layers concatenated)
     new = layernorm.new_output
     G2 = new((r, m, c), dev, dt)          # g·s2: gradient of the fc2 output
-    Z1 = new((r, m, hidden), dev, dt)     # recomputed fc1 pre-activation
-    DZ1 = new((r, m, hidden), dev, dt)    # gradient of the fc1 pre-activation
+    H = new((r, m, hidden), dev, dt)      # gelu(z1): fc2's input, written by the fc1 dgrad epilogue
+    DZ1 = new((r, m, hidden), dev, dt)    # gradient of the fc1 pre-activation (holds z1 first when recomputed)
     GY = new((r, m, c), dev, dt)          # dy·s1: gradient of the proj output
     DQKV = new((r, m, 3 * c), dev, dt)    # gradient of the qkv output
+    redo_qkv, redo_fc1 = XN1.numel() == 0, YN.numel() == 0
+    XN1 = new((r, m, c), dev, dt) if redo_qkv else XN1   # LN1(x): qkv's input
+    YN = new((r, m, c), dev, dt) if redo_fc1 else YN     # LN2(y): fc1's input
+    scratch = new((2, m), dev, torch.float32) if redo_qkv or redo_fc1 else None  # recomputed row statistics
     dn = [[None] * r for _ in range(4)]
     gi = g.reshape(m, c).contiguous()
     if dp_scale is None:
@@ -171,10 +204,14 @@ def run_backward(g, X, Y, O, stats, lse, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc
     for i in reversed(range(r)):
         xi, yi = X[i], Y[i]
         m1, r1, m2, r2 = stats[i, 0], stats[i, 1], stats[i, 2], stats[i, 3]
-        gemm(yi, fc1_w.t(), bias=fc1_b, ln=(m2, r2, n2_w[i], n2_b[i]), out=Z1[i])
+        if redo_fc1:
+            layernorm.ln_fwd(yi, n2_w[i], n2_b[i], eps, out=YN[i], mean_out=scratch[0], rstd_out=scratch[1])
+            z1 = gemm(YN[i], fc1_w.t(), bias=fc1_b, out=DZ1[i])
+        else:
+            z1 = Z1[i]
         if dp_scale is not None:
             torch.mul(gi, dp_scale[i, 1].repeat_interleave(n)[:, None].to(dt), out=G2[i])
-        gemm(G2[i], fc2_w, gelu_grad_z=Z1[i], out=DZ1[i])
+        gemm(G2[i], fc2_w, gelu_grad_z=z1, gelu_out=H[i], out=DZ1[i])  # in place over z1 when recomputed
         dln2 = gemm(DZ1[i], fc1_w)
         # without drop-path the gradients land directly in the run buffers (no copy pass)
         dy, dn[2][i], dn[3][i] = layernorm.ln_bwd(dln2, yi, n2_w[i], m2, r2, dres=gi,
@@ -182,7 +219,11 @@ def run_backward(g, X, Y, O, stats, lse, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc
         if dp_scale is not None:
             torch.mul(dy, dp_scale[i, 0].repeat_interleave(n)[:, None].to(dt), out=GY[i])
         do = gemm(GY[i], proj_w)
-        qkv = gemm(xi, qkv_w.t(), bias=qkv_b, ln=(m1, r1, n1_w[i], n1_b[i]))
+        if redo_qkv:
+            layernorm.ln_fwd(xi, n1_w[i], n1_b[i], eps, out=XN1[i], mean_out=scratch[0], rstd_out=scratch[1])
+            qkv = gemm(XN1[i], qkv_w.t(), bias=qkv_b)
+        else:
+            qkv = QKV[i]
         attention.attn_bwd(do.view(b, n, c), qkv.view(b, n, 3 * c), O[i].view(b, n, c), lse[i], h,
                            out=DQKV[i].view(b, n, 3 * c), dropout_p=attn_drop, seed=seed + i)
         dln1 = gemm(DQKV[i], qkv_w)
@@ -191,14 +232,10 @@ def run_backward(g, X, Y, O, stats, lse, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc
     # the shared weights' gradients: one fp32 GEMM each over the R·M concatenated rows
     f32 = torch.float32
     rm = r * m
-    mean1, rstd1 = stats[:, 0].reshape(rm), stats[:, 1].reshape(rm)
-    mean2, rstd2 = stats[:, 2].reshape(rm), stats[:, 3].reshape(rm)
-    dfc2_w, dfc2_b = gemm(G2.view(rm, c).t(), Z1.view(rm, hidden), f32, gelu_b=True, rowsum=True)
-    dfc1_w, dfc1_b = gemm(DZ1.view(rm, hidden).t(), Y.view(rm, c), f32, rowsum=True, rows_per_group=m,
-                          ln_b=(mean2, rstd2, torch.stack(n2_w), torch.stack(n2_b)))
+    dfc2_w, dfc2_b = gemm(G2.view(rm, c).t(), H.view(rm, hidden), f32, rowsum=True)
+    dfc1_w, dfc1_b = gemm(DZ1.view(rm, hidden).t(), YN.view(rm, c), f32, rowsum=True)
     dproj_w, dproj_b = gemm(GY.view(rm, c).t(), O.view(rm, c), f32, rowsum=True)
-    dqkv_w, dqkv_b = gemm(DQKV.view(rm, 3 * c).t(), X.view(rm, c), f32, rowsum=True, rows_per_group=m,
-                          ln_b=(mean1, rstd1, torch.stack(n1_w), torch.stack(n1_b)))
+    dqkv_w, dqkv_b = gemm(DQKV.view(rm, 3 * c).t(), XN1.view(rm, c), f32, rowsum=True)
     grads = [gi.view(b, n, c), dqkv_w.to(qkv_w.dtype), dqkv_b.to(qkv_b.dtype), dproj_w.to(proj_w.dtype),
              dproj_b.to(proj_b.dtype), dfc1_w.to(fc1_w.dtype), dfc1_b.to(fc1_b.dtype), dfc2_w.to(fc2_w.dtype),
              dfc2_b.to(fc2_b.dtype)]
@@ -206,20 +243,20 @@ def run_backward(g, X, Y, O, stats, lse, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc
 
 
 @torch.library.custom_op("spin_kernels::vit_run_backward", mutates_args=())
-def vit_run_backward(g: Tensor, X: Tensor, Y: Tensor, O: Tensor, stats: Tensor, lse: Tensor, qkv_w: Tensor,
-                     qkv_b: Tensor, proj_w: Tensor, proj_b: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor,
-                     fc2_b: Tensor, n1_w: List[Tensor], n1_b: List[Tensor], n2_w: List[Tensor], n2_b: List[Tensor],
-                     dp_scale: Optional[Tensor], num_heads: int, attn_drop: float = 0.0,
-                     seed: int = 0) -> List[Tensor]:
+def vit_run_backward(g: Tensor, X: Tensor, Y: Tensor, O: Tensor, stats: Tensor, lse: Tensor, XN1: Tensor,
+                     QKV: Tensor, YN: Tensor, Z1: Tensor, qkv_w: Tensor, qkv_b: Tensor, proj_w: Tensor,
+                     proj_b: Tensor, fc1_w: Tensor, fc1_b: Tensor, fc2_w: Tensor, fc2_b: Tensor, n1_w: List[Tensor],
+                     n1_b: List[Tensor], n2_w: List[Tensor], n2_b: List[Tensor], dp_scale: Optional[Tensor],
+                     num_heads: int, eps: float, attn_drop: float = 0.0, seed: int = 0) -> List[Tensor]:
     """Gradients of vit_run: [dx, dqkv_w, dqkv_b, dproj_w, dproj_b, dfc1_w, dfc1_b, dfc2_w, dfc2_b,
     dn1_w × R, dn1_b × R, dn2_w × R, dn2_b × R]."""
-    return run_backward(g, X, Y, O, stats, lse, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_w,
-                        n1_b, n2_w, n2_b, dp_scale, num_heads, attn_drop, seed)
+    return run_backward(g, X, Y, O, stats, lse, XN1, QKV, YN, Z1, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b,
+                        fc2_w, fc2_b, n1_w, n1_b, n2_w, n2_b, dp_scale, num_heads, eps, attn_drop, seed)
 
 
 @vit_run_backward.register_fake
-def _(g, X, Y, O, stats, lse, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_w, n1_b, n2_w, n2_b,
-      dp_scale, num_heads, attn_drop=0.0, seed=0):
+def _(g, X, Y, O, stats, lse, XN1, QKV, YN, Z1, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_w,
+      n1_b, n2_w, n2_b, dp_scale, num_heads, eps, attn_drop=0.0, seed=0):
     out = [torch.empty_like(g)] + [torch.empty_like(t) for t in (qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b,
                                                                  fc2_w, fc2_b)]
     return out + [torch.empty_like(t) for lst in (n1_w, n1_b, n2_w, n2_b) for t in lst]
@@ -227,30 +264,30 @@ def _(g, X, Y, O, stats, lse, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w,
 
 def _setup_context(ctx, inputs, output):
     (_x, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b, n1_w, n1_b, n2_w, n2_b, dp_scale, num_heads,
-     _eps, attn_drop, seed) = inputs
-    ctx.attn_drop, ctx.seed = attn_drop, seed
-    _out, X, Y, O, stats, lse = output
+     eps, attn_drop, seed, _recompute) = inputs
+    ctx.attn_drop, ctx.seed, ctx.eps = attn_drop, seed, eps
+    saved_state = output[1:]  # X, Y, O, stats, lse, XN1, QKV, YN, Z1
     ctx.r = len(n1_w)
     ctx.num_heads = num_heads
     ctx.has_dp = dp_scale is not None
-    ctx.save_for_backward(X, Y, O, stats, lse, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b,
+    ctx.save_for_backward(*saved_state, qkv_w, qkv_b, proj_w, proj_b, fc1_w, fc1_b, fc2_w, fc2_b,
                           *n1_w, *n1_b, *n2_w, *n2_b, *([dp_scale] if dp_scale is not None else []))
 
 
-def _backward(ctx, g, gX, gY, gO, gstats, glse):
+def _backward(ctx, g, *_state_grads):
     saved = ctx.saved_tensors
-    X, Y, O, stats, lse = saved[:5]
-    w = saved[5:13]
+    state, w = saved[:9], saved[9:17]
+    X, lse = state[0], state[4]
     r = ctx.r
-    norms = [list(saved[13 + k * r: 13 + (k + 1) * r]) for k in range(4)]
-    dp_scale = saved[13 + 4 * r] if ctx.has_dp else None
+    norms = [list(saved[17 + k * r: 17 + (k + 1) * r]) for k in range(4)]
+    dp_scale = saved[17 + 4 * r] if ctx.has_dp else None
     if g is None:
         g = torch.zeros_like(X[0]).view(lse.shape[1], lse.shape[3], X.shape[2])
-    grads = vit_run_backward(g.contiguous(), X, Y, O, stats, lse, *w, *norms, dp_scale, ctx.num_heads,
+    grads = vit_run_backward(g.contiguous(), *state, *w, *norms, dp_scale, ctx.num_heads, ctx.eps,
                              ctx.attn_drop, ctx.seed)
     dx, dw = grads[0], grads[1:9]
     dn = [grads[9 + k * r: 9 + (k + 1) * r] for k in range(4)]
-    return (dx, *dw, dn[0], dn[1], dn[2], dn[3], None, None, None, None, None)
+    return (dx, *dw, dn[0], dn[1], dn[2], dn[3], None, None, None, None, None, None)
 
 
 vit_run.register_autograd(_backward, setup_context=_setup_context)
@@ -339,6 +376,8 @@ def vit_blocks(model, x: Tensor, taps: Optional[Sequence[int]] = None, stop: Opt
         return t.to(dt)
 
     eps = float(model.norm1[0].eps)
+    # keeping tensors for a backward only pays when there will be one
+    recompute = getattr(model, "recompute", "all") if torch.is_grad_enabled() and model.training else "all"
     tapped = set(taps or ())
     outs = []
     for start, end in split_runs(_model_runs(model), sorted(tapped), stop):
@@ -358,7 +397,7 @@ def vit_blocks(model, x: Tensor, taps: Optional[Sequence[int]] = None, stop: Opt
                                  mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias)]
         out = vit_run(x, *lin, [cast(m.weight) for m in n1], [cast(m.bias) for m in n1],
                       [cast(m.weight) for m in n2], [cast(m.bias) for m in n2], dp, attn.num_heads, eps, p_attn,
-                      seed)
+                      seed, recompute)
         x = out[0]
         if end - 1 in tapped:
             outs.append(x)

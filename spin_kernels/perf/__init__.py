@@ -42,7 +42,10 @@ from .roofline import (
     model_costs,
     pass_budget,
     pct_of_floor,
+    VIT_RECOMPUTE_MODES,
     vit_block_costs,
+    vit_recompute_costs,
+    vit_recomputed,
 )
 
 __all__ = [
@@ -51,4 +54,5 @@ __all__ = [
     "demangle", "find_extension_so", "format_kernel_report", "format_table", "get_ceilings", "kernel_report",
     "model_costs", "normalize_dtype", "parse_ptxas_verbose", "pass_budget", "parse_resource_usage", "pct_of_floor",
     "ptxas_spills_of_binary", "run_tool", "theoretical_occupancy", "triton_nvidia_bin", "vit_block_costs",
+    "VIT_RECOMPUTE_MODES", "vit_recompute_costs", "vit_recomputed",
 ]

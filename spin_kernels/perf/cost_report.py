@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from . import cost_model, sass
 from .cuda_kernels import cuda_shape_costs, format_cuda_totals
 from .kernel_models import TRITON_MODELS
-from .roofline import ARCHS
+from .roofline import ARCHS, vit_recompute_costs
 from .targets import (
     IMG_SIZE,
     PHASES,
@@ -33,9 +33,10 @@ __all__ = ["IMG_SIZE", "PHASES", "TARGET_SHAPES", "cost_report", "cost_shape", "
 CALIBRATION_RANGES = {"copy_kernel": ("hbm", 1.0, 1.05), "matmul_kernel": ("tensor", 1.0, 1.3)}
 
 
-def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132, host_ops: dict | None = None):
+def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132, host_ops: dict | None = None,
+                   recompute: str = "all"):
     """(launches of one shared run, runs in the model, a description) of a target shape; ``host_ops`` (a dict)
-    receives the run's host PyTorch compute ops per phase."""
+    receives the run's host PyTorch compute ops per phase; ``recompute``: the ViT backward's mode."""
     from .launches import convmixer_run_launches, vit_run_launches  # lazy: imports the ops and Triton
 
     model, batch, rate = TARGET_SHAPES[name]
@@ -51,7 +52,7 @@ def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132, host_ops
         tokens = (IMG_SIZE // arch["patch_size"]) ** 2 + 1
         launches = vit_run_launches(batch, tokens, arch["embed_dim"], arch["num_heads"],
                                     mlp_ratio=arch["mlp_ratio"], run_length=rate, dtype=dtype, sm_count=sm_count,
-                                    host_ops=host_ops)
+                                    host_ops=host_ops, recompute=recompute)
         what = f"[{batch}, {tokens}, {arch['embed_dim']}] heads={arch['num_heads']}"
     return launches, runs, f"{model} {what} {dtype}, runs of {rate} layer(s) × {runs}"
 
@@ -118,6 +119,19 @@ def launch_cost(launch, compiler: Compiler, rates: cost_model.SMRates, dtype: st
             "ratio": est / floor if floor > 0 else float("inf")}
 
 
+def cost_rows(launches, compiler: Compiler, rates: cost_model.SMRates, dtype: str) -> list:
+    """One cost row per distinct launch (same binary, scalars and buffer sizes: one row, ``count`` calls)."""
+    rows: dict = {}
+    for launch in launches:
+        scalars = tuple(sorted((k, v) for k, v in launch.args.items() if isinstance(v, (int, float))))
+        key = (launch.phase, launch.key(), launch.grid, scalars, launch.bytes_touched())
+        if key in rows:
+            rows[key]["count"] += 1
+            continue
+        rows[key] = {**launch_cost(launch, compiler, rates, dtype), "count": 1}
+    return list(rows.values())
+
+
 def cost_shape(name: str, compiler: Compiler, rates: cost_model.SMRates = cost_model.H100_RATES,
                dtype: str = "bf16", cuda: bool = False) -> dict:
     """The cost table of one target shape: per launch variant and per phase, for one run and the whole trunk.
@@ -127,22 +141,30 @@ def cost_shape(name: str, compiler: Compiler, rates: cost_model.SMRates = cost_m
     ``train_step_cuda``, ``eval_forward_persistent``, ...); the Triton rows and totals are unchanged."""
     host_ops: dict = {}
     launches, runs, what = shape_launches(name, dtype, rates.sm_count, host_ops)
-    rows: dict = {}
-    for launch in launches:
-        # the same binary with the same scalars and buffers sizes costs the same: one row, counted
-        scalars = tuple(sorted((k, v) for k, v in launch.args.items() if isinstance(v, (int, float))))
-        key = (launch.phase, launch.key(), launch.grid, scalars, launch.bytes_touched())
-        if key in rows:
-            rows[key]["count"] += 1
-            continue
-        rows[key] = {**launch_cost(launch, compiler, rates, dtype), "count": 1}
-    table = list(rows.values())
+    table = cost_rows(launches, compiler, rates, dtype)
     assign_ids(table)
     totals = {phase: phase_total([r for r in table if r["phase"] == phase], runs) for phase in PHASES}
     result = {"shape": name, "what": what, "runs": runs, "rows": table, "totals": totals,
               "train_step": train_step(totals),
               "eval_forward": {k: totals["eval"][k] for k in ("model_estimate_s", "model_floor_s", "ratio")},
               "host_ops_per_run": {phase: dict(sorted(host_ops.get(phase, {}).items())) for phase in PHASES}}
+    model, batch, rate = TARGET_SHAPES[name]
+    arch = ARCHS[model]
+    if arch["family"] == "vit":  # the train step in every recompute mode, with the memory each one keeps
+        tokens = (IMG_SIZE // arch["patch_size"]) ** 2 + 1
+        memory = vit_recompute_costs(batch, arch["embed_dim"], arch["num_heads"], tokens, dtype,
+                                     mlp_ratio=arch["mlp_ratio"])
+        result["recompute"] = {}
+        for mode, mem in memory.items():
+            if mode == "all":
+                step = result["train_step"]
+            else:
+                rows = cost_rows(shape_launches(name, dtype, rates.sm_count, recompute=mode)[0], compiler, rates,
+                                 dtype)
+                step = train_step({ph: phase_total([r for r in rows if r["phase"] == ph], runs)
+                                   for ph in ("fwd", "bwd")})
+            result["recompute"][mode] = {"train_step": step, "saved_bytes_model": mem["saved_bytes"] *
+                                         arch["depth"]}
     if cuda:  # backend="cuda" (spin_kernels.perf.cuda_kernels), added after the Triton totals
         extra = cuda_shape_costs(name, table, runs, rates, dtype)
         result["rows"] = table + extra.pop("cuda_rows", [])
@@ -228,6 +250,10 @@ def format_cost_report(report: dict) -> str:
                      f" vs floor {sh['train_step']['model_floor_s'] * 1e3:.3f} ms ({sh['train_step']['ratio']:.1f}x);"
                      f" eval forward {sh['eval_forward']['model_estimate_s'] * 1e3:.3f} ms vs floor "
                      f"{sh['eval_forward']['model_floor_s'] * 1e3:.3f} ms ({sh['eval_forward']['ratio']:.1f}x)")
+        if "recompute" in sh:
+            lines.append("recompute modes (ViT backward; saved activations of the whole model): " + ", ".join(
+                f"{mode} {v['train_step']['model_estimate_s'] * 1e3:.3f} ms ({v['train_step']['ratio']:.2f}x), "
+                f"{v['saved_bytes_model'] / 2 ** 20:.0f} MiB" for mode, v in sh["recompute"].items()))
         if "train_step_cuda" in sh or "cuda_note" in sh:  # backend="cuda" totals (cost_shape(cuda=True))
             lines += format_cuda_totals(sh)
     lines.append("")

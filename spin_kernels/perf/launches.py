@@ -288,10 +288,10 @@ def convmixer_run_launches(batch: int, dim: int, hw: int, kernel_size: int, *, a
 
 def vit_run_launches(batch: int, tokens: int, dim: int, num_heads: int, *, mlp_ratio: float = 4.0,
                      run_length: int = 1, dtype: str = "bf16", phases=("fwd", "bwd", "eval"),
-                     sm_count: int = 132, host_ops: dict | None = None) -> list[Launch]:
+                     sm_count: int = 132, host_ops: dict | None = None, recompute: str = "all") -> list[Launch]:
     """The launches of one shared run of fused ViT blocks (``spin_kernels::vit_run``) at ``[batch, tokens, dim]``:
-    training forward, backward, eval forward (the same kernels as the training forward: no dropout here).
-    ``host_ops`` as in :func:`convmixer_run_launches`."""
+    training forward and backward in mode ``recompute`` (spin_kernels.ops.vit), eval forward (the training
+    forward's kernels, nothing saved: no dropout here). ``host_ops`` as in :func:`convmixer_run_launches`."""
     import torch
 
     from ..ops import vit as op
@@ -308,10 +308,11 @@ def vit_run_launches(batch: int, tokens: int, dim: int, num_heads: int, *, mlp_r
         norms = [[t(C) for _ in range(R)] for _ in range(4)]
         for phase in phases:
             rec.phase = phase
-            _, X, Y, O, stats, lse = op.run_forward(x, *w, *norms, None, num_heads, 1e-6, 0.0, 0)
+            mode = "all" if phase == "eval" else recompute
+            _, *state = op.run_forward(x, *w, *norms, None, num_heads, 1e-6, 0.0, 0, mode)
             if phase == "bwd":
                 rec.restart_phase("bwd")
-                op.run_backward(t(batch, tokens, C), X, Y, O, stats, lse, *w, *norms, None, num_heads, 0.0, 0)
+                op.run_backward(t(batch, tokens, C), *state, *w, *norms, None, num_heads, 1e-6, 0.0, 0)
     if host_ops is not None:
         host_ops.update(rec.host_ops)
     return rec.launches

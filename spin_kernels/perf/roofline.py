@@ -188,14 +188,29 @@ def convmixer_layer_costs(batch: int, dim: int, hw: int, kernel_size: int, dtype
                phase="bwd", kind="layer")]
 
 
+# What the fused ViT backward recomputes (LN + GEMM) instead of keeping from the forward, per ``recompute`` mode
+# (spin_kernels.ops.vit; VisionTransformer(recompute=...)).
+VIT_RECOMPUTE_MODES = {"all": ("qkv", "fc1"), "qkv": ("qkv",), "fc1": ("fc1",), "none": ()}
+
+
+def vit_recomputed(recompute: str) -> tuple:
+    """The GEMMs (of 'qkv', 'fc1') the ViT backward recomputes in mode ``recompute``."""
+    if recompute not in VIT_RECOMPUTE_MODES:
+        raise ValueError(f"recompute: expected one of {sorted(VIT_RECOMPUTE_MODES)}, got {recompute!r}")
+    return VIT_RECOMPUTE_MODES[recompute]
+
+
 def vit_block_costs(batch: int, embed_dim: int, num_heads: int, tokens: int, dtype: str = "bf16", *,
-                    mlp_ratio: float = 4.0, train: bool = False) -> list[OpCost]:
+                    mlp_ratio: float = 4.0, train: bool = False, recompute: str = "all") -> list[OpCost]:
     """Costs of one pre-norm ViT block at ``[batch, tokens, embed_dim]``: primitive ops, fused kernels, totals.
 
     Eager attention is timm's default ``F.scaled_dot_product_attention`` (flash: no N×N tensor in HBM) plus the
-    head-merge copy ``transpose(1, 2).reshape``; the fused design applies LayerNorm in the next GEMM's prologue and
-    bias / GELU / residual in GEMM epilogues (DESIGN.md §2, last paragraph).
+    head-merge copy ``transpose(1, 2).reshape``; the fused design materialises each LayerNorm once (one pass: the
+    prologue form recomputed it per N tile) and applies bias / GELU / residual in GEMM epilogues. ``recompute``
+    (:data:`VIT_RECOMPUTE_MODES`): which LN + GEMM pairs the fused backward redoes (rows ``F1r_*`` / ``F4r_*``);
+    keeping fc1's pre-activation instead costs its forward one more write.
     """
+    redo = vit_recomputed(recompute)
     for arg, v in (("batch", batch), ("embed_dim", embed_dim), ("num_heads", num_heads), ("tokens", tokens)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{arg}: expected a positive int, got {v!r}")
@@ -226,12 +241,15 @@ def vit_block_costs(batch: int, embed_dim: int, num_heads: int, tokens: int, dty
         OpCost("residual_add2", e, "vector", A, 3, None, 3),
     ]
     flops = sum(o.flops for o in ops)
+    keep_z1 = r if "fc1" not in redo else 0   # fc1's epilogue also writes the pre-activation z1
     fused = [
-        OpCost("F1_ln1_qkv", ops[0].flops + ops[1].flops, "tensor", A, 4, 4, None, ln_p + w(D, 3 * D), kind="fused"),
+        OpCost("F0_ln1", ops[0].flops, "vector", A, 2, 2, None, ln_p, kind="fused"),
+        OpCost("F1_qkv", ops[1].flops, "tensor", A, 4, 4, None, w(D, 3 * D), kind="fused"),
         OpCost("F2_flash_attention", attn_flops, "tensor", A, 4, 4, None, kind="fused"),
         OpCost("F3_proj_residual", ops[3].flops + e, "tensor", A, 3, 3, None, w(D, D), kind="fused"),
-        OpCost("F4_ln2_fc1_gelu", ops[5].flops + ops[6].flops + ops[7].flops, "tensor", A, 1 + r, 1 + r, None,
-               ln_p + w(D, H), kind="fused"),
+        OpCost("F4a_ln2", ops[5].flops, "vector", A, 2, 2, None, ln_p, kind="fused"),
+        OpCost("F4_fc1_gelu", ops[6].flops + ops[7].flops, "tensor", A, 1 + r, 1 + r + keep_z1, None, w(D, H),
+               kind="fused"),
         OpCost("F5_fc2_residual", ops[8].flops + e, "tensor", A, r + 2, r + 2, None, w(H, D), kind="fused"),
     ]
     weights = ln_p * 2 + w(D, 3 * D) + w(D, D) + w(D, H) + w(H, D)
@@ -254,10 +272,20 @@ def vit_block_costs(batch: int, embed_dim: int, num_heads: int, tokens: int, dty
         OpCost("qkv_gemm_bwd", 2 * ops[1].flops, "tensor", A, 5, None, 8, 2 * w(D, 3 * D), phase="bwd"),
         OpCost("ln1_bwd", 10.0 * e, "vector", A, 3, None, 3, 2 * ln_p, phase="bwd"),
     ]
-    # Fused backward by design: fc1 stores the GELU pre-activation z (same size as its output), so fc2's dgrad
-    # applies GELU' in its epilogue; LN backward needs full-row sums, hence one small row pass per LN.
-    fb = [
-        OpCost("F5b_fc2_dgrad_gelu", ops[8].flops, "tensor", A, 1 + 2 * r, 1 + 2 * r, None, w(H, D), phase="bwd",
+    # Fused backward by design: z1 (kept, or recomputed as LN2 + GEMM) feeds fc2's dgrad, which applies GELU' in
+    # its epilogue and writes h = gelu(z1) beside it (fc2's weight-gradient operand); LN backward needs full-row
+    # sums, hence one small row pass per LN. The recomputed qkv / z1 come from the materialised LN outputs.
+    recompute_rows = []
+    if "fc1" in redo:
+        recompute_rows += [OpCost("F4r_ln2", ops[5].flops, "vector", A, 2, 2, None, ln_p, phase="bwd", kind="fused"),
+                           OpCost("F4r_fc1", ops[6].flops, "tensor", A, 1 + r, 1 + r, None, w(D, H), phase="bwd",
+                                  kind="fused")]
+    if "qkv" in redo:
+        recompute_rows += [OpCost("F1r_ln1", ops[0].flops, "vector", A, 2, 2, None, ln_p, phase="bwd", kind="fused"),
+                           OpCost("F1r_qkv", ops[1].flops, "tensor", A, 4, 4, None, w(D, 3 * D), phase="bwd",
+                                  kind="fused")]
+    fb = recompute_rows + [
+        OpCost("F5b_fc2_dgrad_gelu", ops[8].flops, "tensor", A, 1 + 2 * r, 1 + 3 * r, None, w(H, D), phase="bwd",
                kind="fused"),
         OpCost("F5b_fc2_wgrad", ops[8].flops, "tensor", A, 1 + r, 1 + r, None, 2 * w(H, D), phase="bwd",
                kind="fused"),
@@ -276,6 +304,32 @@ def vit_block_costs(batch: int, embed_dim: int, num_heads: int, tokens: int, dty
     return rows + b_ops + fb + [
         OpCost("layer_bwd", sum(o.flops for o in b_ops), "tensor", A, 4, sum(f.design_passes for f in fb),
                sum(o.eager_passes for o in b_ops), 2 * weights, phase="bwd", kind="layer")]
+
+
+def vit_recompute_costs(batch: int, embed_dim: int, num_heads: int, tokens: int, dtype: str = "bf16", *,
+                        mlp_ratio: float = 4.0, ceilings: Ceilings = H100) -> dict:
+    """Memory and time of each ``recompute`` mode of the fused ViT block (:data:`VIT_RECOMPUTE_MODES`), per layer:
+
+    ``saved_bytes``: what the forward keeps for the backward (x, y, o; fp32 row statistics and attention lse;
+    plus LN1(x) and qkv when qkv is kept, LN2(y) and z1 when fc1 is kept), ``saved_passes`` the activation
+    tensors among them in units of B·N·C; ``fwd_floor_s`` / ``bwd_floor_s``: the sums of the fused kernels'
+    design floors on ``ceilings`` (the recomputed LN passes and GEMMs are in the backward's).
+    """
+    dtype = normalize_dtype(dtype)
+    s = DTYPE_BYTES[dtype]
+    t = batch * tokens
+    r = int(round(embed_dim * mlp_ratio)) / embed_dim
+    out = {}
+    for mode, redo in VIT_RECOMPUTE_MODES.items():
+        rows = vit_block_costs(batch, embed_dim, num_heads, tokens, dtype, mlp_ratio=mlp_ratio, train=True,
+                               recompute=mode)
+        passes = 3.0 + (4 if "qkv" not in redo else 0) + (1 + r if "fc1" not in redo else 0)
+        fp32_rows = (4 * t + batch * num_heads * tokens) * 4   # mean/rstd of both norms + lse
+        floors = {ph: sum(x.floor_s(ceilings, dtype, "design") for x in rows if x.kind == "fused" and x.phase == ph)
+                  for ph in ("fwd", "bwd")}
+        out[mode] = {"recomputed": list(redo), "saved_passes": passes, "saved_bytes": passes * t * embed_dim * s
+                     + fp32_rows, "fwd_floor_s": floors["fwd"], "bwd_floor_s": floors["bwd"]}
+    return out
 
 
 def activation_passes(rows: Iterable[OpCost], phase: str = "fwd") -> dict:
@@ -352,13 +406,14 @@ class ModelCost:
 
 
 def model_costs(name: str, batch: int = 64, dtype: str = "bf16", *, train: bool = False, img_size: int = 224,
-                **arch_overrides) -> ModelCost:
+                recompute: str = "all", **arch_overrides) -> ModelCost:
     """Analytic costs of a whole model: stem, ``depth`` × layer rows, head.
 
     Args:
         name: a model name of :data:`ARCHS` (the names ``spin_kernels.create_model`` knows).
         batch: batch size; dtype: ``bf16``/``fp16``/``fp32``/``tf32``; train: add the backward rows.
-        img_size: input resolution; arch_overrides: e.g. ``dim=``, ``depth=``, ``kernel_size=`` (ConvMixer) or
+        img_size: input resolution; recompute: the ViT backward's mode (:data:`VIT_RECOMPUTE_MODES`);
+        arch_overrides: e.g. ``dim=``, ``depth=``, ``kernel_size=`` (ConvMixer) or
             ``embed_dim=``, ``num_heads=`` (ViT), as for ``create_model``.
     """
     if name not in ARCHS:
@@ -398,7 +453,7 @@ def model_costs(name: str, batch: int = 64, dtype: str = "bf16", *, train: bool 
         D = arch["embed_dim"]
         tokens = g * g + 1
         layer = vit_block_costs(batch, D, arch["num_heads"], tokens, dtype, mlp_ratio=arch["mlp_ratio"],
-                                train=train)
+                                train=train, recompute=recompute)
         A = batch * tokens * D * s
         stem_w = (arch["in_chans"] * p * p * D + D + tokens * D + D) * s
         head = [

@@ -155,32 +155,25 @@ def linear_residual(a, weight, bias, res, scale=None):
     return (res.to(acc) + z).to(a.dtype)
 
 
-def gemm(a: torch.Tensor, b: torch.Tensor, out_dtype=None, *, bias=None, act: str = "none", ln=None, ln_b=None,
-         gelu_b: bool = False, gelu_grad_z=None, res=None, scale=None, rows_per_sample: int = 1,
-         rowsum: bool = False, rows_per_group: int | None = None, config=None, out=None, split_k=None):
+def gemm(a: torch.Tensor, b: torch.Tensor, out_dtype=None, *, bias=None, act: str = "none", pre_out=None,
+         gelu_grad_z=None, gelu_out=None, res=None, scale=None, rows_per_sample: int = 1, rowsum: bool = False,
+         config=None, out=None, split_k=None):
     """Reference of spin_kernels.triton.vit_gemm.gemm (same arguments; config / split_k are ignored)."""
     acc = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
-    m, k = a.shape
-    n = b.shape[1]
+    m = a.shape[0]
     A, B = a.to(acc), b.to(acc)
-    if ln is not None:
-        mean, rstd, lnw, lnb = ln
-        A = (A - mean.to(acc)[:, None]) * rstd.to(acc)[:, None] * lnw.to(acc) + lnb.to(acc)
-    if ln_b is not None:
-        mean, rstd, lnw, lnb = ln_b
-        g = rows_per_group or k
-        w2 = lnw.to(acc).reshape(-1, n).repeat_interleave(g, 0)[:k]
-        b2 = lnb.to(acc).reshape(-1, n).repeat_interleave(g, 0)[:k]
-        B = (B - mean.to(acc)[:, None]) * rstd.to(acc)[:, None] * w2 + b2
-    if gelu_b:
-        B = gelu(B)
     c = A @ B
     if bias is not None:
         c = c + bias.to(acc)
     if act == "gelu":
+        if pre_out is not None:
+            pre_out.copy_(c)
         c = gelu(c)
     if gelu_grad_z is not None:
-        c = c * gelu_grad(gelu_grad_z.to(acc))
+        z = gelu_grad_z.to(acc)
+        if gelu_out is not None:
+            gelu_out.copy_(gelu(z))
+        c = c * gelu_grad(z)
     if res is not None:
         if scale is not None:
             c = c * scale.to(acc).repeat_interleave(rows_per_sample)[:m, None]

@@ -1,8 +1,10 @@
 """LayerNorm kernels for the ViT blocks: row statistics pre-pass / forward, and backward with partial dW, dB.
 
 Rows are the M = B·N tokens of a contiguous [M, C] activation; all statistics and accumulations in fp32.
-In the fused block the normalisation itself is applied in the prologue of the following GEMM (vit_gemm.py), so the
-forward here usually only emits (mean, rstd): 8 bytes per row instead of a full normalised activation.
+In the fused block the forward writes the normalised rows once (bf16/fp16, one extra write pass) for the following
+GEMM and its weight gradient: applied in the GEMM's A prologue instead it was recomputed once per N tile (18-24x
+per element at DeiT-S) and kept those GEMMs ALU-bound at 2.5-3x their floor (machine-code cost model). The
+statistics-only form (WRITE_Y off: 8 bytes per row) remains for callers that need just mean / rstd.
 """
 import torch
 import triton
@@ -106,13 +108,24 @@ def ln_config(c: int, bwd: bool = False) -> dict:
 
 
 def ln_fwd(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-           eps: float = 1e-6, write_y: bool = True):
-    """(y or None, mean [M] fp32, rstd [M] fp32) for x [..., C]; write_y=False is the statistics pre-pass."""
+           eps: float = 1e-6, write_y: bool = True, out: torch.Tensor | None = None,
+           mean_out: torch.Tensor | None = None, rstd_out: torch.Tensor | None = None):
+    """(y or None, mean [M] fp32, rstd [M] fp32) for x [..., C]; write_y=False is the statistics pre-pass.
+    y, mean and rstd are written into ``out`` (contiguous, x's shape and dtype), ``mean_out`` / ``rstd_out``
+    (contiguous fp32 [M]) when given."""
     x2 = _rows(x)
     m, c = x2.shape
-    mean = new_output((m,), x.device, torch.float32)
-    rstd = new_output((m,), x.device, torch.float32)
-    y = new_output(x.shape, x.device, x.dtype) if write_y else None
+    for name, buf, numel, dtype in (("out", out, x.numel(), x.dtype), ("mean_out", mean_out, m, torch.float32),
+                                    ("rstd_out", rstd_out, m, torch.float32)):
+        if buf is not None and (buf.numel() != numel or not buf.is_contiguous() or buf.dtype != dtype):
+            raise ValueError(f"{name}: expected a contiguous {dtype} buffer of {numel} elements")
+    if out is not None and not write_y:
+        raise ValueError("out: only with write_y=True")
+    mean = new_output((m,), x.device, torch.float32) if mean_out is None else mean_out.view(m)
+    rstd = new_output((m,), x.device, torch.float32) if rstd_out is None else rstd_out.view(m)
+    y = None
+    if write_y:
+        y = new_output(x.shape, x.device, x.dtype) if out is None else out.view(x.shape)
     cfg = ln_config(c)
     ln_fwd_kernel[(triton.cdiv(m, cfg["BLOCK_R"]),)](
         x2, weight if write_y else x2, bias if write_y else x2, y if write_y else x2, mean, rstd, m, c, eps,

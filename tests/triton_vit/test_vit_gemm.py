@@ -1,4 +1,4 @@
-"""The prologue/epilogue GEMM (spin_kernels/triton/vit_gemm.py) in the interpreter vs float64 references."""
+"""The epilogue GEMM (spin_kernels/triton/vit_gemm.py) in the interpreter vs float64 references."""
 import pytest
 import torch
 from vit_testutil import DTYPES, check
@@ -18,15 +18,20 @@ def _ln_params(c, dtype):
 @pytest.mark.parametrize("m,k,n", [(1, 48, 80), (34, 48, 80), (197, 32, 96)])
 @pytest.mark.parametrize("act", ["none", "gelu"])
 def test_ln_linear(m, k, n, act, dtype):
+    """The block's qkv / fc1 step: LN materialised by ln_fwd, then the bias (+ GELU) GEMM; with GELU also the
+    pre-activation kept for the backward (pre_out)."""
     x = (torch.randn(m, k) * 2 + 1).to(dtype)
     lnw, lnb = _ln_params(k, dtype)
     w = (torch.randn(n, k) / k ** 0.5).to(dtype)
     b = (0.1 * torch.randn(n)).to(dtype)
-    _, mean, rstd = tln.ln_fwd(x, write_y=False)
-    out = gemm(x, w.t(), bias=b, act=act, ln=(mean, rstd, lnw, lnb))
+    xn = tln.ln_fwd(x, lnw, lnb)[0]
+    pre = torch.full((m, n), float("nan"), dtype=dtype) if act == "gelu" else None
+    out = gemm(xn, w.t(), bias=b, act=act, pre_out=pre)
     m64, r64 = ref.ln_stats(x.double())
-    _, y64 = ref.ln_linear(x.double(), m64, r64, lnw.double(), lnb.double(), w.double(), b.double(), act)
+    z64, y64 = ref.ln_linear(x.double(), m64, r64, lnw.double(), lnb.double(), w.double(), b.double(), act)
     check(out, y64, None, dtype, "ln_linear")
+    if act == "gelu":
+        check(pre, z64, None, dtype, "pre_out")
 
 
 @pytest.mark.parametrize("dtype", DT)
@@ -47,9 +52,8 @@ def test_linear_residual(bsz, ntok, k, n, with_scale, dtype):
 @pytest.mark.parametrize("dtype", DT)
 @pytest.mark.parametrize("m,k,n", [(34, 48, 80), (5, 32, 40)])
 def test_backward_gemms(m, k, n, dtype):
-    """dgrad (± gelu'), wgrad with the LN / gelu B-prologue and the bias-gradient row sums."""
+    """dgrad (± gelu', with gelu(z) written beside it, z in place), wgrad with the bias-gradient row sums."""
     x = (torch.randn(m, k) * 2 + 1).to(dtype)
-    lnw, lnb = _ln_params(k, dtype)
     w = (torch.randn(n, k) / k ** 0.5).to(dtype)
     dz = torch.randn(m, n).to(dtype)
     d64, w64, x64 = dz.double(), w.double(), x.double()
@@ -57,36 +61,31 @@ def test_backward_gemms(m, k, n, dtype):
     check(gemm(dz, w), d64 @ w64, None, dtype, "dgrad")
     check(gemm(dz, w, split_k=2), d64 @ w64, None, dtype, "dgrad split-K")
     zk = torch.randn(m, k).to(dtype)
-    check(gemm(dz, w, gelu_grad_z=zk), (d64 @ w64) * ref.gelu_grad(zk.double()), None, dtype, "dgrad_gelu")
-    # dW = dZᵀ LN(x) (fp32 out), db = Σ dZ
-    _, mean, rstd = tln.ln_fwd(x, write_y=False)
-    dw, db = gemm(dz.t(), x, torch.float32, ln_b=(mean, rstd, lnw, lnb), rowsum=True)
-    m64, r64 = ref.ln_stats(x64)
-    a64 = (x64 - m64[:, None]) * r64[:, None] * lnw.double() + lnb.double()
-    check(dw, d64.t() @ a64, None, dtype, "wgrad_ln")
-    check(db, d64.sum(0), None, dtype, "db")
-    # dW2 = dOutᵀ gelu(z)
-    dw2, db2 = gemm(dz.t(), zk, torch.float32, gelu_b=True, rowsum=True, split_k=3)
-    check(dw2, d64.t() @ ref.gelu(zk.double()), None, dtype, "wgrad_gelu")
-    check(db2, d64.sum(0), None, dtype, "db2")
+    h = torch.full((m, k), float("nan"), dtype=dtype)
+    want = (d64 @ w64) * ref.gelu_grad(zk.double())
+    check(gemm(dz, w, gelu_grad_z=zk, gelu_out=h), want, None, dtype, "dgrad_gelu")
+    check(h, ref.gelu(zk.double()), None, dtype, "gelu_out")
+    # the backward's layout: z1 sits in the output buffer and is replaced by dz1 (each element read, then written)
+    buf, h2 = zk.clone(), torch.full((m, k), float("nan"), dtype=dtype)
+    got = gemm(dz, w, gelu_grad_z=buf, gelu_out=h2, out=buf)
+    assert got.data_ptr() == buf.data_ptr()
+    check(buf, want, None, dtype, "dgrad_gelu in place")
+    check(h2, ref.gelu(zk.double()), None, dtype, "gelu_out in place")
+    # dW = dZᵀ x (fp32 out), db = Σ dZ; split-K over the rows
+    for split in (1, 3):
+        dw, db = gemm(dz.t(), x, torch.float32, rowsum=True, split_k=split)
+        check(dw, d64.t() @ x64, None, dtype, f"wgrad split {split}")
+        check(db, d64.sum(0), None, dtype, f"db split {split}")
 
 
-@pytest.mark.parametrize("dtype", DT)
-def test_wgrad_grouped_ln(dtype):
-    """dW over the concatenated rows of 3 layers, each with its own LayerNorm parameters (shared-run wgrad)."""
-    r, m, k, n = 3, 13, 32, 40
-    x = (torch.randn(r * m, k) * 2 + 1).to(dtype)
-    lnw = (1 + 0.3 * torch.randn(r, k)).to(dtype)
-    lnb = (0.3 * torch.randn(r, k)).to(dtype)
-    dz = torch.randn(r * m, n).to(dtype)
-    _, mean, rstd = tln.ln_fwd(x, write_y=False)
-    dw, db = gemm(dz.t(), x, torch.float32, ln_b=(mean, rstd, lnw, lnb), rowsum=True, rows_per_group=m,
-                  split_k=2)  # 39 rows: slices of 32 and 7 rows, both crossing a group boundary
-    m64, r64 = ref.ln_stats(x.double())
-    a64 = (x.double() - m64[:, None]) * r64[:, None] * lnw.double().repeat_interleave(m, 0) \
-        + lnb.double().repeat_interleave(m, 0)
-    check(dw, dz.double().t() @ a64, None, dtype, "wgrad_ln grouped")
-    check(db, dz.double().sum(0), None, dtype, "db grouped")
+def test_aux_outputs_need_their_epilogue():
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    with pytest.raises(ValueError, match="pre_out"):
+        gemm(a, b, pre_out=torch.empty(4, 4))
+    with pytest.raises(ValueError, match="gelu_out"):
+        gemm(a, b, gelu_out=torch.empty(4, 4))
+    with pytest.raises(ValueError, match="pre_out"):
+        gemm(a, b, act="gelu", pre_out=torch.empty(4, 5))
 
 
 def test_split_k_rejects_epilogue():
@@ -100,15 +99,13 @@ def test_gemm_matches_reference_signature(dtype):
     bsz, ntok, k, n = 2, 9, 32, 48
     m = bsz * ntok
     x = (torch.randn(m, k) + 1).to(dtype)
-    lnw, lnb = _ln_params(k, dtype)
     w = (torch.randn(n, k) / k ** 0.5).to(dtype)
     b = (0.1 * torch.randn(n)).to(dtype)
     res = torch.randn(m, n).to(dtype)
     scale = torch.tensor([0.0, 2.0])
-    _, mean, rstd = tln.ln_fwd(x, write_y=False)
-    for kw in (dict(bias=b, act="gelu", ln=(mean, rstd, lnw, lnb)),
-               dict(bias=b, res=res, scale=scale, rows_per_sample=ntok)):
+    z = torch.randn(m, n).to(dtype)
+    for kw in (dict(bias=b, act="gelu"), dict(bias=b, res=res, scale=scale, rows_per_sample=ntok),
+               dict(gelu_grad_z=z)):
         out = gemm(x, w.t(), **kw)
-        kw64 = {key: (tuple(t.double() for t in v) if isinstance(v, tuple) else
-                      v.double() if isinstance(v, torch.Tensor) else v) for key, v in kw.items()}
+        kw64 = {key: v.double() if isinstance(v, torch.Tensor) else v for key, v in kw.items()}
         check(out, ref.gemm(x.double(), w.double().t(), **kw64), None, dtype, str(sorted(kw)))

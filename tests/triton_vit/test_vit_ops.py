@@ -203,9 +203,12 @@ def test_opcheck():
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
-def test_saved_activation_budget():
-    """≤ 4 tensors of N·C per block saved for backward (plus fp32 statistics), no N×N matrix."""
-    r, b, n, c = 2, 1, 5, 32
+@pytest.mark.parametrize("recompute", ["all", "qkv", "fc1", "none"])
+def test_saved_activation_budget(recompute):
+    """What each recompute mode saves for backward is what perf.roofline.vit_recompute_costs counts: 3 tensors of
+    N·C per block ("all"), + LN1(x), qkv (4) and / or LN2(y), z1 (5); fp32 statistics beside; no N×N matrix."""
+    from spin_kernels.perf import vit_recompute_costs
+    r, b, n, c, heads = 2, 1, 5, 32, 2
     x, w, norms = _inputs(r, b, n, c, torch.float32)
     x.requires_grad_()
     saved = []
@@ -215,15 +218,89 @@ def test_saved_activation_budget():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        ops.vit_run(x, *w, *norms, None, 2, EPS)
+        ops.vit_run(x, *w, *norms, None, heads, EPS, 0.0, 0, recompute)
     params = {id(t) for t in [*w, *[t for lst in norms for t in lst]]}
     mine = [t for t in saved if id(t) not in params]
-    act = sum(t.numel() for t in mine if t.shape[-1] == c)
-    other = sum(t.numel() for t in mine if t.shape[-1] != c)
-    assert act <= 4 * r * b * n * c, act  # x, y, o per layer: 3
-    assert other <= r * (4 * b * n + 2 * b * n), other  # mean/rstd of both norms + lse (2 heads), fp32
-    assert all(t.dtype == torch.float32 for t in mine if t.shape[-1] != c)
+    is_act = [t.dim() == 3 and t.shape[1] == b * n for t in mine]  # [R, B·N, ·]; stats [R, 4, B·N], lse 4-d
+    act = sum(t.numel() for t, a in zip(mine, is_act) if a)
+    other = sum(t.numel() for t, a in zip(mine, is_act) if not a)
+    model = vit_recompute_costs(b, c, heads, n, "fp32")[recompute]
+    assert act == model["saved_passes"] * r * b * n * c, (act, model)
+    assert other == r * (4 * b * n + heads * b * n), other  # mean/rstd of both norms + lse, fp32
+    assert act * 4 + other * 4 == model["saved_bytes"] * r
     assert all(t.shape[-2:] != (n, n) for t in saved)
+
+
+@pytest.mark.parametrize("recompute", ["qkv", "fc1", "none"])
+def test_recompute_modes_same_gradients(recompute):
+    """Every recompute mode gives the default mode's outputs and gradients: recomputed LN outputs / GEMMs come
+    from the same kernels on the same inputs, so the interpreter gives the same numbers bit for bit; checked
+    against the float64 reference too (drop-path on, r = 2, N = 17)."""
+    r, b, n, heads, c = 2, 2, 17, 3, 48
+    x, w, norms = _inputs(r, b, n, c, torch.float32)
+    dp = (torch.rand(r, 2, b) < 0.7).float() / 0.7
+    g = torch.randn(b, n, c)
+    leaves = [x, *w, *[t for lst in norms for t in lst]]
+
+    def run(mode, dtype=torch.float32, fn=None):
+        ls = [t.detach().to(dtype).clone().requires_grad_() for t in leaves]
+        nn_ = [ls[9 + k * r: 9 + (k + 1) * r] for k in range(4)]
+        out = (fn or (lambda: ops.vit_run(ls[0], *ls[1:9], *nn_, dp, heads, EPS, 0.0, 0, mode)[0]))(ls, nn_)
+        out.backward(g.to(dtype))
+        return [out.detach()] + [t.grad for t in ls]
+
+    base = run("all", fn=lambda ls, nn_: ops.vit_run(ls[0], *ls[1:9], *nn_, dp, heads, EPS, 0.0, 0, "all")[0])
+    got = run(recompute, fn=lambda ls, nn_: ops.vit_run(ls[0], *ls[1:9], *nn_, dp, heads, EPS, 0.0, 0,
+                                                        recompute)[0])
+    ref = run(None, torch.float64, lambda ls, nn_: _ref_run(ls[0], ls[1:9], *nn_, dp.double(), heads))
+    for i, (a, b_, want) in enumerate(zip(got, base, ref)):
+        assert torch.equal(a, b_), i
+        check(a, want, None, torch.float32, f"output/grad {i}")
+
+
+def test_recompute_validation():
+    from spin_kernels.models.vit import VisionTransformer
+    x, w, norms = _inputs(1, 1, 3, 32, torch.float32)
+    with pytest.raises(ValueError, match="recompute"):
+        ops.vit_run(x, *w, *norms, None, 2, EPS, 0.0, 0, "some")
+    with pytest.raises(ValueError, match="recompute"):
+        VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, recompute="qkv+fc1")
+    model = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    with pytest.raises(ValueError, match="recompute"):
+        model.set_recompute("everything")
+
+
+def test_deit_recompute_none_matches_reference():
+    """A model built with recompute="none" trains fused (spy: the op is asked to keep its tensors; no fallback)
+    with the reference model's logits and gradients; in eval mode nothing is kept."""
+    ref, tri = _models(recompute="none")
+    imgs = torch.randn(2, 3, 16, 16)
+    modes = []
+    real = ops.vit_run
+
+    def spy(*args):
+        modes.append(args[-1])
+        return real(*args)
+
+    ops.vit_run = spy
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = tri(imgs)
+            tri.eval()
+            with torch.no_grad():
+                tri(imgs)
+            tri.train()
+    finally:
+        ops.vit_run = real
+    assert modes == ["none", "none", "all", "all"]
+    out64 = ref.double()(imgs.double())
+    check(out, out64, None, torch.float32, "logits")
+    gl = torch.randn_like(out)
+    out.backward(gl)
+    out64.backward(gl.double())
+    for (name, p), p64 in zip(tri.named_parameters(), ref.parameters()):
+        check(p.grad, p64.grad, None, torch.float32, f"grad {name}")
 
 
 def test_deit_weight_fusion_form():
