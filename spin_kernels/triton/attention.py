@@ -143,8 +143,8 @@ def attn_bwd_pre_kernel(o_ptr, do_ptr, delta_ptr, N, H, stride_ob, stride_on,
 #             DROPOUT: dV uses the dropped P/(1-p), and dP is masked and scaled the same way before dS.
 #   tiling    grid (batch*head, cdiv(N, BLOCK), 2); kind 0 holds k, v [BLOCK, D] and loops over query blocks of
 #             STEP rows, kind 1 holds q, dO [BLOCK, D] and loops over key blocks of STEP rows; P/dS tiles
-#             [BLOCK, STEP] in registers only (BLOCK = 64 keeps every dot's M at a wgmma multiple; STEP = 32 for
-#             D = 128 keeps the register tiles spill-free).
+#             [BLOCK, STEP] in registers only (16-bit: BLOCK = 128, one 64-row wgmma tile per warpgroup; STEP
+#             = 32 for D = 128 or with dropout keeps the register tiles spill-free; attn_config).
 #   bytes     per head: reads q, do, lse, delta once per key block and k, v once per query block (L2-resident),
 #             writes dq, dk, dv once (3*N*D). No N x N matrix in HBM.
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,12 +257,16 @@ def dot_precision(dtype) -> str:
     return "ieee" if dtype in (torch.float32, "fp32") else "tf32"
 
 
-def attn_config(d: int, dtype=torch.bfloat16) -> dict:
-    """The shipped tile config for head_dim d and the activations' dtype (the interpreter runs the same one, so
-    tests cover it).
+def attn_config(d: int, dtype=torch.bfloat16, dropout: bool = False) -> dict:
+    """The shipped tile config for head_dim d, the activations' dtype and whether attention dropout is on (the
+    interpreter runs the same one, so tests cover it).
 
     sm_90 register budget (ptxas, 8 warps): fp16 / bf16 fwd 128x64 tiles stay <= 255 regs without spills for
-    every D; bwd BLOCK 64 (the wgmma M) with a STEP of 64 query/key rows, 32 for D = 128 (64 spills there).
+    every D. bwd: BLOCK 128 rows per program (two wgmma M tiles: one per warpgroup) with a STEP of 64
+    query/key rows, 32 for D = 128 or with dropout (the keep mask's registers: 48 B of spills at D = 64, STEP
+    64), one stage. Cost model at DeiT-S b64 (d = 64): 74.9 us smem-bound with the former BLOCK 64 / 2 stages
+    (at BLOCK 64 both warpgroups share one M tile; the second stage doubles the shared-memory traffic), 30.2 us
+    now (tensor 29.1, HBM floor 22.8); STEP 32: 33.4 us.
     fp32 (IEEE dots on FFMA: every operand in registers) at those tiles spills 0.5-74 KB from D = 32 on; fwd 64x32
     and bwd 32x32 tiles compile spill-free for every D (74-120 registers).
     """
@@ -272,7 +276,7 @@ def attn_config(d: int, dtype=torch.bfloat16) -> dict:
                     bwd=dict(BLOCK=32, STEP=32, num_warps=8, num_stages=2))
     return dict(fwd=dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
                 pre=dict(BLOCK_M=64, num_warps=4),
-                bwd=dict(BLOCK=64, STEP=32 if d > 64 else 64, num_warps=8, num_stages=2))
+                bwd=dict(BLOCK=128, STEP=32 if d > 64 or dropout else 64, num_warps=8, num_stages=1))
 
 
 def attn_fwd(qkv: torch.Tensor, num_heads: int, sm_scale: float | None = None, out=None, lse=None,
@@ -315,7 +319,7 @@ def attn_bwd(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Te
     dqkv = new_output(qkv.shape, qkv.device, qkv.dtype) if out is None else out
     if dqkv.shape != qkv.shape or not dqkv.is_contiguous():
         raise ValueError(f"out: expected a contiguous {tuple(qkv.shape)} buffer")
-    cfg = attn_config(d, qkv.dtype)
+    cfg = attn_config(d, qkv.dtype, dropout_p > 0)
     pre, bwd = cfg["pre"], cfg["bwd"]
     attn_bwd_pre_kernel[(bsz * num_heads, triton.cdiv(n, pre["BLOCK_M"]))](o, do, delta, n, num_heads, n * c, c,
                                                                             D=d, **pre)
@@ -341,12 +345,12 @@ def _aot(dt: str):
     for d in (16, 32, 64, 128):
         for kind, fn, sig in (("fwd", attn_fwd_kernel, sig_f), ("pre", attn_bwd_pre_kernel, sig_p),
                               ("bwd", attn_bwd_kernel, sig_b)):
-            cfg = dict(attn_config(d, dt)[kind])
-            nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages", 1)
             # launcher specialisation for ViT shapes: 16-byte aligned tensors, row strides (3C, C, N*3C, N*C)
             # divisible by 16; N (197) is not.
             div = [a for a in sig if a.endswith("_ptr") or a.startswith("stride")]
             for drop in ((False, True) if kind != "pre" and d >= 64 else (False,)):
+                cfg = dict(attn_config(d, dt, drop)[kind])
+                nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages", 1)
                 cex = dict(D=d, **cfg) if kind == "pre" else \
                     dict(D=d, DROPOUT=drop, PREC=dot_precision(dt), **cfg)
                 out.append(dict(name=f"attn_{kind}_{dt}_d{d}" + ("_dropout" if drop else ""), fn=fn,
