@@ -347,6 +347,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "spin_kernels CUDA C++ kernels";
 #ifdef SPIN_EMULATE
   m.def("emulation_set_sm_count", &spin_emu::set_sm_count, "SM count of the emulated GPU", py::arg("sms"));
+  m.def("emulation_set_schedule", &spin_emu::set_schedule,
+        "CTA schedule of the emulated GPU: seed 0 = blockIdx order; else a seeded random order, plain launches "
+        "kPlainWave CTAs at a time, each CTA delayed 0..jitter_us at its start and after every grid.sync()",
+        py::arg("seed"), py::arg("jitter_us") = 0);
 #endif
   m.def("dwconv_forward", &dwconv_forward,
         "fused depthwise conv forward (input prologue, bias, act, post-scale, tile statistics)", py::arg("h"),

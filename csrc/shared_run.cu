@@ -238,9 +238,13 @@ __global__ void __launch_bounds__(kThreads, 1) shared_run_kernel(SharedRunArgs p
     __syncthreads();
     for (int layer = p.run_start[run]; layer < p.run_start[run + 1]; ++layer) {
       depthwise_half<T>(p, layer);
+#ifndef SPIN_MUTATE_DROP_GRID_SYNC  // defined only by the mutation test's emulated build (tests/cuda)
       grid.sync();  // u complete everywhere before any row's GEMM reads it
+#endif
       pointwise_half<T>(p, layer, ws, p.w_bias[run], red, slice, group, groups);
+#ifndef SPIN_MUTATE_DROP_LAYER_SYNC  // mutation test only, as above
       grid.sync();  // x complete before the next layer's depthwise half reads neighbours
+#endif
     }
   }
 }

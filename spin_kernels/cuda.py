@@ -83,7 +83,7 @@ def _require(h: torch.Tensor, name: str = "h"):
     if not isinstance(h, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(h).__name__}")
     if h.device.type == "cpu" and cuda_emulation.enabled():
-        return cuda_emulation.load()
+        return cuda_emulation.module()
     if h.device.type != "cuda":
         raise ValueError(f"{name}: the CUDA kernels need CUDA tensors, got one on {h.device} "
                          "(use backend='reference' or 'triton' on the CPU)")
@@ -298,5 +298,5 @@ def tensor_watch(tensors):
     swapped since: the extension's (a few ns per tensor) when one is loaded, else a Python walk."""
     from . import cuda_emulation
 
-    ext = extension() or (cuda_emulation.load() if cuda_emulation.enabled() else None)
+    ext = extension() or (cuda_emulation.module() if cuda_emulation.enabled() else None)
     return ext.TensorWatch(list(tensors)) if ext is not None else _PythonTensorWatch(tensors)

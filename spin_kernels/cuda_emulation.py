@@ -6,6 +6,12 @@ fragment layouts). The same ``csrc/*.cu`` sources and ``csrc/bindings.cpp`` comp
 separate module that takes CPU tensors; :func:`enable` routes the wrappers of :mod:`spin_kernels.cuda` to it for
 CPU tensors, so every CUDA test also runs here. It checks indexing, tiling, barriers, fragment layouts and the
 numerics of each kernel, not speed or the GPU memory model. Built once per source hash (about a minute).
+
+Inter-CTA bugs: :func:`set_schedule` runs the CTAs of every launch in a seeded random order (plain launches several
+at a time) and, with ``jitter_us``, delays each CTA by a seeded amount at its start and after every grid barrier,
+so a missing barrier / flag / fence changes the result under some seed. ``enable(mutations=...)`` routes to a
+separate build with mutation macros defined (e.g. ``SPIN_MUTATE_DROP_GRID_SYNC``): the tests plant a missing
+barrier that way and check that the seeded schedules catch it.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _enabled = False
+_mutations: tuple = ()   # preprocessor macros of the build in use (mutation tests only)
 
 
 def _cuda_include_dir() -> str | None:
@@ -47,8 +54,9 @@ def source_hash() -> str:
 
 
 @lru_cache(maxsize=None)
-def load(verbose: bool = False):
-    """Build (first call per source hash) and import the emulated extension; raises RuntimeError if it cannot."""
+def load(verbose: bool = False, mutations: tuple = ()):
+    """Build (first call per source hash and mutation set) and import the emulated extension; raises RuntimeError
+    if it cannot. ``mutations``: macro names defined for a deliberately broken build (mutation tests)."""
     include = _cuda_include_dir()
     from .cuda_build import find_cuda_home
 
@@ -60,7 +68,7 @@ def load(verbose: bool = False):
     if include is None:
         raise RuntimeError("the CUDA emulation needs the CUDA headers (cuda_fp16.h): install the CUDA toolkit or "
                            "the nvidia-cuda-runtime wheel")
-    digest = source_hash()
+    digest = source_hash() + "".join(f"_{m.lower()}" for m in mutations)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     root = Path(os.environ.get("SPIN_EMULATION_CACHE") or cache / "spin_kernels" / "emulation")
     build_dir = root / digest
@@ -75,8 +83,8 @@ def load(verbose: bool = False):
         sources.append(str(wrapper))
     # -fno-strict-aliasing: CUDA code type-puns through vector types (16-byte loads as uint4), which nvcc
     # compiles as intended but GCC's strict-aliasing optimisations would silently break
-    flags = ["-DSPIN_EMULATE", "-std=c++20", "-O2", "-fno-strict-aliasing", "-pthread", "-Wno-unknown-pragmas", f"-I{CSRC}",
-             f"-I{include}"]
+    flags = ["-DSPIN_EMULATE", *(f"-D{m}" for m in mutations), "-std=c++20", "-O2", "-fno-strict-aliasing",
+             "-pthread", "-Wno-unknown-pragmas", f"-I{CSRC}", f"-I{include}"]
     try:
         return cpp_extension.load(name=f"spin_kernels_emulated_{digest}", sources=sources, extra_cflags=flags,
                                   extra_ldflags=["-pthread"], build_directory=str(build_dir), with_cuda=False,
@@ -85,18 +93,33 @@ def load(verbose: bool = False):
         raise RuntimeError(f"building the CUDA emulation failed: {e}") from e
 
 
-def enable(on: bool = True, sm_count: int | None = None) -> None:
+def enable(on: bool = True, sm_count: int | None = None, mutations: tuple = ()) -> None:
     """Route :mod:`spin_kernels.cuda`'s kernels to the emulation for CPU tensors (builds it on first use).
 
     ``sm_count`` sets the emulated GPU's SM count (each with an H100's per-SM limits), which bounds the grid of
-    cooperative launches.
+    cooperative launches. ``mutations``: use the build with these mutation macros defined (tests only).
     """
-    global _enabled
+    global _enabled, _mutations
     if on:
-        ext = load()
+        ext = load(mutations=tuple(mutations))
         if sm_count is not None:
             ext.emulation_set_sm_count(int(sm_count))
+        _mutations = tuple(mutations)
+    else:
+        _mutations = ()
     _enabled = on
+
+
+def module():
+    """The emulated extension in use (the mutated build while one is enabled)."""
+    return load(mutations=_mutations)
+
+
+def set_schedule(seed: int, jitter_us: int = 0) -> None:
+    """CTA schedule of the emulated GPU: ``seed`` 0 runs a plain launch's CTAs one at a time in blockIdx order;
+    any other seed runs them in a seeded random order, several at once, and delays every CTA by a seeded
+    0..``jitter_us`` microseconds at its start and after each grid barrier (all launches, until changed)."""
+    module().emulation_set_schedule(int(seed), int(jitter_us))
 
 
 def enabled() -> bool:

@@ -2,9 +2,12 @@
 // (built with -DSPIN_EMULATE by spin_kernels.cuda_emulation) and is tested against the float64 reference on
 // machines without a GPU — the CUDA counterpart of TRITON_INTERPRET=1.
 //
-// Model: every CUDA thread is a host thread. A plain launch runs its CTAs one after another, each CTA's threads
-// concurrently (so __syncthreads is a real barrier); a cooperative launch runs all CTAs at once (grid.sync() is a
-// barrier over every thread). Each CTA gets its own dynamic shared memory, filled with 0xFF bytes (NaN) so a read
+// Model: every CUDA thread is a host thread, each CTA's threads concurrent (so __syncthreads is a real barrier).
+// A cooperative launch runs all CTAs at once (grid.sync() is a barrier over every thread). A plain launch runs its
+// CTAs one after another in blockIdx order, unless a schedule is set (set_schedule(seed, jitter_us), seed != 0):
+// then CTAs run in a seeded random order, up to kPlainWave of them at once, and with jitter_us > 0 every CTA
+// sleeps a seeded random 0..jitter_us microseconds when it starts and after each grid.sync(), so the order in
+// which CTAs reach shared data changes with the seed and a missing barrier, flag or fence changes the result. Each CTA gets its own dynamic shared memory, filled with 0xFF bytes (NaN) so a read
 // before a write shows up in the result. Warp-collective instructions are emulated from their documented
 // semantics (mma.sync m16n8k16 fragment layouts from the PTX ISA). Threads that return early drop out of every
 // barrier, as on the GPU. The emulated device has the per-SM limits of an H100 (228 KiB shared memory, 2048
@@ -49,6 +52,9 @@ struct ThreadState {
   Warp* warp = nullptr;
   std::barrier<>* grid_barrier = nullptr;
   int lane = 0;
+  long cta = 0;             // linear CTA index in the launch
+  uint64_t launch = 0;      // launch counter (the schedule's jitter differs per launch)
+  uint32_t grid_syncs = 0;  // grid.sync() calls so far by this thread
 };
 extern thread_local ThreadState tls;
 
@@ -59,6 +65,9 @@ unsigned char* block_smem();
 // The emulation defines no cuda* runtime symbols: a CUDA build of torch loads the real libcudart, whose symbols
 // would take precedence. Launchers reach the emulated device through these and the spin:: helpers instead.
 const char* error_string(cudaError_t error);
+
+// The CTA schedule (see the model above): seed 0 = blockIdx order, one CTA at a time.
+void set_schedule(uint64_t seed, int jitter_us);
 
 // Emulated device properties.
 void set_sm_count(int sms);

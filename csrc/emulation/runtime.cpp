@@ -3,8 +3,12 @@
 #include "emulation.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -23,7 +27,32 @@ constexpr int kCtasPerSm = 32;
 
 int g_sm_count = 1;
 
+// CTA schedule (set_schedule): seed 0 = blockIdx order, one CTA at a time.
+constexpr long kPlainWave = 4;  // CTAs of a plain launch in flight at once under a seeded schedule
+uint64_t g_schedule_seed = 0;
+int g_jitter_us = 0;
+std::atomic<uint64_t> g_launches{0};
+
+uint64_t mix(uint64_t x) {  // splitmix64: a well-spread hash of the schedule coordinates
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Every thread of a CTA computes the same delay at the same point, so the CTA moves on as one.
+void jitter(uint32_t point) {
+  if (g_schedule_seed == 0 || g_jitter_us <= 0) return;
+  const uint64_t h = mix(g_schedule_seed ^ mix(tls.launch) ^ mix(static_cast<uint64_t>(tls.cta) << 20 | point));
+  std::this_thread::sleep_for(std::chrono::microseconds(h % static_cast<uint64_t>(g_jitter_us + 1)));
+}
+
 }  // namespace
+
+void set_schedule(uint64_t seed, int jitter_us) {
+  g_schedule_seed = seed;
+  g_jitter_us = std::max(0, jitter_us);
+}
 
 struct Warp {
   explicit Warp(int lanes) : barrier(lanes) {}
@@ -46,6 +75,7 @@ void grid_sync() {
   // The GPU raises an error for grid.sync() outside a cooperative launch; here it would deadlock, so abort loudly.
   if (tls.grid_barrier == nullptr) std::abort();
   tls.grid_barrier->arrive_and_wait();
+  jitter(++tls.grid_syncs);
 }
 
 unsigned char* block_smem() {
@@ -81,7 +111,8 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, bool cooperative, const
   std::unique_ptr<std::barrier<>> grid_barrier;
   if (cooperative) grid_barrier = std::make_unique<std::barrier<>>(ctas * threads);
 
-  auto run_thread = [&](Block* b, dim3 bidx, int tid) {
+  const uint64_t launch_id = g_launches.fetch_add(1);
+  auto run_thread = [&](Block* b, long cta, dim3 bidx, int tid) {
     tls.thread_idx = dim3(tid % block.x, (tid / block.x) % block.y, tid / (block.x * block.y));
     tls.block_idx = bidx;
     tls.block_dim = block;
@@ -90,6 +121,9 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, bool cooperative, const
     tls.warp = b->warps[tid / 32].get();
     tls.lane = tid % 32;
     tls.grid_barrier = grid_barrier.get();
+    tls.cta = cta;
+    tls.launch = launch_id;
+    jitter(0);
     body();
     // A returned thread no longer takes part in any barrier (as on the GPU).
     b->barrier.arrive_and_drop();
@@ -100,14 +134,20 @@ cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, bool cooperative, const
   auto block_index = [&](long i) {
     return dim3(i % grid.x, (i / grid.x) % grid.y, i / (static_cast<long>(grid.x) * grid.y));
   };
-  // Cooperative: every CTA at once. Plain: one CTA at a time (in blockIdx order).
-  const long wave = cooperative ? ctas : 1;
+  // Cooperative: every CTA at once. Plain: one CTA at a time in blockIdx order, or under a seeded schedule a
+  // random order, kPlainWave CTAs at a time.
+  std::vector<long> order(ctas);
+  std::iota(order.begin(), order.end(), 0L);
+  if (g_schedule_seed != 0) std::shuffle(order.begin(), order.end(), std::mt19937_64(mix(g_schedule_seed ^ launch_id)));
+  const long wave = cooperative ? ctas : (g_schedule_seed != 0 ? std::min(ctas, kPlainWave) : 1);
   for (long first = 0; first < ctas; first += wave) {
     std::vector<std::unique_ptr<Block>> blocks;
     std::vector<std::thread> pool;
-    for (long i = first; i < first + wave; ++i) {
+    for (long i = first; i < std::min(ctas, first + wave); ++i) {
       blocks.push_back(std::make_unique<Block>(threads, smem));
-      for (int t = 0; t < threads; ++t) pool.emplace_back(run_thread, blocks.back().get(), block_index(i), t);
+      for (int t = 0; t < threads; ++t) {
+        pool.emplace_back(run_thread, blocks.back().get(), order[i], block_index(order[i]), t);
+      }
     }
     for (auto& th : pool) th.join();
   }

@@ -4,6 +4,8 @@ import pytest
 
 from spin_kernels import cuda_emulation
 
+EMULATION_SCHEDULE_SEED = 20261203
+
 
 @pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
 def kdev(request):
@@ -13,10 +15,14 @@ def kdev(request):
         return
     try:
         cuda_emulation.enable(True, sm_count=1)
+        # CTAs of plain launches in a seeded random order, several at once (not blockIdx order, one at a time):
+        # a kernel that relies on CTA order fails here; test_emulated_schedule adds jitter and several seeds
+        cuda_emulation.set_schedule(EMULATION_SCHEDULE_SEED)
     except RuntimeError as e:  # no host compiler / CUDA headers: say so rather than pass silently
         pytest.fail(f"CUDA emulation unavailable: {e}")
     try:
         yield "cpu"
     finally:
+        cuda_emulation.set_schedule(0)
         cuda_emulation.enable(False)
 
