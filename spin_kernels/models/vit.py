@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backends import fused_forward, warn_reference_fallback
-from ..perf.roofline import vit_recomputed
+from ..recompute import vit_recomputed
 from ..sharing import SharingPlan
 from .common import (
     MATCH_PREV_GROUP,

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from .._util import warn_once as _warn_once
-from ..perf.roofline import vit_recomputed
+from ..recompute import vit_recomputed
 from ..sharing import split_runs
 
 

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
+from ..recompute import VIT_RECOMPUTE_MODES, vit_recomputed
 from .cards import DTYPE_BYTES, H100, Ceilings, normalize_dtype
 
 # Rows of the activation matrix covered by one producer tile; each tile emits (count, mean, M2) per channel
@@ -186,18 +187,6 @@ def convmixer_layer_costs(batch: int, dim: int, hw: int, kernel_size: int, dtype
     return rows + b_ops + [k2b_d, k2b_w, k1b] + [
         OpCost("layer_bwd", layer_bwd_flops, "tensor", A, layer_bwd_min, bwd_design, bwd_eager, (dw_w + pw_w) * 2,
                phase="bwd", kind="layer")]
-
-
-# What the fused ViT backward recomputes (LN + GEMM) instead of keeping from the forward, per ``recompute`` mode
-# (spin_kernels.ops.vit; VisionTransformer(recompute=...)).
-VIT_RECOMPUTE_MODES = {"all": ("qkv", "fc1"), "qkv": ("qkv",), "fc1": ("fc1",), "none": ()}
-
-
-def vit_recomputed(recompute: str) -> tuple:
-    """The GEMMs (of 'qkv', 'fc1') the ViT backward recomputes in mode ``recompute``."""
-    if recompute not in VIT_RECOMPUTE_MODES:
-        raise ValueError(f"recompute: expected one of {sorted(VIT_RECOMPUTE_MODES)}, got {recompute!r}")
-    return VIT_RECOMPUTE_MODES[recompute]
 
 
 def vit_block_costs(batch: int, embed_dim: int, num_heads: int, tokens: int, dtype: str = "bf16", *,
