@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Bottom first. A module may import from its own layer (without a cycle) or any layer below. The most specific
 # prefix decides a module's layer.
 LAYERS = [
-    ("base", ["spin_kernels._util", "spin_kernels._version", "spin_kernels.sharing", "spin_kernels.recompute", "spin_kernels.argtypes",
+    ("base", ["spin_kernels._util", "spin_kernels._version", "spin_kernels.sharing", "spin_kernels.recompute",
+              "spin_kernels.argtypes",
               "spin_kernels.checkpoint_io", "spin_kernels.collectives", "spin_kernels.testing"]),
     ("kernels", ["spin_kernels.reference", "spin_kernels.triton", "spin_kernels.cuda", "spin_kernels.cuda_build",
                  "spin_kernels.cuda_emulation", "spin_kernels.perf.cards", "spin_kernels.perf.roofline",
