@@ -46,10 +46,12 @@ class KernelModel:
     def trips(self, args, n_sass_loops: int) -> list[float]:
         """Trip counts matched to the ``n_sass_loops`` loops found in the machine code; ValueError when the
         descriptor and the machine code disagree (the descriptor needs updating)."""
-        full = [float(lp.trips(args)) for lp in self.loops]
+        # a loop whose trips are None is compiled out for these constexprs (not in the machine code)
+        present = [(lp, float(t)) for lp in self.loops if (t := lp.trips(args)) is not None]
+        full = [t for _, t in present]
         if len(full) == n_sass_loops:
             return full
-        kept = [t for lp, t in zip(self.loops, full, strict=True) if not (lp.may_fold and t == 1)]
+        kept = [t for lp, t in present if not (lp.may_fold and t == 1)]
         if len(kept) == n_sass_loops:
             return kept
         raise ValueError(f"descriptor has {len(full)} loops ({[lp.site for lp in self.loops]}), the machine code "
@@ -105,9 +107,14 @@ TRITON_MODELS: dict[str, KernelModel] = {
         flops=lambda a: 2.0 * a.R * a.M * a.N * a.K, unit="tensor",
         note="rows of the run split over grid[1] programs; the average share per program"),
     "gemm_kernel": KernelModel(
-        loops=(LoopSpec("for k0 in range(k_start, k_end, BLOCK_K)", lambda a: cdiv(a.K, a.BLOCK_K) / a.grid[1]),),
+        loops=(LoopSpec("for k0 in range(k_start, k_end, BLOCK_K)", lambda a: cdiv(a.K, a.BLOCK_K) / a.grid[1]),
+               # split-K: the last of a tile's grid[1] programs sums the grid[1] partials: one iteration per
+               # program on average (compiled out without SPLIT_K)
+               LoopSpec("for _ in range(0, n_split)", lambda a: 1 if a.SPLIT_K else None)),
         flops=lambda a: 2.0 * a.M * a.N * a.K, unit="tensor",
-        note="split-K: the K loop shared by grid[1] programs"),
+        note="split-K: the K loop shared by grid[1] programs, reduced in the same launch by each tile's last",
+        # the ticket atomic, then grid[1] partial loads of the last tile's reduction
+        tail_waves=lambda a: 2 + a.grid[1] if a.SPLIT_K else 0),
     "attn_fwd_kernel": KernelModel(
         loops=(LoopSpec("for start_n in range(0, N, BLOCK_N)", lambda a: cdiv(a.N, a.BLOCK_N)),),
         flops=_attn_fwd_flops, unit="tensor"),

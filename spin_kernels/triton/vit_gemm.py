@@ -37,8 +37,9 @@ GELU = tl.constexpr(ACT_CODES["gelu"])  # the activation code of _common.act_fwd
 
 
 @triton.jit
-def gemm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, res_ptr, scale_ptr, z_ptr, aux_ptr, rowsum_ptr, M, N, K, stride_am,
-                stride_ak, stride_bk, stride_bn, rows_per_sample, k_per_split,
+def gemm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, res_ptr, scale_ptr, z_ptr, aux_ptr, rowsum_ptr, part_ptr,
+                rowsum_part_ptr, count_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, rows_per_sample,
+                k_per_split,
                 HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_PRE: tl.constexpr, GELU_GRAD: tl.constexpr,
                 STORE_GELU_Z: tl.constexpr, HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr,
                 ROWSUM_A: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -74,7 +75,6 @@ def gemm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, res_ptr, scale_ptr, z_ptr, aux_pt
         acc = tl.dot(a, b, acc, input_precision="ieee" if b.dtype == tl.float32 else "tf32")
 
     offs_c = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-    c_base = c_ptr + pid_k.to(tl.int64) * M * N  # split-K: fp32 partial [SPLIT, M, N], summed by the host
     c_mask = m_mask[:, None] & n_mask[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
@@ -89,12 +89,41 @@ def gemm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, res_ptr, scale_ptr, z_ptr, aux_pt
         acc = acc * act_grad(z, GELU)
     if HAS_RES:
         if HAS_SCALE:
-            s = tl.load(scale_ptr + offs_m // rows_per_sample, mask=m_mask, other=0.0)
-            acc = acc * s[:, None]
+            sc = tl.load(scale_ptr + offs_m // rows_per_sample, mask=m_mask, other=0.0)
+            acc = acc * sc[:, None]
         acc += tl.load(res_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-    tl.store(c_base + offs_c, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
-    if ROWSUM_A:
-        tl.store(rowsum_ptr + pid_k * M + offs_m, tl.sum(rowsum_acc, 1), mask=m_mask & (pid_n == 0))
+    rowsum = tl.sum(rowsum_acc, 1)
+    rs_mask = m_mask & (pid_n == 0)
+    if SPLIT_K:
+        # fp32 partial of this K slice; the last of the tile's programs to finish sums the partials in slice
+        # order (deterministic whoever finishes last) into C: the barrier orders every thread's partial stores
+        # before the acq_rel ticket, the winner reads through L2 (.cg) and re-arms the counter
+        n_split = tl.num_programs(1)
+        tl.store(part_ptr + pid_k.to(tl.int64) * M * N + offs_c, acc, mask=c_mask)
+        if ROWSUM_A:
+            tl.store(rowsum_part_ptr + pid_k * M + offs_m, rowsum, mask=rs_mask)
+        tl.debug_barrier()
+        ticket = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        if ticket == n_split - 1:
+            total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            rs_total = tl.zeros([BLOCK_M], tl.float32)
+            slice_elems = (tl.zeros([], tl.int64) + M) * N
+            tile_part = part_ptr + offs_c
+            rs_part = rowsum_part_ptr + offs_m
+            for _ in range(0, n_split):
+                total += tl.load(tile_part, mask=c_mask, other=0.0, cache_modifier=".cg")
+                tile_part += slice_elems
+                if ROWSUM_A:
+                    rs_total += tl.load(rs_part, mask=rs_mask, other=0.0, cache_modifier=".cg")
+                    rs_part += M
+            tl.store(c_ptr + offs_c, total.to(c_ptr.dtype.element_ty), mask=c_mask)
+            if ROWSUM_A:
+                tl.store(rowsum_ptr + offs_m, rs_total, mask=rs_mask)
+            tl.store(count_ptr + pid, 0)
+    else:
+        tl.store(c_ptr + offs_c, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+        if ROWSUM_A:
+            tl.store(rowsum_ptr + offs_m, rowsum, mask=rs_mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -125,6 +154,44 @@ def launcher_aligned(*tensors: torch.Tensor, ints=()) -> bool:
             and all(i % 16 == 0 for i in ints))
 
 
+_COUNTERS: dict = {}
+
+
+def split_counters(tiles: int, device) -> torch.Tensor:
+    """A zeroed int32 ticket per output tile for split-K launches, cached per device and stream (each launch's
+    last program per tile resets its ticket, so the buffer is zero again when the launch ends; launches on one
+    stream run one after another)."""
+    device = torch.device(device)
+    if device.type != "cuda":  # the interpreter: a fresh buffer
+        return torch.zeros(max(tiles, 1), device=device, dtype=torch.int32)
+    if not torch.cuda.is_available():  # launches traced on fake CUDA tensors (perf.launches): no memory to zero
+        return torch.empty(max(tiles, 1), device=device, dtype=torch.int32)
+    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < tiles:
+        buf = _COUNTERS[key] = torch.zeros(max(tiles, 1024), device=device, dtype=torch.int32)
+    return buf
+
+
+def choose_split_k(m: int, n: int, k: int, tiles: int, sms: int, max_split: int) -> int:
+    """K slices for an [m, k] x [k, n] GEMM of ``tiles`` output tiles on ``sms`` SMs: enough to give ~2 programs
+    per SM when the tiles are few. Past one wave, only a weight-gradient shape (k >= 4·max(m, n): the fp32
+    partials, 8·split bytes per output element, stay small next to the operands) is split, by the smallest
+    split (up to 4) whose programs fill their waves to >= 80% (144 tiles on 132 SMs: 2 waves at 55% unsplit,
+    4 at 82% split 3). Never more than ``max_split`` (>= 8 K steps per slice)."""
+    if max_split <= 1 or sms <= 0:
+        return 1
+    if 2 * sms // tiles >= 2:
+        return min(2 * sms // tiles, max_split)
+    if k < 4 * max(m, n):
+        return 1
+    for split in range(1, min(4, max_split) + 1):
+        progs = tiles * split
+        if progs / (triton.cdiv(progs, sms) * sms) >= 0.8:
+            return split
+    return 1
+
+
 def gemm(a: torch.Tensor, b: torch.Tensor, out_dtype=None, *, bias=None, act: str = "none", pre_out=None,
          gelu_grad_z=None, gelu_out=None, res=None, scale=None, rows_per_sample: int = 1, rowsum: bool = False,
          config: dict | None = None, out=None, split_k: int | None = None):
@@ -135,9 +202,9 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out_dtype=None, *, bias=None, act: st
     res [M, N] (+ scale [S] per rows_per_sample rows): residual epilogue. rowsum: also return Σ_k a [M] fp32.
     Returns C [M, N] (out_dtype, default b's dtype; written into ``out`` when given: a contiguous [M, N]
     buffer), and the row sums when asked.
-    split_k: K split in that many slices (fp32 partials summed in a fixed order: deterministic); only without
-    epilogue. Default: 1, or for a weight-gradient-shaped GEMM (few output tiles, long K) enough slices to give
-    the GPU ~2 programs per SM.
+    split_k: K split in that many slices (fp32 partials summed in slice order by the tile's last program, in the
+    same launch: deterministic); only without epilogue. Default: 1, or for a weight-gradient-shaped GEMM (few
+    output tiles, long K) :func:`choose_split_k`.
     """
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"a, b: expected [M, K] and [K, N], got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -160,47 +227,42 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out_dtype=None, *, bias=None, act: st
     if split_k is None:
         split_k = 1
         if a.is_cuda and not epilogue:
-            sms = sm_count(a)
-            split_k = max(1, min(2 * sms // tiles, k // (8 * cfg["BLOCK_K"])))
+            split_k = choose_split_k(m, n, k, tiles, sm_count(a), k // (8 * cfg["BLOCK_K"]))
     if split_k < 1 or (split_k > 1 and epilogue):
         raise ValueError(f"split_k: expected 1, or > 1 only without epilogue, got {split_k}")
     k_per = triton.cdiv(triton.cdiv(k, split_k), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
     split_k = triton.cdiv(k, k_per) if k > 0 else 1
-    if split_k > 1:
-        if out is not None and (out.shape != (m, n) or not out.is_contiguous()):
-            raise ValueError(f"out: expected a contiguous [{m}, {n}] tensor, got {tuple(out.shape)}")
-        final = out
-        out = new_output((split_k, m, n), dev, torch.float32)
-    elif out is None:
+    if out is None:
         out = new_output((m, n), dev, out_dtype or b.dtype)
     elif out.shape != (m, n) or not out.is_contiguous():
         raise ValueError(f"out: expected a contiguous [{m}, {n}] tensor, got {tuple(out.shape)}")
-    rs = new_output((split_k, m), dev, torch.float32) if rowsum else out
+    rs = new_output((m,), dev, torch.float32) if rowsum else out
     for name, t in (("res", res), ("gelu_grad_z", gelu_grad_z), ("pre_out", pre_out), ("gelu_out", gelu_out)):
         if t is not None and (t.shape != (m, n) or not t.is_contiguous()):
             raise ValueError(f"{name}: expected a contiguous [{m}, {n}] tensor, got {tuple(t.shape)}")
+    part, rs_part, count = out, rs, out  # split-K workspaces (fp32 partials, per-tile tickets)
+    if split_k > 1:
+        part = new_output((split_k, m, n), dev, torch.float32)
+        rs_part = new_output((split_k, m), dev, torch.float32) if rowsum else part
+        count = split_counters(tiles, dev)
     grid = (tiles, split_k)
     # pointers a constexpr switch leaves unused get ``out`` (never read through them)
     gemm_kernel[grid](a_ptr=a, b_ptr=b, c_ptr=out, bias_ptr=bias if bias is not None else out,
                       res_ptr=res if res is not None else out, scale_ptr=scale if scale is not None else out,
                       z_ptr=gelu_grad_z if gelu_grad_z is not None else out, aux_ptr=aux if aux is not None else out,
-                      rowsum_ptr=rs, M=m, N=n, K=k, stride_am=a.stride(0), stride_ak=a.stride(1),
-                      stride_bk=b.stride(0), stride_bn=b.stride(1), rows_per_sample=rows_per_sample,
-                      k_per_split=k_per, HAS_BIAS=bias is not None, ACT=ACT_CODES["gelu"] if act == "gelu" else 0,
-                      STORE_PRE=pre_out is not None, GELU_GRAD=gelu_grad_z is not None,
-                      STORE_GELU_Z=gelu_out is not None, HAS_RES=res is not None, HAS_SCALE=scale is not None,
-                      ROWSUM_A=rowsum, SPLIT_K=split_k > 1, **cfg)
-    if split_k > 1:
-        total = out.sum(0)
-        out = total.to(out_dtype or b.dtype) if final is None else final.copy_(total)
-    if rowsum:
-        rs = rs.sum(0)
+                      rowsum_ptr=rs, part_ptr=part, rowsum_part_ptr=rs_part, count_ptr=count, M=m, N=n, K=k,
+                      stride_am=a.stride(0), stride_ak=a.stride(1), stride_bk=b.stride(0), stride_bn=b.stride(1),
+                      rows_per_sample=rows_per_sample, k_per_split=k_per, HAS_BIAS=bias is not None,
+                      ACT=ACT_CODES["gelu"] if act == "gelu" else 0, STORE_PRE=pre_out is not None,
+                      GELU_GRAD=gelu_grad_z is not None, STORE_GELU_Z=gelu_out is not None, HAS_RES=res is not None,
+                      HAS_SCALE=scale is not None, ROWSUM_A=rowsum, SPLIT_K=split_k > 1, **cfg)
     return (out, rs) if rowsum else out
 
 
 def _aot(dt: str):
     sig = {"a_ptr": f"*{dt}", "b_ptr": f"*{dt}", "c_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "res_ptr": f"*{dt}",
-           "scale_ptr": "*fp32", "z_ptr": f"*{dt}", "aux_ptr": f"*{dt}", "rowsum_ptr": "*fp32", "M": "i32",
+           "scale_ptr": "*fp32", "z_ptr": f"*{dt}", "aux_ptr": f"*{dt}", "rowsum_ptr": "*fp32",
+           "part_ptr": "*fp32", "rowsum_part_ptr": "*fp32", "count_ptr": "*i32", "M": "i32",
            "N": "i32", "K": "i32", "stride_am": "i32", "stride_ak": "i32", "stride_bk": "i32", "stride_bn": "i32",
            "rows_per_sample": "i32", "k_per_split": "i32"}
     off = dict(HAS_BIAS=False, ACT=0, STORE_PRE=False, GELU_GRAD=False, STORE_GELU_Z=False, HAS_RES=False,
@@ -233,7 +295,7 @@ def _aot(dt: str):
         nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
         c = dict(off, **v, **cfg, **{u: 1 for u in unit})
         s = {a: t for a, t in sig.items() if a not in unit}
-        if name.startswith("wgrad") or name.endswith("splitk"):
+        if name.startswith("wgrad"):
             s["c_ptr"] = "*fp32"  # weight gradients are produced in fp32
         out.append(dict(name=f"gemm_{name}_{dt}", fn=gemm_kernel, signature=s, constexprs=c, num_warps=nw,
                         num_stages=ns, options=dict(num_warps=nw, num_stages=ns), div16=ptrs + list(div),

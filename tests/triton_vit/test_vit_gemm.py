@@ -123,3 +123,27 @@ def test_residual_tile_needs_launcher_alignment():
     aligned, plain = gemm_config(torch.bfloat16, True, True, True), gemm_config(torch.bfloat16, True, True)
     assert (aligned["BLOCK_N"], plain["BLOCK_N"]) == (128, 64)
     assert gemm_config(torch.float32, False, True, True) == gemm_config(torch.float32, False)  # interpreter tiles
+
+
+def test_split_k_choice():
+    """Few tiles: ~2 programs per SM; past one wave only weight-gradient shapes split, to fill their waves."""
+    from spin_kernels.triton.vit_gemm import choose_split_k
+    assert choose_split_k(1536, 384, 25216, 36, 132, 98) == 7         # DeiT-S fc1 weight gradient, r = 2
+    assert choose_split_k(3072, 768, 12608, 144, 132, 49) == 3        # DeiT-B: 144 tiles, 82% of 4 waves
+    assert choose_split_k(12608, 384, 1536, 297, 132, 6) == 1         # a data gradient: partials too costly
+    assert choose_split_k(3072, 768, 12608, 144, 132, 1) == 1         # K too short to slice
+    assert choose_split_k(64, 64, 4096, 1, 0, 16) == 1                # CPU: no SMs, no split
+
+
+def test_split_k_counters_rearmed(monkeypatch):
+    """Each tile's last program resets its split-K ticket: a persistent counter buffer (as on a GPU) is zero
+    again after the launch, and a second launch through it is right too."""
+    from spin_kernels.triton import vit_gemm
+    counters = torch.zeros(64, dtype=torch.int32)
+    monkeypatch.setattr(vit_gemm, "split_counters", lambda tiles, device: counters)
+    dz, x = torch.randn(70, 40), torch.randn(70, 36)
+    for _ in range(2):
+        dw, db = gemm(dz.t(), x, torch.float32, rowsum=True, split_k=3)
+        check(dw, dz.double().t() @ x.double(), None, torch.float32, "wgrad split 3")
+        check(db, dz.double().sum(0), None, torch.float32, "db split 3")
+        assert int(counters.abs().sum()) == 0
