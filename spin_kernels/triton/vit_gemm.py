@@ -129,28 +129,37 @@ def gemm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, res_ptr, scale_ptr, z_ptr, aux_pt
 # ---------------------------------------------------------------------------------------------------------------
 # launch helper
 # ---------------------------------------------------------------------------------------------------------------
-def gemm_config(dtype: torch.dtype, on_gpu: bool, heavy_epilogue: bool = False, residual_aligned: bool = False
-                ) -> dict:
-    """sm_90 (fp16/bf16 wgmma, 8 warps = 2 warpgroups): 128x128x32 tiles, 4 stages; 128x64x64, 3 stages when the
-    epilogue reads or writes a second [M, N] tile (residual, gelu'(z), pre-activation). Chosen so that ptxas
-    reports no spills both for the launcher-specialised kernel (~80-170 registers) and for a compile without
-    alignment hints. ``residual_aligned``: a residual epilogue on operands the launcher marks 16-divisible and
-    aligned (every ViT shape) takes 128x128x64, 3 stages: spill-free there (138 registers; unhinted it spills
-    520-656 B), and the cost model puts fc2 / proj at 1.3-1.5x their floor instead of 1.7-1.8x (half the
-    A-operand reads per FLOP). Smaller tiles for the CPU interpreter."""
-    if on_gpu:
-        if heavy_epilogue and residual_aligned:
-            return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
-        if heavy_epilogue:
-            return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+GEMM_EPILOGUES = ("plain", "residual", "heavy")
+
+
+def gemm_config(dtype: torch.dtype, on_gpu: bool, epilogue: str = "plain", aligned: bool = False) -> dict:
+    """Tile config for sm_90 (fp16/bf16 wgmma, 8 warps = 2 warpgroups) by epilogue kind: ``plain`` (bias / GELU /
+    none), ``residual`` (reads res [M, N]), ``heavy`` (gelu'(z) and / or a second output [M, N]), and whether
+    Triton's launcher gives the operands alignment hints (``aligned``: :func:`launcher_aligned`, every ViT shape).
+
+    aligned plain / residual: 128x128x64, 3 stages (104-178 registers, spill-free hinted; the cost model puts the
+    DeiT GEMMs 4-20% under 128x128x32 / 4 stages and the residual GEMMs at 1.3-1.5x their floor instead of
+    1.7-1.8x with 128x64: half the A-operand reads per FLOP). Unhinted that tile spills (112-2672 B), so
+    unaligned operands take 128x128x32 / 4 stages (plain) or 128x64x64 / 3 (residual; heavy always), compiled
+    unhinted in the AOT suite. Smaller tiles for the CPU interpreter."""
+    if epilogue not in GEMM_EPILOGUES:
+        raise ValueError(f"epilogue: expected one of {GEMM_EPILOGUES}, got {epilogue!r}")
+    if not on_gpu:
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=1)
+    if aligned and epilogue != "heavy":
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    if epilogue == "plain":
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=4)
-    return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=1)
+    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
 
 
 def launcher_aligned(*tensors: torch.Tensor, ints=()) -> bool:
-    """Whether Triton's launcher marks all of these 16-divisible: data pointers 16-byte aligned, non-unit strides
-    and the given integers multiples of 16 (what selects a specialisation compiled with alignment hints)."""
-    return (all(t.data_ptr() % 16 == 0 and all(st % 16 == 0 for st in t.stride() if st != 1) for t in tensors)
+    """Whether Triton's launcher marks all of these 16-divisible: data 16-byte aligned, non-unit strides and the
+    given integers multiples of 16 (what selects a specialisation compiled with alignment hints)."""
+    # the storage offset decides alignment (allocations start 256-byte aligned); it also works on the fake
+    # tensors the cost model traces launches with
+    return (all((t.storage_offset() * t.element_size()) % 16 == 0 and all(st % 16 == 0 for st in t.stride()
+                                                                          if st != 1) for t in tensors)
             and all(i % 16 == 0 for i in ints))
 
 
@@ -218,10 +227,9 @@ def gemm(a: torch.Tensor, b: torch.Tensor, out_dtype=None, *, bias=None, act: st
     n = b.shape[1]
     dev = a.device
     aux = pre_out if pre_out is not None else gelu_out
-    heavy = res is not None or gelu_grad_z is not None or aux is not None
-    residual_aligned = (res is not None and gelu_grad_z is None and aux is None and a.is_cuda
-                        and launcher_aligned(a, b, res, ints=(n, k)))
-    cfg = dict(config or gemm_config(b.dtype, a.is_cuda, heavy, residual_aligned))
+    epi = "heavy" if gelu_grad_z is not None or aux is not None else "residual" if res is not None else "plain"
+    aligned = a.is_cuda and launcher_aligned(a, b, *([res] if res is not None else []), ints=(n, k))
+    cfg = dict(config or gemm_config(b.dtype, a.is_cuda, epi, aligned))
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
     epilogue = bias is not None or act != "none" or gelu_grad_z is not None or res is not None
     if split_k is None:
@@ -290,8 +298,8 @@ def _aot(dt: str):
         unit, div = layouts[name.split("_")[0] if name.split("_")[0] in layouts else "fwd"]
         if v.get("SPLIT_K") and "k_per_split" not in div:
             div = div + ("k_per_split",)  # a multiple of BLOCK_K
-        heavy = bool(v.get("HAS_RES") or v.get("GELU_GRAD") or v.get("STORE_PRE"))
-        cfg = dict(gemm_config(None, True, heavy, residual_aligned=bool(v.get("HAS_RES"))))
+        epi = "heavy" if v.get("GELU_GRAD") or v.get("STORE_PRE") else "residual" if v.get("HAS_RES") else "plain"
+        cfg = dict(gemm_config(None, True, epi, aligned=True))
         nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
         c = dict(off, **v, **cfg, **{u: 1 for u in unit})
         s = {a: t for a, t in sig.items() if a not in unit}
@@ -300,13 +308,14 @@ def _aot(dt: str):
         out.append(dict(name=f"gemm_{name}_{dt}", fn=gemm_kernel, signature=s, constexprs=c, num_warps=nw,
                         num_stages=ns, options=dict(num_warps=nw, num_stages=ns), div16=ptrs + list(div),
                         is_gemm=True))
-    # the residual epilogue on operands without alignment hints (odd widths, offset views) takes the smaller
-    # heavy-epilogue tile: it must compile spill-free without any div16 hint
-    cfg = dict(gemm_config(None, True, True, residual_aligned=False))
-    nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
-    out.append(dict(name=f"gemm_res_proj_unaligned_{dt}", fn=gemm_kernel, signature=dict(sig),
-                    constexprs=dict(off, **variants["res_proj"], **cfg), num_warps=nw, num_stages=ns,
-                    options=dict(num_warps=nw, num_stages=ns), div16=[], is_gemm=True))
+    # operands without alignment hints (odd widths, offset views) take the smaller tiles: they must compile
+    # spill-free without any div16 hint
+    for name, epi in (("res_proj", "residual"), ("dgrad", "plain"), ("qkv", "plain")):
+        cfg = dict(gemm_config(None, True, epi, aligned=False))
+        nw, ns = cfg.pop("num_warps"), cfg.pop("num_stages")
+        out.append(dict(name=f"gemm_{name}_unaligned_{dt}", fn=gemm_kernel, signature=dict(sig),
+                        constexprs=dict(off, **variants[name], **cfg), num_warps=nw, num_stages=ns,
+                        options=dict(num_warps=nw, num_stages=ns), div16=[], is_gemm=True))
     return out
 
 

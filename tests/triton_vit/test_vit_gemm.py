@@ -112,17 +112,21 @@ def test_gemm_matches_reference_signature(dtype):
 
 
 def test_residual_tile_needs_launcher_alignment():
-    """The 128x128 residual tile is chosen only where Triton's launcher gives the alignment hints it was checked
-    spill-free with; otherwise the smaller heavy-epilogue tile (compiled without hints in the AOT suite)."""
+    """The 128x128x64 tile is chosen only where Triton's launcher gives the alignment hints it was checked
+    spill-free with; otherwise the smaller tiles (compiled without hints in the AOT suite)."""
     from spin_kernels.triton.vit_gemm import gemm_config, launcher_aligned
     x = torch.empty(40, 64)
     assert launcher_aligned(x, x.t(), ints=(64, 48))
     assert not launcher_aligned(x, ints=(50,))
     assert not launcher_aligned(x[:, 1:])                    # misaligned data pointer (4 bytes in)
     assert not launcher_aligned(torch.empty(40, 72)[:, :64])  # row stride 72: not a multiple of 16
-    aligned, plain = gemm_config(torch.bfloat16, True, True, True), gemm_config(torch.bfloat16, True, True)
-    assert (aligned["BLOCK_N"], plain["BLOCK_N"]) == (128, 64)
-    assert gemm_config(torch.float32, False, True, True) == gemm_config(torch.float32, False)  # interpreter tiles
+    tiles = {(epi, al): (c["BLOCK_N"], c["BLOCK_K"]) for epi in ("plain", "residual", "heavy") for al in (0, 1)
+             for c in [gemm_config(torch.bfloat16, True, epi, bool(al))]}
+    assert tiles == {("plain", 1): (128, 64), ("plain", 0): (128, 32), ("residual", 1): (128, 64),
+                     ("residual", 0): (64, 64), ("heavy", 1): (64, 64), ("heavy", 0): (64, 64)}
+    assert gemm_config(torch.float32, False, "residual", True) == gemm_config(torch.float32, False)  # interpreter
+    with pytest.raises(ValueError, match="epilogue"):
+        gemm_config(torch.bfloat16, True, "fancy")
 
 
 def test_split_k_choice():
