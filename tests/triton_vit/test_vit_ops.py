@@ -115,26 +115,22 @@ def _models(depth=4, rate=2, heads=3, dim=48, **kw):
     return ref, tri
 
 
-def test_deit_triton_matches_reference():
-    """A small DeiT (17 tokens, 3 heads, depth 4, r = 2 sequential): same logits and gradients, fp32."""
-    ref, tri = _models()
-    imgs = torch.randn(2, 3, 16, 16)
-    ref64 = ref.double()
+def _fused_calls(monkeypatch):
+    """Record the arguments of every spin_kernels::vit_run call (the spy passes them on to the real op)."""
     calls = []
     real = ops.vit_run
 
     def spy(*args):
-        calls.append(len(args[9]))
+        calls.append(args)
         return real(*args)
 
-    ops.vit_run = spy
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # the fused path must run, not fall back
-            out = tri(imgs)
-    finally:
-        ops.vit_run = real
-    assert calls == [2, 2]  # two runs of two layers
+    monkeypatch.setattr(ops, "vit_run", spy)
+    return calls
+
+
+def _check_logits_and_grads(tri, out, ref, imgs):
+    """``out`` = tri(imgs) against the float64 reference model: logits, then every parameter's gradient."""
+    ref64 = ref.double()
     out64 = ref64(imgs.double())
     check(out, out64, None, torch.float32, "logits")
     gl = torch.randn_like(out)
@@ -142,6 +138,18 @@ def test_deit_triton_matches_reference():
     out64.backward(gl.double())
     for (name, p), p64 in zip(tri.named_parameters(), ref64.parameters()):
         check(p.grad, p64.grad, None, torch.float32, f"grad {name}")
+
+
+def test_deit_triton_matches_reference(monkeypatch):
+    """A small DeiT (17 tokens, 3 heads, depth 4, r = 2 sequential): same logits and gradients, fp32."""
+    ref, tri = _models()
+    imgs = torch.randn(2, 3, 16, 16)
+    calls = _fused_calls(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fused path must run, not fall back
+        out = tri(imgs)
+    assert [len(args[9]) for args in calls] == [2, 2]  # two runs of two layers
+    _check_logits_and_grads(tri, out, ref, imgs)
 
 
 def test_deit_attention_dropout():
@@ -270,37 +278,21 @@ def test_recompute_validation():
         model.set_recompute("everything")
 
 
-def test_deit_recompute_none_matches_reference():
+def test_deit_recompute_none_matches_reference(monkeypatch):
     """A model built with recompute="none" trains fused (spy: the op is asked to keep its tensors; no fallback)
     with the reference model's logits and gradients; in eval mode nothing is kept."""
     ref, tri = _models(recompute="none")
     imgs = torch.randn(2, 3, 16, 16)
-    modes = []
-    real = ops.vit_run
-
-    def spy(*args):
-        modes.append(args[-1])
-        return real(*args)
-
-    ops.vit_run = spy
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            out = tri(imgs)
-            tri.eval()
-            with torch.no_grad():
-                tri(imgs)
-            tri.train()
-    finally:
-        ops.vit_run = real
-    assert modes == ["none", "none", "all", "all"]
-    out64 = ref.double()(imgs.double())
-    check(out, out64, None, torch.float32, "logits")
-    gl = torch.randn_like(out)
-    out.backward(gl)
-    out64.backward(gl.double())
-    for (name, p), p64 in zip(tri.named_parameters(), ref.parameters()):
-        check(p.grad, p64.grad, None, torch.float32, f"grad {name}")
+    calls = _fused_calls(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = tri(imgs)
+        tri.eval()
+        with torch.no_grad():
+            tri(imgs)
+        tri.train()
+    assert [args[-1] for args in calls] == ["none", "none", "all", "all"]
+    _check_logits_and_grads(tri, out, ref, imgs)
 
 
 def test_deit_weight_fusion_form():
