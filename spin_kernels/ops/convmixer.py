@@ -4,7 +4,7 @@ Data flow (DESIGN.md §2, levers 1-2). Activations are rows [M = B·H·W, C] of 
 pre-activations are stored: q (depthwise output) and z (pointwise output), plus u for SPIN's residual; every
 consumer applies ``act`` and the BN affine on load. A layer is two main kernels:
 
-    dw_fwd   x = [u_prev] + BN2_prev(act(z_prev)) (halo staged once per tile) → q = DW(x) + b → write q,
+    dw_fwd   x = [u_prev] + BN2_prev(act(z_prev)) (each element rebuilt once) → q = DW(x) + b → write q,
              partial stats of act(q)
     finalize → BN1 affine (a1, b1)
     pw_input u = x + a1·act(q) + b1, once per element → write u (SPIN: saved; timm: a transient)

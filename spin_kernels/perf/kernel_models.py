@@ -66,14 +66,21 @@ def _attn_fwd_flops(a) -> float:
     return 4.0 * a.grid[0] * a.N * a.N * a.D          # QKᵀ and PV over all (batch, head) pairs (grid axis 0)
 
 
+def _dw_fwd_rows(a) -> float:
+    """Input rows dw_fwd_kernel streams per tile: the tile's rows and up to KS // 2 halo rows either side,
+    clipped to the image (average over the row tiles)."""
+    H, p, th = a.H, a.KS // 2, a.tile_h
+    return sum(min(h0 + th + p, H) - max(h0 - p, 0) for h0 in range(0, H, th)) / a.row_tiles
+
+
 # Triton kernels, by function name. The loops are the `for ... in range(...)` loops of the kernels' source.
 TRITON_MODELS: dict[str, KernelModel] = {
     "dw_fwd_kernel": KernelModel(
         loops=(LoopSpec("for t in range(pid, n_tiles, n_prog)", lambda a: a.n_tiles / a.grid[0], may_fold=True),
-               LoopSpec("for s0 in range(0, region, STAGE)", lambda a: cdiv(a.region, a.STAGE)),
-               LoopSpec("for tap in range(n_taps)", lambda a: a.n_taps)),
+               LoopSpec("for r in range(r_lo, r_hi)", _dw_fwd_rows)),
         flops=lambda a: 2.0 * a.q_ptr.shape[0] * a.C * a.KS * a.KS,
-        note="persistent: the tiles shared by grid[0] programs; halo staged once per tile, k² taps read it; "
+        note="the tiles shared by grid[0] programs; each input row of a tile streams by once (rebuilt, staged for "
+             "the neighbours' halos, KS² FMAs per element into a ring of KS output rows); "
              "FINALIZE: the last program per channel block merges the tile partials in finalize_block (a "
              "noinline call: its loop is outside the kernel's SASS loops, costed as the tail)",
         # the ticket atomic, one wave per BLOCK_T partials merged, the stores

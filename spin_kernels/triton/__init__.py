@@ -41,18 +41,18 @@ def _build(dtype="fp16"):
     act = f"*{dtype}"
     f32 = "*fp32"
     out = []
-    dw_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, w_ptr=act, bias_ptr=act, q_ptr=act, part_ptr=f32,
-                    scratch_ptr=act, count_ptr="*i32", gamma_ptr=act, beta_ptr=act, stat_ptr=f32, ab_ptr=f32)
+    dw_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, w_ptr=f32, bias_ptr=act, q_ptr=act, part_ptr=f32,
+                    buf_ptr=act, count_ptr="*i32", gamma_ptr=act, beta_ptr=act, stat_ptr=f32, ab_ptr=f32)
     for k, res in ((3, False), (9, True)):
         out.append(_entry(f"dw_fwd_k{k}{'_res' if res else ''}", dwconv.dw_fwd_kernel, dw_types,
-                          # the training forward's variant: statistics, BN finalized in the launch
-                          dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, EMIT_STATS=True, FINALIZE=True, TILE_H=8,
-                               BLOCK_W=32, BLOCK_C=32, STAGE=dwconv.DW_FWD_STAGE,
+                          # the training forward's variant on 32-wide rows: statistics, BN finalized in the launch
+                          dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, EMIT_STATS=True, FINALIZE=True,
+                               SW=dwconv.DW_FWD_STRIP, G=32 // dwconv.DW_FWD_STRIP,
+                               BLOCK_C=dwconv.DW_FWD_THREADS * dwconv.DW_FWD_STRIP // 32,
                                BLOCK_T=dwconv.DW_FWD_FINALIZE_BLOCK),
                           dict(num_warps=4, num_stages=1), False,
-                          # as launched: aligned buffers, C and the staging region multiples of 16 (the staged
-                          # taps are 16-byte vector loads only when the launcher says so)
-                          div16=[*dw_types, "C", "W", "region"]))
+                          # as launched: aligned buffers, C and W multiples of 16
+                          div16=[*dw_types, "C", "W"]))
     dwb_types = dict(du_ptr=act, q_ptr=act, qvec_ptr=f32, w_ptr=act, hz_ptr=act, res_ptr=act, xvec_ptr=f32,
                      dx_ptr=act, dhz_ptr=act, wpart_ptr=f32, spart_ptr=f32, scratch_ptr=act, dq_scratch_ptr=f32)
     for k, res in ((3, False), (9, True)):

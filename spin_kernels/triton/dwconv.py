@@ -2,9 +2,9 @@
 
 Activations are [M = B·H·W, C] row-major (channels-last [B, H, W, C], contiguous). The layer input is never
 stored: it is rebuilt on load as ``x = [res] + ax·act_in(hz) + bx`` (the previous BN folded into the prologue,
-see ``_common.load_x_tile``), so zero padding applies to ``x``. Tiles are BLOCK_P consecutive positions of the
-flattened M axis × BLOCK_C channels; the neighbour (di, dj) of position p is row p + di·W + dj when
-0 ≤ h+di < H and 0 ≤ w+dj < W (so tiles may span image rows and images; no padding copies).
+see ``_common.load_x_tile``), so zero padding applies to ``x``. Tiles are whole image rows of one image × a
+block of channels; the neighbour (di, dj) of position p is row p + di·W + dj when 0 ≤ h+di < H and
+0 ≤ w+dj < W (no padding copies).
 
 dw_fwd_kernel
     computes  q = DW_k(x) + bias   (stored: the pre-activation q; consumers apply act on load)
@@ -12,20 +12,26 @@ dw_fwd_kernel
               FINALIZE also the BN itself (bn_finalize's merge, mean/var/invstd and the folded affine a, b), done
               by the last program of each channel block to finish: a per-block counter (acq_rel atomic after a
               barrier) elects it, so the layer's forward needs no separate finalize launch.
-    tiling    a tile is TILE_H whole image rows (BLOCK_W ≥ W columns) × BLOCK_C channels; programs are persistent
-              (grid[0] programs stride over the B·ceil(H/TILE_H) tiles, grid[1] = channel blocks). Per tile the
-              halo — (TILE_H + k - 1) rows × (W + k - 1) columns — is rebuilt ONCE (prologue: BN affine,
-              activation, residual; zeros outside the image) and staged in the program's own scratch area in the
-              activations' dtype; after a barrier the k² taps are unmasked, 16-byte loads of that staged tile at
-              a constant shift (i·(W + k - 1) + j positions), one conversion and one FMA per element.
-    bytes     reads hz (+ res) once from HBM (halo rows of neighbouring tiles are cache hits), writes q once:
-              2 (3) activation passes; the staging area (programs × region × BLOCK_C) is written and read back by
-              the same program and stays in L1/L2; stats: 3·C·4 bytes per tile, read back once by the finalize.
-    cost      (sm_90a SASS, bf16, `spin kernels-report --cost`): per tap and element ~3.3 instructions
-              (k = 9: LDG.128 per 8 elements, bf16→fp32 conversion, FFMA); the prologue ~43 instructions per
-              staged element at GELU, (TILE_H + k - 1)(W + k - 1) / (TILE_H·W) staged elements per output
-              (2.5 at k = 9, W = 32, TILE_H = 8). Before this design the prologue ran in the tap loop, k² times
-              per element: dw_fwd k = 9 at convmixer_1536_20 b64 went from 43.5x to 5.0x its floor.
+    tiling    a register sliding window. A thread owns a strip of SW (8) columns of one channel; a program's
+              threads are G strips × BLOCK_C channels (one value per thread in every [G, BLOCK_C] tensor; tuples
+              hold the strip's columns, so a column shift is free). A tile is tile_h rows of one image (the
+              whole image unless the batch is too small to fill the card); its input rows stream by once, top to
+              bottom: each element is rebuilt once (prologue: BN affine, activation, residual, rounded to the
+              activations' dtype) and staged in a double-buffered row (one barrier per row) from which a thread
+              takes the KS - 1 halo columns of its neighbours. Input row r then feeds the KS output rows
+              r - k//2 .. r + k//2 (kernel row KS - 1 - m into ring slot m): KS²·SW FMAs per thread from SW +
+              KS - 1 inputs and KS² weights held in registers; the ring's first slot is a finished output row,
+              stored (and its act(q) merged into the thread's statistics), then the ring rotates. The next
+              row's raw inputs are loaded while the current one is computed.
+    bytes     reads hz (+ res) once from HBM (tile_h < H: the k//2 halo rows either side twice), writes q once:
+              2 (3) activation passes; the staged rows (2·(G·SW + KS - 1)·BLOCK_C elements per program) stay in
+              L1; stats: 3·C·4 bytes per tile, read back once by the finalize.
+    cost      (sm_90a SASS, bf16, `spin kernels-report --cost`): per row and thread KS²·SW FFMAs plus ~SW·(2
+              activations + prologue + store) and the ring rotation (KS·SW moves). Issue-bound at k = 7 / 9
+              (the exact-erf GELU twice per element — the prologue's and the statistics' — is most of the rest),
+              HBM-bound at k = 3. Before this design the k² taps each re-read a staged halo tile (a load and a
+              conversion per tap and element): dw_fwd k = 9 at convmixer_1536_20 b64 went from 5.05x to 2.32x
+              its floor (eval 4.92x -> 1.77x), k = 7 at convmixer_768_32 5.03x -> 1.89x.
 
 dw_bwd_kernel
     given du = dL/du (u = x + BN1(act(q))), rebuilds dq = act'(q)·(a1·du + c1 + c2·ghat) (BN1 backward with the
@@ -35,7 +41,7 @@ dw_bwd_kernel
         per-program partials: sum(dx), sum(dx·xhat_in) (the previous BN's backward and its gamma/beta grads),
         dw[tap, c] = Σ dq·x(shifted), dbias = Σ dq   (fp32, one [k²+1, C] slab per program, reduced by the host
         in a fixed order: deterministic, no atomics).
-    tiling    dw_fwd_kernel's (persistent programs over TILE_H-row tiles × BLOCK_C channels, at most
+    tiling    persistent programs over TILE_H-row tiles (BLOCK_W ≥ W columns) × BLOCK_C channels, at most
               DW_BWD_TILE_POSITIONS positions: two register tiles, dx and the tile's own dq). Per tile both halos
               are staged once — dq in fp32 (BN1 + act backward, recomputed from du and q) and x in the
               activations' dtype (the prologue) — then
@@ -66,7 +72,7 @@ from ._common import (
     merge_partials,
     sm_count,
     store_bn_affine,
-    store_tile_stats,
+    store_stats,
 )
 
 
@@ -101,60 +107,179 @@ def finalize_block(part_ptr, n_part, C, pid_c, gamma_ptr, beta_ptr, eps, stat_pt
 
 
 @triton.jit
-def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_ptr, scratch_ptr,
+def strip_row_stats(g, ok, n_r, inv_n, frac, n_a, mean_a, m2_a, SW: tl.constexpr):
+    """Chan-merge one output row's part of a thread's strip — the SW values ``g`` (tuple), valid where ``ok``,
+    ``n_r`` of them (``inv_n`` = 1 / n_r, 0 for none) — into its running (count, mean, M2); ``frac`` = 1 / (rows
+    merged so far + 1): the same count every row, so no division per row or element."""
+    s = tl.zeros_like(mean_a)
+    for u in tl.static_range(SW):
+        s += tl.where(ok[u], g[u], 0.0)
+    mean_r = s * inv_n
+    m2_r = tl.zeros_like(mean_a)
+    for u in tl.static_range(SW):
+        d = tl.where(ok[u], g[u] - mean_r, 0.0)
+        m2_r += d * d
+    delta = mean_r - mean_a
+    return n_a + n_r, mean_a + delta * frac, m2_a + m2_r + delta * delta * n_a * frac
+
+
+@triton.jit
+def load_strip_row(hz_ptr, res_ptr, row, W, C, thread_off, col0, cmask, valid, HAS_RES: tl.constexpr,
+                   SW: tl.constexpr):
+    """The raw inputs of a thread's strip in batch row ``row``: SW values of hz, then SW of res (HAS_RES), zero
+    where the column is past W, the channel past C or the row not ``valid`` — all loads issued before any use."""
+    base = row.to(tl.int64) * W * C
+    out = ()
+    for u in tl.static_range(SW):
+        out = out + (tl.load(hz_ptr + base + thread_off + u * C, mask=(col0 + u < W) & cmask & valid, other=0.0),)
+    if HAS_RES:
+        for u in tl.static_range(SW):
+            out = out + (tl.load(res_ptr + base + thread_off + u * C, mask=(col0 + u < W) & cmask & valid,
+                                 other=0.0),)
+    return out
+
+
+@triton.jit
+def emit_row(slot, h, img_row0, W, C, q_ptr, thread_off, col0, offs_c, cmask, bias,
+             EMIT_STATS: tl.constexpr, ACT: tl.constexpr, SW: tl.constexpr):
+    """Store output row ``h`` of the thread's strip — q = acc + bias for the SW accumulators of ``slot`` — and
+    return (act(q) per column, column valid) for the statistics (the act of q as stored, rounded)."""
+    row = q_ptr + (img_row0 + h).to(tl.int64) * W * C
+    g = ()
+    ok = ()
+    for u in tl.static_range(SW):
+        m = (col0 + u < W) & cmask
+        qv = (slot[u] + bias).to(q_ptr.dtype.element_ty)
+        tl.store(row + thread_off + u * C, qv, mask=m)
+        if EMIT_STATS:
+            g = g + (act_fwd(qv.to(tl.float32), ACT),)
+            ok = ok + (m,)
+    return g, ok
+
+
+@triton.jit
+def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_ptr, buf_ptr,
                   count_ptr, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr,
-                  H, W, C, n_tiles, row_tiles, halo_w, region, n_taps,
+                  H, W, C, n_tiles, row_tiles, tile_h,
                   KS: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
-                  EMIT_STATS: tl.constexpr, FINALIZE: tl.constexpr, TILE_H: tl.constexpr, BLOCK_W: tl.constexpr,
-                  BLOCK_C: tl.constexpr, STAGE: tl.constexpr, BLOCK_T: tl.constexpr):
+                  EMIT_STATS: tl.constexpr, FINALIZE: tl.constexpr, SW: tl.constexpr, G: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    P: tl.constexpr = KS // 2
+    BUF_W: tl.constexpr = G * SW + 2 * P          # one staged row: the strips and the conv's zero padding
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     pid_c = tl.program_id(1)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    # one thread per (strip g, channel): tensors are [G, BLOCK_C] with G·BLOCK_C = the program's threads, so every
+    # value below is one register; a thread's strip is columns g·SW .. g·SW + SW - 1 of its channel
+    g_idx = tl.arange(0, G)[:, None]
+    lane_c = tl.arange(0, BLOCK_C)[None, :]
+    offs_c = pid_c * BLOCK_C + lane_c + 0 * g_idx
     cmask = offs_c < C
-    lane_c = tl.arange(0, BLOCK_C)
-    ax = tl.load(ax_ptr + offs_c, mask=cmask, other=0.0)
-    bx = tl.load(bx_ptr + offs_c, mask=cmask, other=0.0)
+    col0 = g_idx * SW
+    thread_off = col0 * C + offs_c              # element (row, col0 + u) is row base + thread_off + u·C
+    oc1 = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    ax = tl.load(ax_ptr + oc1, mask=oc1 < C, other=0.0)
+    bx = tl.load(bx_ptr + oc1, mask=oc1 < C, other=0.0)
     bias = tl.load(bias_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
-    # this program's staging area: `region` halo positions × BLOCK_C channels, reused for each of its tiles
-    scr = scratch_ptr + (pid_c * n_prog + pid).to(tl.int64) * region * BLOCK_C
-    offs_s = tl.arange(0, STAGE)
-    # output tile: TILE_H rows × BLOCK_W columns; (r, c) reads halo position (r + i)·halo_w + (c + j) at tap (i, j)
-    o = tl.arange(0, TILE_H * BLOCK_W)
-    o_row = o // BLOCK_W
-    o_col = o % BLOCK_W
-    taps0 = scr + ((o_row * halo_w + o_col) * BLOCK_C)[:, None] + lane_c[None, :]
+    zero = tl.zeros([G, BLOCK_C], dtype=tl.float32)
+    zero_strip = ()   # a ring slot: the SW accumulators of a strip
+    for u in tl.static_range(SW):
+        zero_strip = zero_strip + (zero,)
+    # the k² taps of the thread's channel, in registers for the whole kernel (fp32 [k², C], tap-major)
+    wts = ()
+    for tap in tl.static_range(KS * KS):
+        wts = wts + (tl.load(w_ptr + tap * C + offs_c, mask=cmask, other=0.0),)
+    # valid columns of the thread's strip (the same every row): the statistics' per-row count
+    n_strip = tl.zeros([G, BLOCK_C], dtype=tl.float32)
+    for u in tl.static_range(SW):
+        n_strip += ((col0 + u < W) & cmask).to(tl.float32)
+    inv_n = tl.where(n_strip > 0.0, 1.0 / tl.maximum(n_strip, 1.0), 0.0)
+    # this program's two staged rows (double-buffered: one barrier per row), zero padding columns written once
+    buf = buf_ptr + (pid_c * n_prog + pid).to(tl.int64) * (2 * BUF_W * BLOCK_C)
+    st_off = (P + col0) * BLOCK_C + lane_c      # the thread's strip in a staged row
+    for b in tl.static_range(2):
+        for t in tl.static_range(P):
+            tl.store(buf + b * BUF_W * BLOCK_C + t * BLOCK_C + lane_c + 0 * g_idx,
+                     zero.to(buf_ptr.dtype.element_ty), mask=g_idx == 0)
+            tl.store(buf + b * BUF_W * BLOCK_C + (P + G * SW + t) * BLOCK_C + lane_c + 0 * g_idx,
+                     zero.to(buf_ptr.dtype.element_ty), mask=g_idx == 0)
     for t in range(pid, n_tiles, n_prog):  # persistent: tiles (image, row block) strided over the programs
-        img_row0 = (t // row_tiles) * H              # first image row of the tile's image, in rows of the batch
-        h0 = (t % row_tiles) * TILE_H
-        # stage the halo once: x = [res] + ax·act_in(hz) + bx, zero outside the image (the conv's padding)
-        for s0 in range(0, region, STAGE):
-            f = s0 + offs_s
-            m, offs = halo_chunk(f, h0, img_row0, H, W, C, halo_w, offs_c, cmask, KS, TILE_H)
-            x = load_x_tile(hz_ptr, res_ptr, offs, m, ax, bx, ACT_IN, HAS_RES)
-            tl.store(scr + (f * BLOCK_C)[:, None] + lane_c[None, :], x.to(scratch_ptr.dtype.element_ty))
-        tl.debug_barrier()  # the tile's halo is visible to every thread of the program
-        acc = tl.zeros([TILE_H * BLOCK_W, BLOCK_C], dtype=tl.float32)
-        # runtime tap loop over n_taps = KS² (a runtime value, so it is never unrolled: register use and compile
-        # time independent of k); each tap is one unmasked, 16-byte-vectorised load of the staged tile, a
-        # conversion and an FMA per element
-        for tap in range(n_taps):
-            shift = (tap // KS) * halo_w + tap % KS
-            x = tl.load(taps0 + shift * BLOCK_C).to(tl.float32)
-            wv = tl.load(w_ptr + tap * C + offs_c, mask=cmask, other=0.0).to(tl.float32)
-            acc += x * wv[None, :]
-        tl.debug_barrier()  # every thread is done with the halo before the next tile overwrites it
-        hh = h0 + o_row
-        pmask = (hh < H) & (o_col < W)
-        omask = pmask[:, None] & cmask[None, :]
-        offs_o = ((img_row0 + hh).to(tl.int64) * W + o_col)[:, None] * C + offs_c[None, :]
-        q = (acc + bias[None, :]).to(q_ptr.dtype.element_ty)
-        tl.store(q_ptr + offs_o, q, mask=omask)
+        img_row0 = (t // row_tiles) * H            # first image row of the tile's image, in rows of the batch
+        h0 = (t % row_tiles) * tile_h
+        h1 = tl.minimum(h0 + tile_h, H)
+        r_lo = tl.maximum(h0 - P, 0)
+        r_hi = tl.minimum(h1 + P, H)
+        # the ring: slot m accumulates output row r - P + m while input row r streams by
+        ring = ()
+        for m in tl.static_range(KS):
+            ring = ring + (zero_strip,)
+        n_s = zero
+        mean_s = zero
+        m2_s = zero
+        rows_done = 0
+        # software pipelining by hand: row r + 1's raw inputs are in flight while row r is computed
+        raw = load_strip_row(hz_ptr, res_ptr, img_row0 + r_lo, W, C, thread_off, col0, cmask, r_lo < r_hi,
+                             HAS_RES, SW)
+        for r in range(r_lo, r_hi):
+            rb = buf + (r & 1) * (BUF_W * BLOCK_C)
+            cur = raw
+            raw = load_strip_row(hz_ptr, res_ptr, img_row0 + r + 1, W, C, thread_off, col0, cmask, r + 1 < r_hi,
+                                 HAS_RES, SW)
+            # the input row, each element rebuilt once (x = [res] + ax·act_in(hz) + bx) and rounded to the
+            # activations' dtype (as the unfused layer stores x); staged for the neighbours' halos
+            xs = ()
+            for u in tl.static_range(SW):
+                x = ax[None, :] * act_fwd(cur[u].to(tl.float32), ACT_IN) + bx[None, :]
+                if HAS_RES:
+                    x += cur[SW + u].to(tl.float32)
+                xr = tl.where((col0 + u < W) & cmask, x, 0.0).to(buf_ptr.dtype.element_ty)
+                tl.store(rb + st_off + u * BLOCK_C, xr)
+                xs = xs + (xr.to(tl.float32),)
+            tl.debug_barrier()  # the row is staged (and the buffer written two rows ago is no longer read)
+            # the strip with its halo: P columns either side from the neighbours (or the zero padding)
+            left = ()
+            right = ()
+            for t2 in tl.static_range(P):
+                left = left + (tl.load(rb + st_off + (t2 - P) * BLOCK_C).to(tl.float32),)
+                right = right + (tl.load(rb + st_off + (SW + t2) * BLOCK_C).to(tl.float32),)
+            xs = left + xs + right
+            # input row r feeds output row r - P + m through kernel row KS - 1 - m: KS·KS·SW FMAs per thread
+            new_ring = ()
+            for m in tl.static_range(KS):
+                slot = ()
+                for u in tl.static_range(SW):
+                    a = ring[m][u]
+                    for j in tl.static_range(KS):
+                        a = a + wts[(KS - 1 - m) * KS + j] * xs[u + j]
+                    slot = slot + (a,)
+                new_ring = new_ring + (slot,)
+            # slot 0 (output row r - P) is complete: stored when it belongs to the tile
+            h = r - P
+            if (h >= h0) & (h < h1):
+                g_row, ok = emit_row(new_ring[0], h, img_row0, W, C, q_ptr, thread_off, col0, offs_c, cmask, bias,
+                                     EMIT_STATS, ACT, SW)
+                if EMIT_STATS:
+                    n_s, mean_s, m2_s = strip_row_stats(g_row, ok, n_strip, inv_n, 1.0 / (rows_done + 1.0), n_s,
+                                                        mean_s, m2_s, SW)
+                rows_done += 1
+            ring = new_ring[1:] + (zero_strip,)
+        # the last P rows of the image complete with its last input row: still in slots 0 .. P - 1
+        for m in tl.static_range(P):
+            h = r_hi - P + m
+            if (h >= h0) & (h < h1):
+                g_row, ok = emit_row(ring[m], h, img_row0, W, C, q_ptr, thread_off, col0, offs_c, cmask, bias,
+                                     EMIT_STATS, ACT, SW)
+                if EMIT_STATS:
+                    n_s, mean_s, m2_s = strip_row_stats(g_row, ok, n_strip, inv_n, 1.0 / (rows_done + 1.0), n_s,
+                                                        mean_s, m2_s, SW)
+                rows_done += 1
         if EMIT_STATS:
-            # the BN statistics of act(q), merged over the program's tiles into its own partial (one per program,
-            # not per tile) by a read-modify-write: nothing is carried in registers across the tap loop (255
-            # registers at k = 9); the first tile reads zeros, which the merge leaves exact
-            store_tile_stats(part_ptr, t, n_tiles, offs_c, cmask, C, act_fwd(q.to(tl.float32), ACT), omask, pmask)
+            # the tile's partial: the strips' (count, mean, M2) merged over G (Chan, as merge_partials)
+            n_b = tl.sum(n_s, axis=0)
+            mean_b = tl.sum(n_s * mean_s, axis=0) / tl.maximum(n_b, 1.0)
+            d = mean_s - mean_b[None, :]
+            m2_b = tl.sum(m2_s + n_s * d * d, axis=0)
+            store_stats(part_ptr, t, n_tiles, oc1, oc1 < C, C, n_b, mean_b, m2_b)
     if FINALIZE:
         # the last program of this channel block to finish merges every tile's partial (bn_finalize in the same
         # launch): the barrier orders all threads' partial stores before the acq_rel ticket (thread 0: MEMBAR.GPU,
@@ -218,7 +343,7 @@ def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
         omask = pmask[:, None] & cmask[None, :]
         offs_o = ((img_row0 + hh).to(tl.int64) * W + o_col)[:, None] * C + offs_c[None, :]
         acc = tl.load(du_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)
-        for tap in range(n_taps):  # dx; runtime trip count: never unrolled (see dw_fwd_kernel)
+        for tap in range(n_taps):  # dx; a runtime trip count: never unrolled (register use independent of k)
             ti = tap // KS
             tj = tap % KS
             # dx[p] += w[i, j] · dq[p - (i - k//2, j - k//2)]: the mirrored shift in the dq halo
@@ -258,11 +383,14 @@ def _launch_opts(t):
     return dict(num_warps=4, num_stages=1) if t.is_cuda else {}
 
 
-# dw_fwd tiling: an output tile is TILE_H whole image rows (BLOCK_W ≥ W columns) × BLOCK_C channels with
-# DW_FWD_TILE_POSITIONS positions; programs are persistent (DW_FWD_PROGRAMS_PER_SM per SM), each with its own
+# dw_fwd: a thread's strip of columns (its sliding window: SW + KS - 1 inputs feed SW·KS² FMAs per row), the
+# threads of a program (G strips × BLOCK_C channels), the fewest rows a tile is split to at small batch
+DW_FWD_STRIP = 8
+DW_FWD_THREADS = 128
+DW_FWD_MIN_ROWS = 2
+# dw_bwd tiling: an output tile is TILE_H whole image rows (BLOCK_W ≥ W columns) × BLOCK_C channels with
+# DW_BWD_TILE_POSITIONS positions; programs are persistent (DW_FWD_PROGRAMS_PER_SM per SM), each with its own
 # staging area that stays in L1/L2; the halo is staged in chunks of DW_FWD_STAGE positions.
-DW_FWD_TILE_POSITIONS = 256
-DW_FWD_MIN_POSITIONS = 32
 # dw_bwd (same tiling, two staged halos and two register tiles: dx and the tile's own dq); its tiles are never
 # shrunk at small batch: below 128 positions ptxas settles on 128-168 registers and spills
 DW_BWD_TILE_POSITIONS = 128
@@ -279,11 +407,11 @@ DW_FWD_FINALIZE_BLOCK = 32
 DW_MIN_BLOCK_C = 8
 
 
-def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sms=0,
-                  positions=DW_FWD_TILE_POSITIONS, min_positions=DW_FWD_MIN_POSITIONS):
-    """(TILE_H, BLOCK_W, BLOCK_C, halo_w, region) of dw_fwd_kernel for ``batch`` H×W images with C channels.
+def dw_bwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sms=0,
+                  positions=DW_BWD_TILE_POSITIONS, min_positions=DW_BWD_MIN_POSITIONS):
+    """(TILE_H, BLOCK_W, BLOCK_C, halo_w, region) of dw_bwd_kernel for ``batch`` H×W images with C channels.
 
-    TILE_H: as many rows as DW_FWD_TILE_POSITIONS allow, halved while the batch gives fewer (tile, channel
+    TILE_H: as many rows as ``positions`` allow, halved while the batch gives fewer (tile, channel
     block) pairs than the card has ``sms`` (batch 1: latency, not halo overhead, is the cost). ``region`` is the
     staging area per program in positions: the halo of one tile, (TILE_H + KS - 1) rows of ``halo_w = W + KS - 1``
     columns, plus the BLOCK_W - W columns the padded tile reads past it, rounded up to whole staging chunks.
@@ -304,6 +432,34 @@ def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sm
     halo_w = W + KS - 1
     region = triton.cdiv((tile_h + KS - 1) * halo_w + block_w - W, DW_FWD_STAGE) * DW_FWD_STAGE
     return tile_h, block_w, block_c, halo_w, region
+
+
+def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sms=0, strip=None):
+    """(tile_h, SW, G, BLOCK_C, num_warps) of dw_fwd_kernel for ``batch`` H×W images with C channels.
+
+    A thread owns a strip of SW columns of one channel (G = next_pow2(ceil(W / SW)) strips per row), a program
+    G·BLOCK_C threads (one register per value: 4 warps, more only for rows wider than 16 strips). A tile is
+    ``tile_h`` rows of one image: the whole image (each input element rebuilt once), halved while the batch gives
+    fewer (tile, channel block) programs than the card has ``sms`` (batch 1: latency, not the halo rows each tile
+    rebuilds, is the cost). ``tile_h`` / ``block_c`` / ``strip`` override the rule (tests force GPU tilings in the
+    interpreter)."""
+    for name, v in (("block_c", block_c), ("strip", strip)):
+        if v is not None and (v < 1 or v & (v - 1)):
+            raise ValueError(f"{name}: expected a power of 2, got {v}")
+    if tile_h is not None and tile_h < 1:
+        raise ValueError(f"tile_h: expected a positive number of rows, got {tile_h}")
+    strip = strip or DW_FWD_STRIP
+    strips = triton.next_power_of_2(triton.cdiv(W, strip))
+    if block_c is None:
+        block_c = max(DW_MIN_BLOCK_C, DW_FWD_THREADS // strips)
+        if not on_gpu:  # the interpreter: one program per tile covers the test shapes' channels
+            block_c = min(64, triton.next_power_of_2(C))
+    num_warps = max(1, strips * block_c // 32)
+    if tile_h is None:
+        tile_h = H
+        while batch and tile_h > DW_FWD_MIN_ROWS and batch * triton.cdiv(H, tile_h) * triton.cdiv(C, block_c) < sms:
+            tile_h = triton.cdiv(tile_h, 2)
+    return tile_h, strip, strips, block_c, num_warps
 
 
 class Finalize(NamedTuple):
@@ -327,44 +483,42 @@ def finalize_counters(C: int, device) -> torch.Tensor:
 
 
 def dw_fwd(hz, res, ax, bx, weight, bias, B, H, W, act_in="gelu", act="gelu", emit_stats=True, q_out=None,
-           tile_h=None, block_c=None, programs=None, finalize: Finalize | None = None):
+           tile_h=None, block_c=None, programs=None, finalize: Finalize | None = None, strip=None):
     """Launch dw_fwd_kernel.
 
     hz, res: [M, C] (res may be None); ax, bx: fp32 [C]; weight: [C, 1, KS, KS] (or [C, KS, KS]); bias: [C].
-    Returns (q [M, C] in hz's dtype, partial stats fp32 [3, T, C] or None), T = B · ceil(H / TILE_H) tiles. With
+    Returns (q [M, C] in hz's dtype, partial stats fp32 [3, T, C] or None), T = B · ceil(H / tile_h) tiles. With
     ``finalize`` (implies emit_stats) the BN is also finalized in the same launch (:class:`Finalize`). ``tile_h``,
-    ``block_c``, ``programs`` (persistent programs along the tile axis) override the tiling rules.
+    ``block_c``, ``strip`` (columns per thread) and ``programs`` (persistent programs along the tile axis)
+    override the tiling rules (:func:`dw_fwd_tiling`).
     """
     M, C = hz.shape
     KS = weight.shape[-1]
-    wt = weight.reshape(C, KS * KS).t().contiguous()
-    tile_h, block_w, block_c, halo_w, region = dw_fwd_tiling(H, W, C, KS, hz.is_cuda, tile_h, block_c, B,
-                                                             sm_count(hz))
+    wt = weight.reshape(C, KS * KS).t().float().contiguous()   # tap-major fp32: one register per tap and thread
+    tile_h, strip, strips, block_c, num_warps = dw_fwd_tiling(H, W, C, KS, hz.is_cuda, tile_h, block_c, B,
+                                                              sm_count(hz), strip)
     row_tiles = triton.cdiv(H, tile_h)
     n_tiles = B * row_tiles
     n_cblk = triton.cdiv(C, block_c)
-    if programs is None:  # fill the card once (persistent); the interpreter runs one program per tile
-        programs = min(n_tiles, triton.cdiv(DW_FWD_PROGRAMS_PER_SM * sm_count(hz), n_cblk)) if hz.is_cuda \
-            else n_tiles
-    programs = max(1, min(programs, n_tiles))
+    programs = max(1, min(programs or n_tiles, n_tiles))
     emit_stats = emit_stats or finalize is not None
     if finalize is not None:
         _check_finalize(finalize, C, n_cblk, hz.device)
-    # the staged layer input, in the activations' dtype (as x would be stored by PyTorch)
-    scratch = torch.empty((n_cblk * programs * region * block_c,), device=hz.device, dtype=hz.dtype)
+    # two staged rows per program, in the activations' dtype (as x would be stored by PyTorch)
+    buf = torch.empty((n_cblk * programs * 2 * (strips * strip + KS - 1) * block_c,), device=hz.device,
+                      dtype=hz.dtype)
     q = torch.empty_like(hz) if q_out is None else q_out
     part = torch.empty((3, n_tiles, C), device=hz.device, dtype=torch.float32) if emit_stats else q
     fin = finalize or Finalize(bias, bias, 0.0, part, part, part)  # placeholders: FINALIZE=False never reads them
     grid = (programs, n_cblk)
     dw_fwd_kernel[grid](hz_ptr=hz, res_ptr=res if res is not None else hz, ax_ptr=ax, bx_ptr=bx, w_ptr=wt,
-                        bias_ptr=bias, q_ptr=q, part_ptr=part, scratch_ptr=scratch, count_ptr=fin.counters,
+                        bias_ptr=bias, q_ptr=q, part_ptr=part, buf_ptr=buf, count_ptr=fin.counters,
                         gamma_ptr=fin.gamma, beta_ptr=fin.beta, eps=float(fin.eps), stat_ptr=fin.stats_out,
-                        ab_ptr=fin.affine_out, H=H, W=W, C=C,
-                        n_tiles=n_tiles, row_tiles=row_tiles, halo_w=halo_w, region=region, n_taps=KS * KS,
+                        ab_ptr=fin.affine_out, H=H, W=W, C=C, n_tiles=n_tiles, row_tiles=row_tiles, tile_h=tile_h,
                         KS=KS, ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None,
-                        EMIT_STATS=emit_stats, FINALIZE=finalize is not None, TILE_H=tile_h, BLOCK_W=block_w,
-                        BLOCK_C=block_c, STAGE=DW_FWD_STAGE, BLOCK_T=DW_FWD_FINALIZE_BLOCK,
-                        **_launch_opts(hz))
+                        EMIT_STATS=emit_stats, FINALIZE=finalize is not None, SW=strip, G=strips,
+                        BLOCK_C=block_c, BLOCK_T=DW_FWD_FINALIZE_BLOCK,
+                        **(dict(num_warps=num_warps, num_stages=1) if hz.is_cuda else {}))
     return q, (part if emit_stats else None)
 
 
@@ -396,9 +550,8 @@ def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu
     M, C = du.shape
     KS = weight.shape[-1]
     wt = weight.reshape(C, KS * KS).t().contiguous()
-    tile_h, block_w, block_c, halo_w, region = dw_fwd_tiling(H, W, C, KS, du.is_cuda, tile_h, block_c, B,
-                                                             sm_count(du), DW_BWD_TILE_POSITIONS,
-                                                             DW_BWD_MIN_POSITIONS)
+    tile_h, block_w, block_c, halo_w, region = dw_bwd_tiling(H, W, C, KS, du.is_cuda, tile_h, block_c, B,
+                                                             sm_count(du))
     row_tiles = triton.cdiv(H, tile_h)
     n_tiles = B * row_tiles
     n_cblk = triton.cdiv(C, block_c)

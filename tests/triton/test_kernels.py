@@ -50,14 +50,19 @@ def test_dw_fwd_and_stats(dtype, k, shape, act, has_res):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,shape,tiling,has_res", [
-    # GPU tiling rules (block_c 32) at several channel blocks, with a partial last one (C = 80)
+    # GPU tiling rules at small batch (rows split into tiles with halo rows) at several channel blocks, with a
+    # partial last one (C = 80: 2 strips x 64 channels)
     (3, (2, 16, 16, 80), "gpu", True),
-    # k = 9 on 32-wide rows: the convmixer_1536_20 tiling (8 rows x 32 columns), several tiles per program
+    # k = 9 on 32-wide rows: the convmixer_1536_20 tiling (4 strips of 8 columns x 32 channels), several tiles
+    # per program (11 rows split into tiles of 2)
     (9, (1, 11, 32, 48), "gpu", False),
-    # forced: tiles of 2 rows (H = 7 leaves a partial one), 16-channel blocks, 2 persistent programs for 12 tiles
-    (5, (3, 7, 6, 40), dict(tile_h=2, block_c=16, programs=2), True),
-    # the kernel wider than the image
-    (7, (2, 3, 2, 16), dict(tile_h=1, block_c=16, programs=3), False),
+    # forced: tiles of 2 rows (H = 7 leaves a partial one), 16-channel blocks, 2 persistent programs for 12 tiles,
+    # strips of 4 columns (W = 6: a partial second strip)
+    (5, (3, 7, 6, 40), dict(tile_h=2, block_c=16, programs=2, strip=4), True),
+    # the kernel wider than the image and than a strip (the halo reaches two strips over)
+    (7, (2, 3, 5, 16), dict(tile_h=1, block_c=16, programs=3, strip=1), False),
+    # tiles of 3 rows (not a power of 2) with k = 9: halo rows from the neighbouring tiles on both sides
+    (9, (2, 10, 9, 24), dict(tile_h=3, block_c=8, programs=5, strip=2), True),
 ])
 def test_dw_fwd_gpu_tilings(dtype, k, shape, tiling, has_res):
     """dw_fwd at the tilings a GPU runs (several tiles per persistent program, several channel blocks, partial
@@ -67,8 +72,8 @@ def test_dw_fwd_gpu_tilings(dtype, k, shape, tiling, has_res):
     B, H, W, C = shape
     M = B * H * W
     if tiling == "gpu":
-        tile_h, _, block_c, _, _ = dwconv.dw_fwd_tiling(H, W, C, k, on_gpu=True)
-        tiling = dict(tile_h=tile_h, block_c=block_c, programs=2)
+        tile_h, strip, _, block_c, _ = dwconv.dw_fwd_tiling(H, W, C, k, on_gpu=True, batch=B, sms=132)
+        tiling = dict(tile_h=tile_h, block_c=block_c, programs=2, strip=strip)
     hz, res = rnd(M, C, dtype=dtype), (rnd(M, C, dtype=dtype) if has_res else None)
     ax, bx = vec(C), rnd(C)
     w, b = rnd(C, 1, k, k, dtype=dtype, scale=k ** -1), rnd(C, dtype=dtype)
@@ -230,8 +235,7 @@ def test_dw_bwd(dtype, k, shape, act, has_res, training, tiling):
     """dx, dhz, dweight, dbias and the previous-BN sums of dw_bwd vs autograd of the float64 layer."""
     B, H, W, C = shape
     if tiling == "gpu":
-        tile_h, _, block_c, _, _ = dwconv.dw_fwd_tiling(H, W, C, k, on_gpu=True,
-                                                       positions=dwconv.DW_BWD_TILE_POSITIONS)
+        tile_h, _, block_c, _, _ = dwconv.dw_bwd_tiling(H, W, C, k, on_gpu=True)
         tiling = dict(tile_h=tile_h, block_c=block_c, programs=2)
     M = B * H * W
     hz, res = rnd(M, C, dtype=dtype), (rnd(M, C, dtype=dtype) if has_res else None)
