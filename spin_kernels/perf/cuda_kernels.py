@@ -694,7 +694,8 @@ def shape_launches(name: str, dtype: str = "bf16", sm_count: int = 132) -> tuple
     return launches, arch["depth"] // rate
 
 
-REPLACED_BY_CUDA = {"fwd": {"dw_fwd_kernel"}, "bwd": {"dw_bwd_kernel"}, "eval": {"dw_fwd_kernel"}}
+REPLACED_BY_CUDA = {"fwd": {"dw_fwd_kernel"}, "bwd": {"dw_bwd_dx_kernel", "dw_wgrad_kernel"},
+                    "eval": {"dw_fwd_kernel"}}
 """The Triton rows the per-layer CUDA path replaces: the depthwise half (pointwise and BN stay Triton)."""
 
 

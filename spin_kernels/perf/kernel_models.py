@@ -7,7 +7,7 @@ cores). A descriptor receives the launch's arguments as attributes (tensor argum
 
 Trip counts are *per entry of the loop, averaged over programs* (a loop that half the programs run counts half);
 a loop with ``may_fold`` disappears from the machine code when its trip count is the constant 1 (e.g. the
-one-tile-per-program case of ``dw_bwd_kernel``). tests/perf/test_cost_model.py checks every descriptor against the
+one-tile-per-program case of ``dw_fwd_kernel``). tests/perf/test_cost_model.py checks every descriptor against the
 SASS (same number of loops) and, under the interpreter, against the loops' real iteration counts.
 """
 from __future__ import annotations
@@ -85,13 +85,18 @@ TRITON_MODELS: dict[str, KernelModel] = {
              "noinline call: its loop is outside the kernel's SASS loops, costed as the tail)",
         # the ticket atomic, one wave per BLOCK_T partials merged, the stores
         tail_waves=lambda a: 2 + cdiv(a.n_tiles, a.BLOCK_T) if a.FINALIZE else 0),
-    "dw_bwd_kernel": KernelModel(
+    "dw_bwd_dx_kernel": KernelModel(
         loops=(LoopSpec("for t in range(pid, n_tiles, n_prog)", lambda a: a.n_tiles / a.grid[0], may_fold=True),
-               LoopSpec("for s0 in range(0, region, STAGE)", lambda a: cdiv(a.region, a.STAGE)),
-               LoopSpec("for tap in range(n_taps)", lambda a: a.n_taps),
-               LoopSpec("for tap_w in range(n_taps)", lambda a: a.n_taps)),
-        flops=lambda a: 4.0 * a.du_ptr.shape[0] * a.C * a.KS * a.KS,    # dx (transposed conv) and dw (correlation)
-        note="persistent like dw_fwd; dq and x halos staged once per tile; a tap loop for dx, one for dw"),
+               LoopSpec("for r in range(r_lo, r_hi)", _dw_fwd_rows)),
+        flops=lambda a: 2.0 * a.du_ptr.shape[0] * a.C * a.KS * a.KS,    # dx: the transposed conv
+        note="dw_fwd's row stream on dq (BN1/act backward once per element, written for dw_wgrad) with the "
+             "flipped taps; dx = du + ring row, dhz and the previous BN's sums as rows complete"),
+    "dw_wgrad_kernel": KernelModel(
+        loops=(LoopSpec("for t in range(pid, n_tiles, n_prog)", lambda a: a.n_tiles / a.grid[0], may_fold=True),
+               LoopSpec("for r in range(r_lo, r_hi)", _dw_fwd_rows)),
+        flops=lambda a: 2.0 * a.dq_ptr.shape[0] * a.C * a.KS * a.KS,    # dw: the correlation of x with dq
+        note="rows of x (rebuilt once, staged for halos) and dq stream by; the last k//2 of each in register "
+             "rings; k² per-thread dw accumulators summed over the strips once per program"),
     "bn_finalize_kernel": KernelModel(
         loops=(LoopSpec("for t0 in range(0, n_tiles, BLOCK_T)", lambda a: cdiv(a.n_tiles, a.BLOCK_T), may_fold=True),),
         flops=lambda a: 10.0 * a.n_tiles * a.C),

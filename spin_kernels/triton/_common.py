@@ -78,10 +78,15 @@ def bn_act_bwd(g_ptr, z_ptr, offs, mask, alpha, beta, c1, c2, mean, invstd, ACT:
     """
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return tl.where(mask, bn_act_bwd_math(g, z, alpha, beta, c1, c2, mean, invstd, ACT), 0.0)
+
+
+@triton.jit
+def bn_act_bwd_math(g, z, alpha, beta, c1, c2, mean, invstd, ACT: tl.constexpr):
+    """bn_act_bwd's formula on loaded fp32 tiles ``g``, ``z`` [rows, cols] and per-column vectors [cols]."""
     d = act_grad(z, ACT)
     xhat = (act_fwd(z, ACT) - mean[None, :]) * invstd[None, :]
-    dz = g * (d * alpha[None, :] + beta[None, :]) + d * (c1[None, :] + c2[None, :] * xhat)
-    return tl.where(mask, dz, 0.0)
+    return g * (d * alpha[None, :] + beta[None, :]) + d * (c1[None, :] + c2[None, :] * xhat)
 
 
 @triton.jit

@@ -33,29 +33,35 @@ dw_fwd_kernel
               conversion per tap and element): dw_fwd k = 9 at convmixer_1536_20 b64 went from 5.05x to 2.32x
               its floor (eval 4.92x -> 1.77x), k = 7 at convmixer_768_32 5.03x -> 1.89x.
 
-dw_bwd_kernel
+dw_bwd_dx_kernel
     given du = dL/du (u = x + BN1(act(q))), rebuilds dq = act'(q)·(a1·du + c1 + c2·ghat) (BN1 backward with the
-    batch-stat terms c1, c2; see ``_common.bn_act_bwd``) and computes
+    batch-stat terms c1, c2; see ``_common.bn_act_bwd``) once per element and computes
         dx  = du + DW_kᵀ(dq)                         (stored when WRITE_DX)
         dhz = act_in'(hz)·ax·dx                      (stored when WRITE_DHZ: grad of the producer's z, direct path)
-        per-program partials: sum(dx), sum(dx·xhat_in) (the previous BN's backward and its gamma/beta grads),
-        dw[tap, c] = Σ dq·x(shifted), dbias = Σ dq   (fp32, one [k²+1, C] slab per program, reduced by the host
-        in a fixed order: deterministic, no atomics).
-    tiling    persistent programs over TILE_H-row tiles (BLOCK_W ≥ W columns) × BLOCK_C channels, at most
-              DW_BWD_TILE_POSITIONS positions: two register tiles, dx and the tile's own dq). Per tile both halos
-              are staged once — dq in fp32 (BN1 + act backward, recomputed from du and q) and x in the
-              activations' dtype (the prologue) — then
-              per tap: dx += w·dq at the mirrored shift; then per tap: the tap's dw partial += Σ_positions
-              dq·x(shift), a read-modify-write of the program's own fp32 slab (zeroed by the host, accumulated
-              over its tiles).
-    bytes     reads du, q, hz (+ res) once from HBM, writes dx (and/or dhz): 4 (5) activation passes; the
-              staging areas stay in L1/L2; partials (k²+1+2)·C·4 bytes per program, reduced by the host in a
-              fixed order (deterministic, no atomics).
-    cost      (sm_90a SASS, bf16, `spin kernels-report --cost`): two tap loops, dx (one fp32 load and an FMA per
-              element) and dw (a load, conversion and FMA per element, plus the reduction across the tile's
-              positions — shuffles, a shared-memory round and barriers — per tap); dx's accumulator is dead in the
-              second loop, which keeps the kernel spill-free with the fp32 dq halo. dw_bwd k = 9 at
-              convmixer_1536_20 b64 went from 58.2x to 9.7x its floor when the prologues left the tap loop.
+        per-program partials: sum(dx), sum(dx·xhat_in) (the previous BN's backward and its gamma/beta grads);
+        FUSE_DW (k ≤ DW_BWD_FUSED_MAX_K): also dw and dbias (as dw_wgrad_kernel); else dq itself (fp32, the
+        tile's own rows) for dw_wgrad_kernel.
+    tiling    dw_fwd_kernel's row stream with dq as the input (staged in fp32: rounded to 16 bits before the k²
+              products it would cost dx its accuracy) and the taps flipped by the host (DW_kᵀ is a correlation
+              with them); row r's du (loaded for dq) is added to the ring slot of output row r at once; a
+              completed ring row gives dx, then dhz and the sums. FUSE_DW
+              keeps the last 2P + 1 dq rows with their halos and pairs each completed row of x (rebuilt from hz,
+              res) with them: k²·SW more FMAs per row, k² + 1 per-thread accumulators.
+    bytes     reads du, q and hz (+ res with FUSE_DW) once; writes dx and/or dhz and, unfused,
+              dq in fp32.
+
+dw_wgrad_kernel
+    computes  dw[i, j, c] = Σ_p dq[p]·x[p + (i - P, j - P)], dbias = Σ dq (fp32 per-program partials [P, k² + 1,
+              C], summed by the host in a fixed order: deterministic, no atomics).
+    tiling    the same row stream over x (rebuilt once from hz, res; staged for the halos) and dq rows; the last
+              P rows of each live in register rings, and a pair (dq row h, x row h + i - P) is taken when the
+              later of the two streams by: k²·SW FMAs per thread and row into k² per-thread accumulators, summed
+              over the strips once per program.
+    bytes     reads dq (fp32), hz (+ res) once.
+    cost      (sm_90a SASS, bf16, `spin kernels-report --cost`): the staged-halo kernel this pair replaced (one
+              tap loop for dx, one for dw with a cross-position reduction per tap and tile) ran dw_bwd k = 9 at
+              convmixer_1536_20 b64 at 9.68x its floor; the pair is 1.89x / 1.94x of theirs, k = 7 1.00x / 1.34x,
+              k = 3 (fused) 1.00x.
 """
 from typing import NamedTuple
 
@@ -67,25 +73,13 @@ from ._common import (
     ACT_CODES,
     act_fwd,
     act_grad,
-    bn_act_bwd_tile,
-    load_x_tile,
+    bn_act_bwd_math,
+    load_vec6,
     merge_partials,
     sm_count,
     store_bn_affine,
     store_stats,
 )
-
-
-@triton.jit
-def halo_chunk(f, h0, img_row0, H, W, C, halo_w, offs_c, cmask, KS: tl.constexpr, TILE_H: tl.constexpr):
-    """(mask, offsets) into the [M, C] activations of halo positions ``f`` of the tile whose first output row is
-    ``h0`` of the image starting at batch row ``img_row0``: position f is halo row f // halo_w, column
-    f % halo_w, shifted by -(KS // 2); masked outside the image (the conv's zero padding) and past the halo."""
-    hh = h0 - KS // 2 + f // halo_w
-    ww = f % halo_w - KS // 2
-    valid = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W) & (f < (TILE_H + KS - 1) * halo_w)
-    offs = ((img_row0 + hh).to(tl.int64) * W + ww)[:, None] * C + offs_c[None, :]
-    return valid[:, None] & cmask[None, :], offs
 
 
 @triton.jit(noinline=True)
@@ -104,6 +98,130 @@ def finalize_block(part_ptr, n_part, C, pid_c, gamma_ptr, beta_ptr, eps, stat_pt
         n_f, mean_f, m2_f = merge_partials(part_ptr, n_part, C, p0 + tl.arange(0, BLOCK_T), offs_c, cmask,
                                            n_f, mean_f, m2_f)
     store_bn_affine(n_f, mean_f, m2_f, offs_c, cmask, C, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr)
+
+
+@triton.jit
+def strip_layout(C, G: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The row-streaming kernels' program and thread layout: grid (persistent programs over tiles, channel
+    blocks); one thread per (strip g, channel), so every [G, BLOCK_C] tensor is one register per thread; a thread's
+    strip is columns g·SW .. g·SW + SW - 1 of its channel. Returns (pid, n_prog, pid_c, g_idx, lane_c, offs_c,
+    cmask, col0, thread_off, oc1): element (row, col0 + u) of the thread is at row·W·C + thread_off + u·C; oc1 is
+    the channel block as a vector."""
+    pid_c = tl.program_id(1)
+    g_idx = tl.arange(0, G)[:, None]
+    lane_c = tl.arange(0, BLOCK_C)[None, :]
+    offs_c = pid_c * BLOCK_C + lane_c + 0 * g_idx
+    col0 = g_idx * SW
+    oc1 = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    return (tl.program_id(0), tl.num_programs(0), pid_c, g_idx, lane_c, offs_c, offs_c < C, col0, col0 * C + offs_c,
+            oc1)
+
+
+@triton.jit
+def zero_strip_of(zero, SW: tl.constexpr):
+    """A tuple of SW copies of ``zero``: a fresh strip of accumulators."""
+    out = ()
+    for u in tl.static_range(SW):
+        out = out + (zero,)
+    return out
+
+
+@triton.jit
+def row_buffers(buf_ptr, slot, g_idx, lane_c, KS: tl.constexpr, G: tl.constexpr, SW: tl.constexpr,
+                BLOCK_C: tl.constexpr):
+    """(base, st_off): program ``slot``'s two staged rows (double-buffered: one barrier per row) of
+    G·SW + KS - 1 columns × BLOCK_C, with the conv's zero padding columns written here once (never overwritten);
+    st_off: the thread's strip in a row."""
+    P: tl.constexpr = KS // 2
+    BUF_W: tl.constexpr = G * SW + 2 * P
+    buf = buf_ptr + slot.to(tl.int64) * (2 * BUF_W * BLOCK_C)
+    zero = tl.zeros([G, BLOCK_C], dtype=buf_ptr.dtype.element_ty)
+    for b in tl.static_range(2):
+        for t in tl.static_range(P):
+            tl.store(buf + b * BUF_W * BLOCK_C + t * BLOCK_C + lane_c + 0 * g_idx, zero, mask=g_idx == 0)
+            tl.store(buf + b * BUF_W * BLOCK_C + (P + G * SW + t) * BLOCK_C + lane_c + 0 * g_idx, zero,
+                     mask=g_idx == 0)
+    return buf, (P + g_idx * SW) * BLOCK_C + lane_c
+
+
+@triton.jit
+def staged_row(buf, r, KS: tl.constexpr, G: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The staging buffer of input row ``r`` (of :func:`row_buffers`' two: rows alternate)."""
+    return buf + (r & 1) * ((G * SW + 2 * (KS // 2)) * BLOCK_C)
+
+
+@triton.jit
+def stage_row(rb, st_off, vals, KS: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Stage the thread's strip ``vals`` (a tuple, in the buffer's dtype) in row buffer ``rb``; after a barrier
+    return the strip with its halo as fp32: KS // 2 columns either side from the neighbours (or the padding)."""
+    P: tl.constexpr = KS // 2
+    own = ()
+    for u in tl.static_range(SW):
+        tl.store(rb + st_off + u * BLOCK_C, vals[u])
+        own = own + (vals[u].to(tl.float32),)
+    tl.debug_barrier()  # the row is staged (and the buffer written two rows ago is no longer read)
+    left = ()
+    right = ()
+    for t in tl.static_range(P):
+        left = left + (tl.load(rb + st_off + (t - P) * BLOCK_C).to(tl.float32),)
+        right = right + (tl.load(rb + st_off + (SW + t) * BLOCK_C).to(tl.float32),)
+    return left + own + right
+
+
+@triton.jit
+def ring_step(ring, xs, wts, KS: tl.constexpr, SW: tl.constexpr):
+    """One input row ``xs`` (the strip with its halo) into the ring of output rows: slot m (output row
+    r - KS//2 + m) takes kernel row KS - 1 - m of the taps ``wts`` (tuple of KS² per-channel values):
+    KS·KS·SW FMAs per thread."""
+    new_ring = ()
+    for m in tl.static_range(KS):
+        slot = ()
+        for u in tl.static_range(SW):
+            a = ring[m][u]
+            for j in tl.static_range(KS):
+                a = a + wts[(KS - 1 - m) * KS + j] * xs[u + j]
+            slot = slot + (a,)
+        new_ring = new_ring + (slot,)
+    return new_ring
+
+
+@triton.jit
+def load_taps(w_ptr, offs_c, cmask, C, KS: tl.constexpr):
+    """The k² taps of each thread's channel from fp32 [k², C] (tap-major), held in registers by the caller."""
+    wts = ()
+    for tap in tl.static_range(KS * KS):
+        wts = wts + (tl.load(w_ptr + tap * C + offs_c, mask=cmask, other=0.0),)
+    return wts
+
+
+@triton.jit
+def sum_strips(v):
+    """A per-thread [G, BLOCK_C] partial summed over the strips: [BLOCK_C]."""
+    return tl.sum(v, axis=0)
+
+
+@triton.jit
+def tile_rows(t, row_tiles, H, tile_h, KS: tl.constexpr):
+    """Tile ``t`` of a row-streaming kernel: (first batch row of its image, its output rows h0 .. h1 - 1, the input
+    rows r_lo .. r_hi - 1 that stream by: the tile's and up to KS // 2 halo rows either side, clipped to the
+    image)."""
+    h0 = (t % row_tiles) * tile_h
+    h1 = tl.minimum(h0 + tile_h, H)
+    return (t // row_tiles) * H, h0, h1, tl.maximum(h0 - KS // 2, 0), tl.minimum(h1 + KS // 2, H)
+
+
+@triton.jit
+def rebuild_x(raw, ax, bx, col0, cmask, W, dtype: tl.constexpr, ACT_IN: tl.constexpr, HAS_RES: tl.constexpr,
+              SW: tl.constexpr):
+    """The layer input x = [res] + ax·act_in(hz) + bx of a thread's strip from its raw row (:func:`load_strip_row`),
+    zero past W / C (the conv's padding), rounded to ``dtype`` (as the unfused layer stores x)."""
+    xs = ()
+    for u in tl.static_range(SW):
+        x = ax[None, :] * act_fwd(raw[u].to(tl.float32), ACT_IN) + bx[None, :]
+        if HAS_RES:
+            x += raw[SW + u].to(tl.float32)
+        xs = xs + (tl.where((col0 + u < W) & cmask, x, 0.0).to(dtype),)
+    return xs
 
 
 @triton.jit
@@ -165,50 +283,21 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
                   EMIT_STATS: tl.constexpr, FINALIZE: tl.constexpr, SW: tl.constexpr, G: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
     P: tl.constexpr = KS // 2
-    BUF_W: tl.constexpr = G * SW + 2 * P          # one staged row: the strips and the conv's zero padding
-    pid = tl.program_id(0)
-    n_prog = tl.num_programs(0)
-    pid_c = tl.program_id(1)
-    # one thread per (strip g, channel): tensors are [G, BLOCK_C] with G·BLOCK_C = the program's threads, so every
-    # value below is one register; a thread's strip is columns g·SW .. g·SW + SW - 1 of its channel
-    g_idx = tl.arange(0, G)[:, None]
-    lane_c = tl.arange(0, BLOCK_C)[None, :]
-    offs_c = pid_c * BLOCK_C + lane_c + 0 * g_idx
-    cmask = offs_c < C
-    col0 = g_idx * SW
-    thread_off = col0 * C + offs_c              # element (row, col0 + u) is row base + thread_off + u·C
-    oc1 = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C)
     ax = tl.load(ax_ptr + oc1, mask=oc1 < C, other=0.0)
     bx = tl.load(bx_ptr + oc1, mask=oc1 < C, other=0.0)
     bias = tl.load(bias_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
     zero = tl.zeros([G, BLOCK_C], dtype=tl.float32)
-    zero_strip = ()   # a ring slot: the SW accumulators of a strip
-    for u in tl.static_range(SW):
-        zero_strip = zero_strip + (zero,)
-    # the k² taps of the thread's channel, in registers for the whole kernel (fp32 [k², C], tap-major)
-    wts = ()
-    for tap in tl.static_range(KS * KS):
-        wts = wts + (tl.load(w_ptr + tap * C + offs_c, mask=cmask, other=0.0),)
+    zero_strip = zero_strip_of(zero, SW)
+    wts = load_taps(w_ptr, offs_c, cmask, C, KS)
     # valid columns of the thread's strip (the same every row): the statistics' per-row count
     n_strip = tl.zeros([G, BLOCK_C], dtype=tl.float32)
     for u in tl.static_range(SW):
         n_strip += ((col0 + u < W) & cmask).to(tl.float32)
     inv_n = tl.where(n_strip > 0.0, 1.0 / tl.maximum(n_strip, 1.0), 0.0)
-    # this program's two staged rows (double-buffered: one barrier per row), zero padding columns written once
-    buf = buf_ptr + (pid_c * n_prog + pid).to(tl.int64) * (2 * BUF_W * BLOCK_C)
-    st_off = (P + col0) * BLOCK_C + lane_c      # the thread's strip in a staged row
-    for b in tl.static_range(2):
-        for t in tl.static_range(P):
-            tl.store(buf + b * BUF_W * BLOCK_C + t * BLOCK_C + lane_c + 0 * g_idx,
-                     zero.to(buf_ptr.dtype.element_ty), mask=g_idx == 0)
-            tl.store(buf + b * BUF_W * BLOCK_C + (P + G * SW + t) * BLOCK_C + lane_c + 0 * g_idx,
-                     zero.to(buf_ptr.dtype.element_ty), mask=g_idx == 0)
+    buf, st_off = row_buffers(buf_ptr, pid_c * n_prog + pid, g_idx, lane_c, KS, G, SW, BLOCK_C)
     for t in range(pid, n_tiles, n_prog):  # persistent: tiles (image, row block) strided over the programs
-        img_row0 = (t // row_tiles) * H            # first image row of the tile's image, in rows of the batch
-        h0 = (t % row_tiles) * tile_h
-        h1 = tl.minimum(h0 + tile_h, H)
-        r_lo = tl.maximum(h0 - P, 0)
-        r_hi = tl.minimum(h1 + P, H)
+        img_row0, h0, h1, r_lo, r_hi = tile_rows(t, row_tiles, H, tile_h, KS)
         # the ring: slot m accumulates output row r - P + m while input row r streams by
         ring = ()
         for m in tl.static_range(KS):
@@ -221,38 +310,13 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
         raw = load_strip_row(hz_ptr, res_ptr, img_row0 + r_lo, W, C, thread_off, col0, cmask, r_lo < r_hi,
                              HAS_RES, SW)
         for r in range(r_lo, r_hi):
-            rb = buf + (r & 1) * (BUF_W * BLOCK_C)
-            cur = raw
-            raw = load_strip_row(hz_ptr, res_ptr, img_row0 + r + 1, W, C, thread_off, col0, cmask, r + 1 < r_hi,
-                                 HAS_RES, SW)
+            rb = staged_row(buf, r, KS, G, SW, BLOCK_C)
+            cur, raw = raw, load_strip_row(hz_ptr, res_ptr, img_row0 + r + 1, W, C, thread_off, col0, cmask,
+                                            r + 1 < r_hi, HAS_RES, SW)
             # the input row, each element rebuilt once (x = [res] + ax·act_in(hz) + bx) and rounded to the
             # activations' dtype (as the unfused layer stores x); staged for the neighbours' halos
-            xs = ()
-            for u in tl.static_range(SW):
-                x = ax[None, :] * act_fwd(cur[u].to(tl.float32), ACT_IN) + bx[None, :]
-                if HAS_RES:
-                    x += cur[SW + u].to(tl.float32)
-                xr = tl.where((col0 + u < W) & cmask, x, 0.0).to(buf_ptr.dtype.element_ty)
-                tl.store(rb + st_off + u * BLOCK_C, xr)
-                xs = xs + (xr.to(tl.float32),)
-            tl.debug_barrier()  # the row is staged (and the buffer written two rows ago is no longer read)
-            # the strip with its halo: P columns either side from the neighbours (or the zero padding)
-            left = ()
-            right = ()
-            for t2 in tl.static_range(P):
-                left = left + (tl.load(rb + st_off + (t2 - P) * BLOCK_C).to(tl.float32),)
-                right = right + (tl.load(rb + st_off + (SW + t2) * BLOCK_C).to(tl.float32),)
-            xs = left + xs + right
-            # input row r feeds output row r - P + m through kernel row KS - 1 - m: KS·KS·SW FMAs per thread
-            new_ring = ()
-            for m in tl.static_range(KS):
-                slot = ()
-                for u in tl.static_range(SW):
-                    a = ring[m][u]
-                    for j in tl.static_range(KS):
-                        a = a + wts[(KS - 1 - m) * KS + j] * xs[u + j]
-                    slot = slot + (a,)
-                new_ring = new_ring + (slot,)
+            xs = rebuild_x(cur, ax, bx, col0, cmask, W, buf_ptr.dtype.element_ty, ACT_IN, HAS_RES, SW)
+            new_ring = ring_step(ring, stage_row(rb, st_off, xs, KS, SW, BLOCK_C), wts, KS, SW)
             # slot 0 (output row r - P) is complete: stored when it belongs to the tile
             h = r - P
             if (h >= h0) & (h < h1):
@@ -275,11 +339,12 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
                 rows_done += 1
         if EMIT_STATS:
             # the tile's partial: the strips' (count, mean, M2) merged over G (Chan, as merge_partials)
-            n_b = tl.sum(n_s, axis=0)
-            mean_b = tl.sum(n_s * mean_s, axis=0) / tl.maximum(n_b, 1.0)
+            n_b = sum_strips(n_s)
+            mean_b = sum_strips(n_s * mean_s) / tl.maximum(n_b, 1.0)
             d = mean_s - mean_b[None, :]
-            m2_b = tl.sum(m2_s + n_s * d * d, axis=0)
+            m2_b = sum_strips(m2_s + n_s * d * d)
             store_stats(part_ptr, t, n_tiles, oc1, oc1 < C, C, n_b, mean_b, m2_b)
+        tl.debug_barrier()  # the next tile's first row may reuse this tile's last staged row: all reads done
     if FINALIZE:
         # the last program of this channel block to finish merges every tile's partial (bn_finalize in the same
         # launch): the barrier orders all threads' partial stores before the acq_rel ticket (thread 0: MEMBAR.GPU,
@@ -294,93 +359,218 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
 
 
 @triton.jit
-def dw_bwd_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr,
-                  dx_ptr, dhz_ptr, wpart_ptr, spart_ptr, scratch_ptr, dq_scratch_ptr,
-                  H, W, C, n_tiles, row_tiles, halo_w, region, n_taps,
-                  KS: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr,
-                  HAS_RES: tl.constexpr, WRITE_DX: tl.constexpr, WRITE_DHZ: tl.constexpr,
-                  TILE_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, STAGE: tl.constexpr):
-    pid = tl.program_id(0)
-    n_prog = tl.num_programs(0)
-    pid_c = tl.program_id(1)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
-    lane_c = tl.arange(0, BLOCK_C)
-    # (the per-channel vectors are loaded where they are used, from L1: ten of them live through the whole
-    # kernel would cost 80 registers and spills)
-    # this program's staging areas, `region` positions × BLOCK_C channels each: the dq halo in fp32 (a gradient
-    # rounded to 16 bits before the k² products would cost dx its accuracy), the x halo in the activations' dtype
-    scr_dq = dq_scratch_ptr + (pid_c * n_prog + pid).to(tl.int64) * region * BLOCK_C
-    scr_x = scratch_ptr + (pid_c * n_prog + pid).to(tl.int64) * region * BLOCK_C
-    offs_s = tl.arange(0, STAGE)
-    o = tl.arange(0, TILE_H * BLOCK_W)
-    o_row = o // BLOCK_W
-    o_col = o % BLOCK_W
-    # output (r, c) finds halo position (r + i)·halo_w + (c + j) at offset shift(i, j) = i·halo_w + j
-    base = ((o_row * halo_w + o_col) * BLOCK_C)[:, None] + lane_c[None, :]
-    centre = ((KS // 2) * halo_w + KS // 2) * BLOCK_C
-    wbase = wpart_ptr + pid.to(tl.int64) * (n_taps + 1) * C   # this program's fp32 partials (zeroed by the host)
-    s1 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
-    db = tl.zeros([BLOCK_C], dtype=tl.float32)
+def dw_bwd_dx_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr, dx_ptr, dhz_ptr, dq_ptr, spart_ptr,
+                     wpart_ptr, buf_ptr, H, W, C, n_tiles, row_tiles, tile_h,
+                     KS: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
+                     WRITE_DX: tl.constexpr, WRITE_DHZ: tl.constexpr, FUSE_DW: tl.constexpr, SW: tl.constexpr,
+                     G: tl.constexpr, BLOCK_C: tl.constexpr):
+    P: tl.constexpr = KS // 2
+    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C)
+    m1 = oc1 < C
+    zero = tl.zeros([G, BLOCK_C], dtype=tl.float32)
+    zero_strip = zero_strip_of(zero, SW)
+    wts = load_taps(w_ptr, offs_c, cmask, C, KS)      # flipped by the host: dx is a correlation with them
+    buf, st_off = row_buffers(buf_ptr, pid_c * n_prog + pid, g_idx, lane_c, KS, G, SW, BLOCK_C)
+    s1 = zero
+    s2 = zero
+    # FUSE_DW (small k): the weight gradient here too, from the last 2P + 1 dq rows (with halos) and each row of x
+    # as it completes — no dq round trip through HBM and no second kernel
+    zero_halo = zero_strip_of(zero, SW + 2 * P)
+    dw_acc = zero_strip_of(zero, KS * KS if FUSE_DW else 0)
+    db = zero
     for t in range(pid, n_tiles, n_prog):  # persistent: tiles (image, row block) strided over the programs
-        img_row0 = (t // row_tiles) * H
-        h0 = (t % row_tiles) * TILE_H
-        # stage both halos once: dq = d/dq through BN1 and act (zero outside the image) and the layer input x
-        for s0 in range(0, region, STAGE):
-            f = s0 + offs_s
-            m, offs = halo_chunk(f, h0, img_row0, H, W, C, halo_w, offs_c, cmask, KS, TILE_H)
-            dq = bn_act_bwd_tile(du_ptr, q_ptr, qvec_ptr, offs, m, offs_c, cmask, C, ACT)
-            ax = tl.load(xvec_ptr + offs_c, mask=cmask, other=0.0)
-            bx = tl.load(xvec_ptr + C + offs_c, mask=cmask, other=0.0)
-            x = load_x_tile(hz_ptr, res_ptr, offs, m, ax, bx, ACT_IN, HAS_RES)
-            st = (f * BLOCK_C)[:, None] + lane_c[None, :]
-            tl.store(scr_dq + st, dq)
-            tl.store(scr_x + st, x.to(scratch_ptr.dtype.element_ty))
-        tl.debug_barrier()  # both halos visible to every thread of the program
-        hh = h0 + o_row
-        pmask = (hh < H) & (o_col < W)
-        omask = pmask[:, None] & cmask[None, :]
-        offs_o = ((img_row0 + hh).to(tl.int64) * W + o_col)[:, None] * C + offs_c[None, :]
-        acc = tl.load(du_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)
-        for tap in range(n_taps):  # dx; a runtime trip count: never unrolled (register use independent of k)
-            ti = tap // KS
-            tj = tap % KS
-            # dx[p] += w[i, j] · dq[p - (i - k//2, j - k//2)]: the mirrored shift in the dq halo
-            dq = tl.load(scr_dq + base + ((KS - 1 - ti) * halo_w + (KS - 1 - tj)) * BLOCK_C)
-            wv = tl.load(w_ptr + tap * C + offs_c, mask=cmask, other=0.0).to(tl.float32)
-            acc += dq * wv[None, :]
-        dx = tl.where(omask, acc, 0.0)
+        img_row0, h0, h1, r_lo, r_hi = tile_rows(t, row_tiles, H, tile_h, KS)
+        ring = ()
+        for m in tl.static_range(KS):
+            ring = ring + (zero_strip,)
+        dq_ring = ()   # FUSE_DW: slot s holds dq row r - 2P + s (with its halo) at row r
+        if FUSE_DW:
+            for m in tl.static_range(2 * P + 1):
+                dq_ring = dq_ring + (zero_halo,)
+        raw = load_strip_row(du_ptr, q_ptr, img_row0 + r_lo, W, C, thread_off, col0, cmask, r_lo < r_hi, True, SW)
+        for r in range(r_lo, r_hi):
+            rb = staged_row(buf, r, KS, G, SW, BLOCK_C)
+            cur, raw = raw, load_strip_row(du_ptr, q_ptr, img_row0 + r + 1, W, C, thread_off, col0, cmask,
+                                            r + 1 < r_hi, True, SW)
+            # dq = d/dq through BN1 and act, once per element (fp32: rounded to 16 bits before the k² products
+            # it would cost dx its accuracy); the tile's own rows also go to dq_ptr for the weight gradient
+            dq_row = img_row0 + r
+            own_row = (r >= h0) & (r < h1)
+            # (the BN1/act vectors are re-read from L1 each row: six registers fewer across the ring step keep
+            # k = 9 spill-free)
+            alpha, beta, c1, c2, mean, invstd = load_vec6(qvec_ptr, oc1, m1, C)
+            dqs = ()
+            for u in tl.static_range(SW):
+                ok = (col0 + u < W) & cmask
+                dq = bn_act_bwd_math(cur[u].to(tl.float32), cur[SW + u].to(tl.float32), alpha, beta, c1, c2,
+                                     mean, invstd, ACT)
+                dq = tl.where(ok, dq, 0.0)
+                if not FUSE_DW:
+                    tl.store(dq_ptr + dq_row.to(tl.int64) * W * C + thread_off + u * C, dq, mask=ok & own_row)
+                dqs = dqs + (dq,)
+            dq_halo = stage_row(rb, st_off, dqs, KS, SW, BLOCK_C)
+            new_ring = ring_step(ring, dq_halo, wts, KS, SW)
+            # dx = du + ...: row r's du, loaded for dq, goes into slot P (output row r) now, not re-read later
+            slot = ()
+            for u in tl.static_range(SW):
+                slot = slot + (new_ring[P][u] + cur[u].to(tl.float32),)
+            new_ring = new_ring[:P] + (slot,) + new_ring[P + 1:]
+            if FUSE_DW:
+                dq_ring = dq_ring[1:] + (dq_halo,)
+            h = r - P
+            if (h >= h0) & (h < h1):
+                s1, s2, xs = emit_dx_row(new_ring[0], img_row0 + h, W, C, hz_ptr, res_ptr, xvec_ptr, dx_ptr,
+                                         dhz_ptr, thread_off, col0, cmask, oc1, s1, s2, ACT_IN, HAS_RES, WRITE_DX,
+                                         WRITE_DHZ, FUSE_DW, SW)
+                if FUSE_DW:
+                    dw_acc, db = dw_pairs(dw_acc, db, xs, dq_ring, KS, SW)
+            ring = new_ring[1:] + (zero_strip,)
+        for m in tl.static_range(P):  # the image's last rows, complete with its last input row
+            h = r_hi - P + m
+            if FUSE_DW:
+                dq_ring = dq_ring[1:] + (zero_halo,)   # the rows past the image: zero
+            if (h >= h0) & (h < h1):
+                s1, s2, xs = emit_dx_row(ring[m], img_row0 + h, W, C, hz_ptr, res_ptr, xvec_ptr, dx_ptr,
+                                         dhz_ptr, thread_off, col0, cmask, oc1, s1, s2, ACT_IN, HAS_RES, WRITE_DX,
+                                         WRITE_DHZ, FUSE_DW, SW)
+                if FUSE_DW:
+                    dw_acc, db = dw_pairs(dw_acc, db, xs, dq_ring, KS, SW)
+        tl.debug_barrier()  # the next tile's first row may reuse this tile's last staged row: all reads done
+    tl.store(spart_ptr + pid * C + oc1, sum_strips(s1), mask=m1)
+    tl.store(spart_ptr + (n_prog + pid) * C + oc1, sum_strips(s2), mask=m1)
+    if FUSE_DW:
+        store_wgrad_partial(wpart_ptr, pid, dw_acc, db, oc1, m1, C, KS)
+
+
+@triton.jit
+def dw_pairs(dw_acc, db, xs, dq_ring, KS: tl.constexpr, SW: tl.constexpr):
+    """dw[i, j] += Σ_u x[u]·dq[row - i + P, u - j + P] for one completed row of x (``xs``, the strip) against the
+    2P + 1 dq rows of ``dq_ring`` (slot 2P - i, strips with halos); dbias += the row's own dq (slot P)."""
+    P: tl.constexpr = KS // 2
+    new_acc = ()
+    for i in tl.static_range(KS):
+        for j in tl.static_range(KS):
+            a = dw_acc[i * KS + j]
+            for u in tl.static_range(SW):
+                a = a + xs[u] * dq_ring[2 * P - i][u + 2 * P - j]
+            new_acc = new_acc + (a,)
+    for u in tl.static_range(SW):
+        db += dq_ring[P][u + P]
+    return new_acc, db
+
+
+@triton.jit
+def store_wgrad_partial(wpart_ptr, pid, dw_acc, db, oc1, m1, C, KS: tl.constexpr):
+    """This program's dw (k² per-thread accumulators) and dbias, summed over the strips, as entry ``pid`` of the
+    partials [programs, k² + 1, C] (the host sums them in a fixed order: deterministic, no atomics)."""
+    wbase = wpart_ptr + pid.to(tl.int64) * (KS * KS + 1) * C
+    for tap in tl.static_range(KS * KS):
+        tl.store(wbase + tap * C + oc1, sum_strips(dw_acc[tap]), mask=m1)
+    tl.store(wbase + KS * KS * C + oc1, sum_strips(db), mask=m1)
+
+
+@triton.jit
+def emit_dx_row(acc, row, W, C, hz_ptr, res_ptr, xvec_ptr, dx_ptr, dhz_ptr, thread_off, col0, cmask, oc1, s1, s2,
+                ACT_IN: tl.constexpr, HAS_RES: tl.constexpr, WRITE_DX: tl.constexpr,
+                WRITE_DHZ: tl.constexpr, WITH_X: tl.constexpr, SW: tl.constexpr):
+    """Finish batch row ``row`` of the thread's strip: dx = ``acc`` (du is already in it; stored when WRITE_DX),
+    dhz = act_in'(hz)·ax·dx (WRITE_DHZ); returns the running sums s1 += dx, s2 += dx·xhat_in (the previous BN's
+    backward) and, WITH_X, the row's x as the forward rebuilt it (rounded to the activations' dtype; else an empty
+    tuple)."""
+    m1 = oc1 < C
+    ax = tl.load(xvec_ptr + oc1, mask=m1, other=0.0)
+    mean_in = tl.load(xvec_ptr + 2 * C + oc1, mask=m1, other=0.0)
+    invstd_in = tl.load(xvec_ptr + 3 * C + oc1, mask=m1, other=0.0)
+    base = row.to(tl.int64) * W * C
+    hzs = ()
+    for u in tl.static_range(SW):
+        hzs = hzs + (tl.load(hz_ptr + base + thread_off + u * C, mask=(col0 + u < W) & cmask, other=0.0),)
+    for u in tl.static_range(SW):
+        ok = (col0 + u < W) & cmask
+        dx = tl.where(ok, acc[u], 0.0)
+        hz = hzs[u].to(tl.float32)
         if WRITE_DX:
-            tl.store(dx_ptr + offs_o, dx.to(dx_ptr.dtype.element_ty), mask=omask)
-        hz = tl.load(hz_ptr + offs_o, mask=omask, other=0.0).to(tl.float32)
-        mean_in = tl.load(xvec_ptr + 2 * C + offs_c, mask=cmask, other=0.0)
-        invstd_in = tl.load(xvec_ptr + 3 * C + offs_c, mask=cmask, other=0.0)
+            tl.store(dx_ptr + base + thread_off + u * C, dx.to(dx_ptr.dtype.element_ty), mask=ok)
         xhat = (act_fwd(hz, ACT_IN) - mean_in[None, :]) * invstd_in[None, :]
-        s1 += tl.sum(dx, axis=0)
-        s2 += tl.sum(tl.where(omask, dx * xhat, 0.0), axis=0)
+        s1 += dx
+        s2 += tl.where(ok, dx * xhat, 0.0)
         if WRITE_DHZ:
-            ax = tl.load(xvec_ptr + offs_c, mask=cmask, other=0.0)
-            dhz = act_grad(hz, ACT_IN) * ax[None, :] * dx
-            tl.store(dhz_ptr + offs_o, dhz.to(dhz_ptr.dtype.element_ty), mask=omask)
-        # the tile's own dq (padded columns would read the next halo row: masked)
-        dq_c = tl.where(omask, tl.load(scr_dq + base + centre), 0.0)
-        db += tl.sum(dq_c, axis=0)
-        # a second tap loop (dx's accumulator is dead here: two loops need fewer registers than one)
-        for tap_w in range(n_taps):
-            # dw[i, j] += Σ_p dq[p] · x[p + (i - k//2, j - k//2)], into this program's partial slab
-            x = tl.load(scr_x + base + ((tap_w // KS) * halo_w + tap_w % KS) * BLOCK_C).to(tl.float32)
-            wp = wbase + tap_w * C + offs_c
-            tl.store(wp, tl.load(wp, mask=cmask, other=0.0) + tl.sum(dq_c * x, axis=0), mask=cmask)
-        tl.debug_barrier()  # halos and partial slab settled before the next tile
-    tl.store(spart_ptr + pid * C + offs_c, s1, mask=cmask)
-    tl.store(spart_ptr + (n_prog + pid) * C + offs_c, s2, mask=cmask)
-    tl.store(wbase + n_taps * C + offs_c, db, mask=cmask)
+            tl.store(dhz_ptr + base + thread_off + u * C, (act_grad(hz, ACT_IN) * ax[None, :] * dx).to(
+                dhz_ptr.dtype.element_ty), mask=ok)
+    xs = ()
+    if WITH_X:
+        bx = tl.load(xvec_ptr + C + oc1, mask=m1, other=0.0)
+        for u in tl.static_range(SW):
+            ok = (col0 + u < W) & cmask
+            x = ax[None, :] * act_fwd(hzs[u].to(tl.float32), ACT_IN) + bx[None, :]
+            if HAS_RES:
+                x += tl.load(res_ptr + base + thread_off + u * C, mask=ok, other=0.0).to(tl.float32)
+            xs = xs + (tl.where(ok, x, 0.0).to(hz_ptr.dtype.element_ty).to(tl.float32),)
+    return s1, s2, xs
 
 
-def _launch_opts(t):
-    # the options the AOT report checks (spin_kernels.triton.AOT_KERNELS): no software pipelining of the tap loop
-    return dict(num_warps=4, num_stages=1) if t.is_cuda else {}
+@triton.jit
+def dw_wgrad_kernel(dq_ptr, hz_ptr, res_ptr, xvec_ptr, wpart_ptr, buf_ptr, H, W, C, n_tiles, row_tiles, tile_h,
+                    KS: tl.constexpr, ACT_IN: tl.constexpr, HAS_RES: tl.constexpr, SW: tl.constexpr,
+                    G: tl.constexpr, BLOCK_C: tl.constexpr):
+    P: tl.constexpr = KS // 2
+    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C)
+    m1 = oc1 < C
+    ax = tl.load(xvec_ptr + oc1, mask=m1, other=0.0)
+    bx = tl.load(xvec_ptr + C + oc1, mask=m1, other=0.0)
+    zero = tl.zeros([G, BLOCK_C], dtype=tl.float32)
+    zero_strip = zero_strip_of(zero, SW)
+    zero_halo = zero_strip_of(zero, SW + 2 * P)
+    buf, st_off = row_buffers(buf_ptr, pid_c * n_prog + pid, g_idx, lane_c, KS, G, SW, BLOCK_C)
+    # dw[i, j] accumulated per thread over all of its rows and tiles (summed over the strips once, at the end)
+    acc = zero_strip_of(zero, KS * KS)
+    db = zero
+    for t in range(pid, n_tiles, n_prog):  # persistent: tiles (image, row block) strided over the programs
+        img_row0, h0, h1, r_lo, r_hi = tile_rows(t, row_tiles, H, tile_h, KS)
+        # the last P rows of x (with halos) and of dq: a pair (dq row h, x row h + i - P) is taken when the later
+        # of the two streams by
+        x_ring = ()
+        dq_ring = ()
+        for m in tl.static_range(P):
+            x_ring = x_ring + (zero_halo,)
+            dq_ring = dq_ring + (zero_strip,)
+        raw = load_strip_row(hz_ptr, res_ptr, img_row0 + r_lo, W, C, thread_off, col0, cmask, r_lo < r_hi,
+                             HAS_RES, SW)
+        for r in range(r_lo, r_hi):
+            cur, raw = raw, load_strip_row(hz_ptr, res_ptr, img_row0 + r + 1, W, C, thread_off, col0, cmask,
+                                            r + 1 < r_hi, HAS_RES, SW)
+            rb = staged_row(buf, r, KS, G, SW, BLOCK_C)
+            # dq of the tile's own rows (zero on its halo rows: those belong to the neighbouring tiles)
+            base = (img_row0 + r).to(tl.int64) * W * C
+            own_row = (r >= h0) & (r < h1)
+            dq = ()
+            for u in tl.static_range(SW):
+                v = tl.load(dq_ptr + base + thread_off + u * C, mask=(col0 + u < W) & cmask & own_row, other=0.0)
+                dq = dq + (v,)
+                db += v
+            # x as the forward rebuilt it (rounded to the activations' dtype), staged for the halos in fp32 (with
+            # the taps' fp16 conversions in the loop, ptxas spills this kernel wholesale at k = 9)
+            xs = rebuild_x(cur, ax, bx, col0, cmask, W, hz_ptr.dtype.element_ty, ACT_IN, HAS_RES, SW)
+            xs = stage_row(rb, st_off, xs, KS, SW, BLOCK_C)
+            # this dq row with x rows r - P .. r (kernel rows 0 .. P), this x row with dq rows r - P .. r - 1
+            # (kernel rows 2P .. P + 1): KS·KS·SW FMAs per thread and row
+            new_acc = ()
+            for i in tl.static_range(KS):
+                for j in tl.static_range(KS):
+                    a = acc[i * KS + j]
+                    for u in tl.static_range(SW):
+                        if i < P:
+                            a = a + dq[u] * x_ring[i][u + j]
+                        elif i == P:
+                            a = a + dq[u] * xs[u + j]
+                        else:
+                            a = a + dq_ring[2 * P - i][u] * xs[u + j]
+                    new_acc = new_acc + (a,)
+            acc = new_acc
+            x_ring = x_ring[1:] + (xs,)
+            dq_ring = dq_ring[1:] + (dq,)
+        tl.debug_barrier()  # the next tile's first row may reuse this tile's last staged row: all reads done
+    store_wgrad_partial(wpart_ptr, pid, acc, db, oc1, m1, C, KS)
 
 
 # dw_fwd: a thread's strip of columns (its sliding window: SW + KS - 1 inputs feed SW·KS² FMAs per row), the
@@ -388,50 +578,19 @@ def _launch_opts(t):
 DW_FWD_STRIP = 8
 DW_FWD_THREADS = 128
 DW_FWD_MIN_ROWS = 2
-# dw_bwd tiling: an output tile is TILE_H whole image rows (BLOCK_W ≥ W columns) × BLOCK_C channels with
-# DW_BWD_TILE_POSITIONS positions; programs are persistent (DW_FWD_PROGRAMS_PER_SM per SM), each with its own
-# staging area that stays in L1/L2; the halo is staged in chunks of DW_FWD_STAGE positions.
-# dw_bwd (same tiling, two staged halos and two register tiles: dx and the tile's own dq); its tiles are never
-# shrunk at small batch: below 128 positions ptxas settles on 128-168 registers and spills
-DW_BWD_TILE_POSITIONS = 128
-DW_BWD_MIN_POSITIONS = 128
-# staging chunk (two prologues per element; divides DW_FWD_STAGE): 32 positions, 16 from k = 9 on, where 32
-# spills a few bytes at 255 registers (16 costs ~13% more by the cost model, so it is not the default)
-DW_BWD_STAGE = 32
-DW_BWD_STAGE_K9 = 16
-DW_FWD_PROGRAMS_PER_SM = 4
-DW_FWD_STAGE = 64
+# the backward kernels' strip from k = DW_*_NARROW_FROM_K on: k² taps (or dw accumulators) beside rings of
+# 8-column strips spill at 255 registers (k = 7 GELU dx: 8 bytes; k = 9 dw_wgrad_kernel in fp16 wholesale: ptxas
+# settles on 168 registers and 4.8 KB of spills)
+DW_BWD_STRIP_K9 = 4
+DW_BWD_DX_NARROW_FROM_K = 7
+DW_WGRAD_NARROW_FROM_K = 9
+# up to this k the weight gradient runs inside dw_bwd_dx_kernel (its extra 2P + 1 dq rows and k² accumulators
+# fit the registers; from k = 5 on they would not beside the dx ring and taps)
+DW_BWD_FUSED_MAX_K = 3
 # in-kernel finalize: the tile partials merged this many at a time (as bn_finalize does); the smallest channel
 # block any tiling picks (sizes the counter buffer)
 DW_FWD_FINALIZE_BLOCK = 32
 DW_MIN_BLOCK_C = 8
-
-
-def dw_bwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sms=0,
-                  positions=DW_BWD_TILE_POSITIONS, min_positions=DW_BWD_MIN_POSITIONS):
-    """(TILE_H, BLOCK_W, BLOCK_C, halo_w, region) of dw_bwd_kernel for ``batch`` H×W images with C channels.
-
-    TILE_H: as many rows as ``positions`` allow, halved while the batch gives fewer (tile, channel
-    block) pairs than the card has ``sms`` (batch 1: latency, not halo overhead, is the cost). ``region`` is the
-    staging area per program in positions: the halo of one tile, (TILE_H + KS - 1) rows of ``halo_w = W + KS - 1``
-    columns, plus the BLOCK_W - W columns the padded tile reads past it, rounded up to whole staging chunks.
-    ``tile_h`` / ``block_c`` override the rule (tests force GPU tilings in the interpreter)."""
-    for name, v in (("tile_h", tile_h), ("block_c", block_c)):
-        if v is not None and (v < 1 or v & (v - 1)):
-            raise ValueError(f"{name}: expected a power of 2, got {v}")
-    block_w = triton.next_power_of_2(W)
-    if block_c is None:  # rows wider than a tile: fewer channels, so a tile stays within the registers
-        block_c = min(32 if on_gpu else 64, triton.next_power_of_2(C),
-                      max(DW_MIN_BLOCK_C, 32 * positions // block_w))
-    if tile_h is None:
-        tile_h = min(triton.next_power_of_2(H), max(1, positions // block_w))
-        # (no tile below min_positions: with a few elements per thread the tap loop's fixed work dominates)
-        while batch and tile_h * block_w > min_positions and \
-                batch * triton.cdiv(H, tile_h) * triton.cdiv(C, block_c) < sms:
-            tile_h //= 2
-    halo_w = W + KS - 1
-    region = triton.cdiv((tile_h + KS - 1) * halo_w + block_w - W, DW_FWD_STAGE) * DW_FWD_STAGE
-    return tile_h, block_w, block_c, halo_w, region
 
 
 def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sms=0, strip=None):
@@ -460,6 +619,35 @@ def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sm
         while batch and tile_h > DW_FWD_MIN_ROWS and batch * triton.cdiv(H, tile_h) * triton.cdiv(C, block_c) < sms:
             tile_h = triton.cdiv(tile_h, 2)
     return tile_h, strip, strips, block_c, num_warps
+
+
+class StripLaunch(NamedTuple):
+    """The grid, kernel arguments and row-buffer size of one launch of a row-streaming depthwise kernel."""
+
+    grid: tuple
+    args: dict
+    buffer_elems: int
+    device: torch.device
+
+    def row_buffers(self, dtype) -> torch.Tensor:
+        """The programs' double-buffered staged rows (scratch: every element read is written first)."""
+        return torch.empty((self.buffer_elems,), device=self.device, dtype=dtype)
+
+
+def _strip_launch(t, B, H, W, C, KS, tile_h, block_c, strip, programs) -> StripLaunch:
+    """Tiling (:func:`dw_fwd_tiling`) → grid (programs × channel blocks), the tiling arguments and launch options
+    of a row-streaming kernel over B images of H×W×C like ``t``."""
+    tile_h, strip, strips, block_c, num_warps = dw_fwd_tiling(H, W, C, KS, t.is_cuda, tile_h, block_c, B,
+                                                              sm_count(t), strip)
+    row_tiles = triton.cdiv(H, tile_h)
+    n_tiles = B * row_tiles
+    n_cblk = triton.cdiv(C, block_c)
+    programs = max(1, min(programs or n_tiles, n_tiles))
+    args = dict(n_tiles=n_tiles, row_tiles=row_tiles, tile_h=tile_h, SW=strip, G=strips, BLOCK_C=block_c)
+    if t.is_cuda:
+        args.update(num_warps=num_warps, num_stages=1)
+    return StripLaunch((programs, n_cblk), args, n_cblk * programs * 2 * (strips * strip + KS - 1) * block_c,
+                       t.device)
 
 
 class Finalize(NamedTuple):
@@ -495,30 +683,22 @@ def dw_fwd(hz, res, ax, bx, weight, bias, B, H, W, act_in="gelu", act="gelu", em
     M, C = hz.shape
     KS = weight.shape[-1]
     wt = weight.reshape(C, KS * KS).t().float().contiguous()   # tap-major fp32: one register per tap and thread
-    tile_h, strip, strips, block_c, num_warps = dw_fwd_tiling(H, W, C, KS, hz.is_cuda, tile_h, block_c, B,
-                                                              sm_count(hz), strip)
-    row_tiles = triton.cdiv(H, tile_h)
-    n_tiles = B * row_tiles
-    n_cblk = triton.cdiv(C, block_c)
-    programs = max(1, min(programs or n_tiles, n_tiles))
+    launch = _strip_launch(hz, B, H, W, C, KS, tile_h, block_c, strip, programs)
+    n_tiles = launch.args["n_tiles"]
     emit_stats = emit_stats or finalize is not None
     if finalize is not None:
-        _check_finalize(finalize, C, n_cblk, hz.device)
-    # two staged rows per program, in the activations' dtype (as x would be stored by PyTorch)
-    buf = torch.empty((n_cblk * programs * 2 * (strips * strip + KS - 1) * block_c,), device=hz.device,
-                      dtype=hz.dtype)
+        _check_finalize(finalize, C, launch.grid[1], hz.device)
     q = torch.empty_like(hz) if q_out is None else q_out
     part = torch.empty((3, n_tiles, C), device=hz.device, dtype=torch.float32) if emit_stats else q
     fin = finalize or Finalize(bias, bias, 0.0, part, part, part)  # placeholders: FINALIZE=False never reads them
-    grid = (programs, n_cblk)
-    dw_fwd_kernel[grid](hz_ptr=hz, res_ptr=res if res is not None else hz, ax_ptr=ax, bx_ptr=bx, w_ptr=wt,
-                        bias_ptr=bias, q_ptr=q, part_ptr=part, buf_ptr=buf, count_ptr=fin.counters,
-                        gamma_ptr=fin.gamma, beta_ptr=fin.beta, eps=float(fin.eps), stat_ptr=fin.stats_out,
-                        ab_ptr=fin.affine_out, H=H, W=W, C=C, n_tiles=n_tiles, row_tiles=row_tiles, tile_h=tile_h,
-                        KS=KS, ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None,
-                        EMIT_STATS=emit_stats, FINALIZE=finalize is not None, SW=strip, G=strips,
-                        BLOCK_C=block_c, BLOCK_T=DW_FWD_FINALIZE_BLOCK,
-                        **(dict(num_warps=num_warps, num_stages=1) if hz.is_cuda else {}))
+    # the staged rows in the activations' dtype (as x would be stored by PyTorch)
+    dw_fwd_kernel[launch.grid](hz_ptr=hz, res_ptr=res if res is not None else hz, ax_ptr=ax, bx_ptr=bx, w_ptr=wt,
+                               bias_ptr=bias, q_ptr=q, part_ptr=part, buf_ptr=launch.row_buffers(hz.dtype),
+                               count_ptr=fin.counters, gamma_ptr=fin.gamma, beta_ptr=fin.beta, eps=float(fin.eps),
+                               stat_ptr=fin.stats_out, ab_ptr=fin.affine_out, H=H, W=W, C=C, KS=KS,
+                               ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None,
+                               EMIT_STATS=emit_stats, FINALIZE=finalize is not None,
+                               BLOCK_T=DW_FWD_FINALIZE_BLOCK, **launch.args)
     return q, (part if emit_stats else None)
 
 
@@ -538,46 +718,44 @@ def _check_finalize(fin: Finalize, C: int, n_cblk: int, device) -> None:
 
 
 def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu",
-           write_dx=True, write_dhz=False, dx_out=None, tile_h=None, block_c=None, programs=None):
-    """Launch dw_bwd_kernel.
+           write_dx=True, write_dhz=False, dx_out=None, tile_h=None, block_c=None, programs=None, strip=None):
+    """Launch dw_bwd_dx_kernel, then dw_wgrad_kernel.
 
     du, q, hz, res: [M, C]; qvec: fp32 [6, C] (BN1/act backward vectors, see _common.bn_act_bwd); xvec: fp32
     [4, C] (ax, bx, mean_in, invstd_in of the BN that produced x from hz). Returns
     (dx or None, dhz or None, dweight fp32 [C, KS, KS], dbias fp32 [C], partial sums fp32 [2, P, C] of dx and
     dx·xhat_in, one row per program: reduced by spin_kernels.triton.bn.bn_bwd_vectors).
-    ``tile_h``, ``block_c``, ``programs`` override the tiling rules (see dw_fwd).
+    ``tile_h``, ``block_c``, ``strip``, ``programs`` override the tiling rules of both kernels (see dw_fwd).
     """
     M, C = du.shape
     KS = weight.shape[-1]
-    wt = weight.reshape(C, KS * KS).t().contiguous()
-    tile_h, block_w, block_c, halo_w, region = dw_bwd_tiling(H, W, C, KS, du.is_cuda, tile_h, block_c, B,
-                                                             sm_count(du))
-    row_tiles = triton.cdiv(H, tile_h)
-    n_tiles = B * row_tiles
-    n_cblk = triton.cdiv(C, block_c)
-    if programs is None:  # fill the card once (persistent): few fp32 partial slabs to sum
-        programs = min(n_tiles, triton.cdiv(DW_FWD_PROGRAMS_PER_SM * sm_count(du), n_cblk)) if du.is_cuda \
-            else n_tiles
-    programs = max(1, min(programs, n_tiles))
+    # dx is the correlation of dq with the flipped taps; tap-major fp32, one register per tap and thread
+    wt_flip = weight.reshape(C, KS, KS).flip(-1, -2).reshape(C, KS * KS).t().float().contiguous()
     dx = (torch.empty_like(du) if dx_out is None else dx_out) if write_dx else None
     dhz = torch.empty_like(hz) if write_dhz else None
-    # the program's dw partials are accumulated in place over its tiles: they start at zero
-    wpart = torch.zeros((programs, KS * KS + 1, C), device=du.device, dtype=torch.float32)
-    spart = torch.empty((2, programs, C), device=du.device, dtype=torch.float32)
-    scratch = torch.empty((n_cblk * programs * region * block_c,), device=du.device, dtype=du.dtype)
-    dq_scratch = torch.empty((n_cblk * programs * region * block_c,), device=du.device, dtype=torch.float32)
-    grid = (programs, n_cblk)
+    # small k: the weight gradient in the dx kernel (FUSE_DW); else dq makes one fp32 round trip to dw_wgrad_kernel
+    fuse = KS <= DW_BWD_FUSED_MAX_K
+    dq = torch.empty((M, C) if not fuse else (1,), device=du.device, dtype=torch.float32)
+    # narrower strips for large k (spill-free)
+    dx_launch = _strip_launch(du, B, H, W, C, KS, tile_h, block_c,
+                              strip or (DW_BWD_STRIP_K9 if KS >= DW_BWD_DX_NARROW_FROM_K else DW_FWD_STRIP), programs)
+    wg_launch = _strip_launch(du, B, H, W, C, KS, tile_h, block_c,
+                              strip or (DW_BWD_STRIP_K9 if KS >= DW_WGRAD_NARROW_FROM_K else DW_FWD_STRIP), programs)
+    spart = torch.empty((2, dx_launch.grid[0], C), device=du.device, dtype=torch.float32)
+    wpart = torch.empty(((dx_launch if fuse else wg_launch).grid[0], KS * KS + 1, C), device=du.device,
+                        dtype=torch.float32)
     # outputs a WRITE_* switch turns off still need a tensor: du (never written then)
-    dw_bwd_kernel[grid](du_ptr=du, q_ptr=q, qvec_ptr=qvec, w_ptr=wt, hz_ptr=hz,
-                        res_ptr=res if res is not None else hz, xvec_ptr=xvec,
-                        dx_ptr=dx if dx is not None else du, dhz_ptr=dhz if dhz is not None else du,
-                        wpart_ptr=wpart, spart_ptr=spart, scratch_ptr=scratch, dq_scratch_ptr=dq_scratch, H=H,
-                        W=W, C=C, n_tiles=n_tiles, row_tiles=row_tiles, halo_w=halo_w, region=region,
-                        n_taps=KS * KS, KS=KS,
-                        ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None, WRITE_DX=write_dx,
-                        WRITE_DHZ=write_dhz, TILE_H=tile_h, BLOCK_W=block_w, BLOCK_C=block_c,
-                        STAGE=DW_BWD_STAGE_K9 if KS >= 9 else DW_BWD_STAGE,
-                        **_launch_opts(du))
-    # one fixed-order reduction (deterministic); the tap-major weight rows go back to [C, KS, KS] in one copy
+    dw_bwd_dx_kernel[dx_launch.grid](
+        du_ptr=du, q_ptr=q, qvec_ptr=qvec, w_ptr=wt_flip, hz_ptr=hz, res_ptr=res if res is not None else hz,
+        xvec_ptr=xvec, dx_ptr=dx if dx is not None else du, dhz_ptr=dhz if dhz is not None else du, dq_ptr=dq,
+        spart_ptr=spart, wpart_ptr=wpart, buf_ptr=dx_launch.row_buffers(torch.float32), H=H, W=W, C=C, KS=KS,
+        ACT_IN=ACT_CODES[act_in], ACT=ACT_CODES[act], HAS_RES=res is not None, WRITE_DX=write_dx,
+        WRITE_DHZ=write_dhz, FUSE_DW=fuse, **dx_launch.args)
+    if not fuse:
+        dw_wgrad_kernel[wg_launch.grid](
+            dq_ptr=dq, hz_ptr=hz, res_ptr=res if res is not None else hz, xvec_ptr=xvec, wpart_ptr=wpart,
+            buf_ptr=wg_launch.row_buffers(torch.float32), H=H, W=W, C=C, KS=KS, ACT_IN=ACT_CODES[act_in],
+            HAS_RES=res is not None, **wg_launch.args)
+    # one fixed-order reduction over the programs (deterministic); tap-major rows back to [C, KS, KS]
     wsum = wpart.sum(0)
     return dx, dhz, wsum[:KS * KS].t().contiguous().reshape(C, KS, KS), wsum[KS * KS], spart

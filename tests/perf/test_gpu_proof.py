@@ -39,7 +39,7 @@ def _shape():
     return {"shape": "toy", "runs": 4, "rows": [
         {**row, "kernel": "dw_fwd_kernel", "count": 1},
         {**row, "kernel": "pw_fwd_kernel", "count": 2},
-        {**row, "phase": "bwd", "kernel": "dw_bwd_kernel", "count": 1},
+        {**row, "phase": "bwd", "kernel": "dw_bwd_dx_kernel", "count": 1},
         {**row, "phase": "eval", "kernel": "pw_fwd_kernel", "count": 1},
         {**row, "kernel": "dw_forward_kernel<__nv_bfloat16>", "count": 1, "scope": "run", "backend": "cuda"},
         {**row, "phase": "bwd", "kernel": "dw_backward_data_kernel<__nv_bfloat16>", "count": 1, "scope": "run",
@@ -55,12 +55,12 @@ def test_compare_joins_measured_with_estimates_by_kernel():
         "dw_fwd_kernel": {"s": 8e-5, "launches": 4},
         "void at::native::fill_kernel<float>(float*)": {"s": 1e-5, "launches": 3}})
     rows = {r["kernel"]: r for r in got["rows"]}
-    assert set(rows) == {"dw_fwd_kernel", "pw_fwd_kernel", "dw_bwd_kernel"}
+    assert set(rows) == {"dw_fwd_kernel", "pw_fwd_kernel", "dw_bwd_dx_kernel"}
     pw = rows["pw_fwd_kernel"]
     assert pw["launches_estimated"] == 8 and pw["launches_measured"] == 8
     assert pw["estimate_s"] == pytest.approx(8e-5) and pw["measured_over_estimate"] == pytest.approx(2.5)
     assert pw["measured_over_floor"] == pytest.approx(5.0)
-    assert rows["dw_bwd_kernel"]["measured_s"] is None          # not seen: the comparison says so, not zero
+    assert rows["dw_bwd_dx_kernel"]["measured_s"] is None          # not seen: the comparison says so, not zero
     assert got["ours"]["measured_s"] is None                     # so the total is not made up either
     assert got["other"] == {"s": 1e-5, "launches": 3, "kernels": 1}
 

@@ -18,8 +18,8 @@ def report():
 
 def test_aot_list_is_complete():
     fns = {e["fn"].__name__ for e in AOT_KERNELS}
-    assert fns == {"dw_fwd_kernel", "dw_bwd_kernel", "bn_finalize_kernel", "bn_bwd_vectors_kernel",
-                   "pw_input_kernel", "pw_fwd_kernel", "pw_dz_kernel", "pw_bwd_dx_kernel", "pw_bwd_dw_kernel"}
+    assert fns == {"dw_fwd_kernel", "dw_bwd_dx_kernel", "dw_wgrad_kernel", "bn_finalize_kernel",
+                   "bn_bwd_vectors_kernel", "pw_input_kernel", "pw_fwd_kernel", "pw_dz_kernel", "pw_bwd_dx_kernel", "pw_bwd_dw_kernel"}
     assert len(set(NAMES)) == len(NAMES)
     for e in AOT_KERNELS:
         assert set(e) >= {"name", "fn", "signature", "constexprs", "is_gemm"}

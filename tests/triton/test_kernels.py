@@ -222,21 +222,22 @@ def test_pw_fwd(dtype, M, C, act, spin):
     (5, (3, 3, 5, 16), "relu", True, True, None),
     (7, (1, 6, 5, 16), "gelu", True, False, None),
     (9, (1, 4, 5, 16), "gelu", False, True, None),
-    # GPU tilings: several tiles per persistent program (partials accumulated in place across tiles), several
-    # and partial channel blocks, partial row tiles, padded columns (W = 6 in 8), 32-wide rows at k = 9
+    # GPU tilings: several tiles per persistent program (partials accumulated across tiles), several and partial
+    # channel blocks, row tiles with halo rows from both neighbours, partial strips, 32-wide rows at k = 9
     (3, (2, 16, 16, 80), "gelu", True, True, "gpu"),
     (9, (1, 11, 32, 48), "gelu", False, True, "gpu"),
-    (5, (3, 7, 6, 40), "relu", True, True, dict(tile_h=2, block_c=16, programs=2)),
-    (7, (2, 3, 2, 16), "gelu", False, False, dict(tile_h=1, block_c=16, programs=3)),
-    # padded columns past W + k//2 (W = 5 in 8 at k = 3) read the next halo row: must stay out of dw
-    (3, (2, 4, 5, 16), "gelu", True, True, dict(tile_h=2, block_c=16, programs=2)),
+    (5, (3, 7, 6, 40), "relu", True, True, dict(tile_h=2, block_c=16, programs=2, strip=4)),
+    (7, (2, 3, 5, 16), "gelu", False, False, dict(tile_h=1, block_c=16, programs=3, strip=1)),
+    # strips past W (W = 5 in 2 strips of 4): the padded columns must stay out of dx, dw and the sums
+    (3, (2, 4, 5, 16), "gelu", True, True, dict(tile_h=2, block_c=16, programs=2, strip=4)),
+    (9, (2, 10, 9, 24), "relu", True, True, dict(tile_h=3, block_c=8, programs=5, strip=2)),
 ])
 def test_dw_bwd(dtype, k, shape, act, has_res, training, tiling):
     """dx, dhz, dweight, dbias and the previous-BN sums of dw_bwd vs autograd of the float64 layer."""
     B, H, W, C = shape
     if tiling == "gpu":
-        tile_h, _, block_c, _, _ = dwconv.dw_bwd_tiling(H, W, C, k, on_gpu=True)
-        tiling = dict(tile_h=tile_h, block_c=block_c, programs=2)
+        tile_h, strip, _, block_c, _ = dwconv.dw_fwd_tiling(H, W, C, k, on_gpu=True, batch=B, sms=132)
+        tiling = dict(tile_h=tile_h, block_c=block_c, programs=2, strip=strip)
     M = B * H * W
     hz, res = rnd(M, C, dtype=dtype), (rnd(M, C, dtype=dtype) if has_res else None)
     gin, bin_, min_, iin = vec(C), rnd(C), rnd(C, scale=0.1), vec(C)
