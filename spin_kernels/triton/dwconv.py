@@ -607,7 +607,7 @@ def dw_fwd_tiling(H, W, C, KS, on_gpu, tile_h=None, block_c=None, batch=None, sm
             raise ValueError(f"{name}: expected a power of 2, got {v}")
     if tile_h is not None and tile_h < 1:
         raise ValueError(f"tile_h: expected a positive number of rows, got {tile_h}")
-    strip = strip or DW_FWD_STRIP
+    strip = DW_FWD_STRIP if strip is None else strip
     strips = triton.next_power_of_2(triton.cdiv(W, strip))
     if block_c is None:
         block_c = max(DW_MIN_BLOCK_C, DW_FWD_THREADS // strips)
@@ -737,10 +737,11 @@ def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu
     fuse = KS <= DW_BWD_FUSED_MAX_K
     dq = torch.empty((M, C) if not fuse else (1,), device=du.device, dtype=torch.float32)
     # narrower strips for large k (spill-free)
-    dx_launch = _strip_launch(du, B, H, W, C, KS, tile_h, block_c,
-                              strip or (DW_BWD_STRIP_K9 if KS >= DW_BWD_DX_NARROW_FROM_K else DW_FWD_STRIP), programs)
-    wg_launch = _strip_launch(du, B, H, W, C, KS, tile_h, block_c,
-                              strip or (DW_BWD_STRIP_K9 if KS >= DW_WGRAD_NARROW_FROM_K else DW_FWD_STRIP), programs)
+    def narrow(from_k):
+        return strip if strip is not None else (DW_BWD_STRIP_K9 if KS >= from_k else DW_FWD_STRIP)
+
+    dx_launch = _strip_launch(du, B, H, W, C, KS, tile_h, block_c, narrow(DW_BWD_DX_NARROW_FROM_K), programs)
+    wg_launch = _strip_launch(du, B, H, W, C, KS, tile_h, block_c, narrow(DW_WGRAD_NARROW_FROM_K), programs)
     spart = torch.empty((2, dx_launch.grid[0], C), device=du.device, dtype=torch.float32)
     wpart = torch.empty(((dx_launch if fuse else wg_launch).grid[0], KS * KS + 1, C), device=du.device,
                         dtype=torch.float32)

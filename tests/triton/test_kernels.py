@@ -124,6 +124,20 @@ def test_dw_fwd_finalize_errors():
             dwconv.dw_fwd(hz, None, ax, bx, w, b, 1, 2, 4, finalize=fin(**kw), block_c=16)
 
 
+@pytest.mark.parametrize("kw,name", [(dict(strip=3), "strip"), (dict(strip=0), "strip"), (dict(block_c=24), "block_c"),
+                                     (dict(tile_h=0), "tile_h")])
+def test_dw_tiling_overrides_are_checked(kw, name):
+    """A tiling override the row-streaming kernels cannot take raises a ValueError naming it, forward and backward
+    (strips and channel blocks are tensor dimensions: powers of 2; a tile has at least one row)."""
+    C, B, H, W = 16, 1, 3, 4
+    hz, ax, bx = rnd(B * H * W, C), vec(C), rnd(C)
+    w, b = rnd(C, 1, 3, 3), rnd(C)
+    with pytest.raises(ValueError, match=name):
+        dwconv.dw_fwd(hz, None, ax, bx, w, b, B, H, W, **kw)
+    with pytest.raises(ValueError, match=name):
+        dwconv.dw_bwd(hz, hz, torch.zeros(6, C), w, hz, None, torch.zeros(4, C), B, H, W, **kw)
+
+
 def test_bn_finalize_split_outputs():
     """bn_finalize into separate statistics [3, C] and affine [2, C] buffers (where the fused run keeps them) gives
     the rows of the [5, C] result; wrong buffers raise naming the argument."""
