@@ -46,7 +46,8 @@ pw_bwd_dw_kernel (the shared-run weight gradient)
 
 Until the dz and u passes existed the backward GEMMs rebuilt them in their loops once per output tile (24× per
 element for pw_bwd_dx at C = 1536, 12× for pw_bwd_dw, twice more with complementary masks): 13.3x and 46.9x
-their floors (cost model, convmixer_1536_20 b64); now ~1.95x and 1.6x, plus ~1.0x for each pass.
+their floors (cost model, convmixer_1536_20 b64); now ~1.95x and 1.6x, plus ~1.0x for each pass; pw_bwd_dw's split
+chosen to fill its waves (``_common.split_for_waves``): 1.23x.
 """
 import torch
 import triton
@@ -57,7 +58,9 @@ from ._common import (
     act_fwd,
     bn_act_bwd_tile,
     load_x_tile,
+    new_output,
     sm_count,
+    split_for_waves,
     store_tile_stats,
     tile_coords,
 )
@@ -213,9 +216,10 @@ PW_DX_GPU_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
 ]
-# pw_bwd_dw: the run's rows are split over enough programs for this many per SM (fp32 partial dW per split,
-# summed by the host in a fixed order)
-WGRAD_PROGRAMS_PER_SM = 2
+# pw_bwd_dw: the run's rows are split in as many row ranges as fill the waves best against the fp32 partials
+# (split_for_waves; the partials are summed by the host in a fixed order). It was ~2 programs per SM: 15 slices
+# of 18 tiles at C = 768 are 270 programs, three waves with the last 5% busy (cost model, convmixer_768_32 b64:
+# 1.75x the floor).
 # a plain GEMM now (dz and u come from their own passes): 64×128×256 (cost model, convmixer_1536_20 b64: 1.60x
 # the floor; 16×128×128 4.38x; 128×128×256 would need 294 KiB of shared memory at 3 stages)
 PW_DW_GPU_CONFIG = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=256, num_warps=8, num_stages=3)
@@ -329,11 +333,14 @@ def pw_bwd_dw(dzrun, dzlast, urun, ulast, R, split=None):
                    BLOCK_K=max(16, min(32, triton.next_power_of_2(K))))
     n_prog = triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(K, cfg["BLOCK_K"])
     total = R * triton.cdiv(M, cfg["BLOCK_M"])
-    if split is None:  # about WGRAD_PROGRAMS_PER_SM programs per SM (the interpreter: 2 splits)
-        on_gpu = _on_gpu(ulast)
-        split = max(1, min(total, triton.cdiv(WGRAD_PROGRAMS_PER_SM * sm_count(ulast), n_prog) if on_gpu else 2))
-    dw = torch.empty((split, N, K), device=ulast.device, dtype=torch.float32)
-    db = torch.empty((split, N), device=ulast.device, dtype=torch.float32)
+    if split is None:  # waves filled against partials (split_for_waves; the interpreter: 2 splits)
+        split = split_for_waves(n_prog, total, cfg["BLOCK_M"], sm_count(ulast), total) \
+            if _on_gpu(ulast) else max(1, min(total, 2))
+    if split < 1:
+        raise ValueError(f"split: expected a positive number of row ranges, got {split}")
+    # every program stores its slice's partial, an empty slice zeros (poisoned on the CPU: a missed store shows)
+    dw = new_output((split, N, K), ulast.device, torch.float32)
+    db = new_output((split, N), ulast.device, torch.float32)
     pw_bwd_dw_kernel[(n_prog, split)](dzrun_ptr=dzrun, dzlast_ptr=dzlast, urun_ptr=urun, ulast_ptr=ulast, dw_ptr=dw,
                                       db_ptr=db, M=M, N=N, K=K, R=R, split=split, **cfg)
     return dw.sum(0), db.sum(0)

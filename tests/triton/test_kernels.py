@@ -231,6 +231,35 @@ def test_pw_fwd(dtype, M, C, act, spin):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R,M,N,K,split", [(1, 37, 48, 32, None), (3, 37, 48, 32, 1), (3, 37, 48, 32, 5),
+                                           (2, 33, 16, 80, 7)])
+def test_pw_bwd_dw_over_row_ranges(dtype, R, M, N, K, split):
+    """The shared-run weight gradient over the concatenated rows of R layers, in any number of row ranges
+    (split 7 at 2 layers of 2 row tiles: 3 empty ranges, whose partials must still be zeros)."""
+    dzrun, urun = rnd(max(R - 1, 1), M, N, dtype=dtype), rnd(max(R - 1, 1), M, K, dtype=dtype)
+    dzlast, ulast = rnd(M, N, dtype=dtype), rnd(M, K, dtype=dtype)
+    dw, db = pointwise.pw_bwd_dw(dzrun, dzlast, urun, ulast, R, split=split)
+    dz = torch.cat([*dzrun[:R - 1], dzlast]).double()
+    u = torch.cat([*urun[:R - 1], ulast]).double()
+    # fp32 partials of fp16 products, summed over R·M rows: the fp32 tolerance holds for both input dtypes
+    assert rel_err(dw, dz.t() @ u) <= TOL[torch.float32]
+    assert rel_err(db, dz.sum(0)) <= TOL[torch.float32]
+    with pytest.raises(ValueError, match="split"):
+        pointwise.pw_bwd_dw(dzrun, dzlast, urun, ulast, R, split=0)
+
+
+def test_split_for_waves():
+    """Split-K slices fill the waves against the partials' traffic (132 SMs, 64-row steps)."""
+    from spin_kernels.triton._common import split_for_waves
+    assert split_for_waves(72, 1024, 64, 132, 1024) == 7    # C = 1536 b64: 504 programs, 4 waves 95% full
+    assert split_for_waves(18, 1024, 64, 132, 1024) == 7    # C = 768 b64: one wave of 126 (was 15: 3 waves)
+    assert split_for_waves(18, 8, 64, 132, 8) == 2          # batch 1: partials cost more than idle SMs
+    assert split_for_waves(4096, 16, 64, 132, 16) == 1      # many tiles: the waves are full already
+    assert split_for_waves(72, 1024, 64, 0, 1024) == 1      # no SMs (CPU): no split
+    assert split_for_waves(72, 1024, 64, 132, 1) == 1       # capped
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,shape,act,has_res,training,tiling", [
     (3, (1, 5, 7, 32), "gelu", False, True, None),
     (5, (3, 3, 5, 16), "relu", True, True, None),
