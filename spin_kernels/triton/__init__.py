@@ -43,17 +43,19 @@ def _build(dtype="fp16"):
     out = []
     # the strip tiling of the depthwise kernels on 32-wide rows (4 strips of 8 columns × 32 channels)
     strip_tiling = dict(SW=dwconv.DW_FWD_STRIP, G=32 // dwconv.DW_FWD_STRIP,
-                        BLOCK_C=dwconv.DW_FWD_THREADS * dwconv.DW_FWD_STRIP // 32)
+                        BLOCK_C=dwconv.DW_FWD_THREADS * dwconv.DW_FWD_STRIP // 32, EVEN_C=True)
+    # row width and channels are built into the depthwise kernels: 32-wide rows, the target shapes' channels
+    dw_shape = {3: dict(W=32, C=768), 7: dict(W=32, C=768), 9: dict(W=32, C=1536)}
     dw_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, w_ptr=f32, bias_ptr=act, q_ptr=act, part_ptr=f32,
                     buf_ptr=act, count_ptr="*i32", gamma_ptr=act, beta_ptr=act, stat_ptr=f32, ab_ptr=f32)
-    for k, res in ((3, False), (9, True)):
+    for k, res in ((3, False), (7, True), (9, True)):
         out.append(_entry(f"dw_fwd_k{k}{'_res' if res else ''}", dwconv.dw_fwd_kernel, dw_types,
                           # the training forward's variant on 32-wide rows: statistics, BN finalized in the launch
                           dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, EMIT_STATS=True, FINALIZE=True,
-                               BLOCK_T=dwconv.DW_FWD_FINALIZE_BLOCK, **strip_tiling),
+                               BLOCK_T=dwconv.DW_FWD_FINALIZE_BLOCK, **strip_tiling, **dw_shape[k]),
                           dict(num_warps=4, num_stages=1), False,
-                          # as launched: aligned buffers, C and W multiples of 16
-                          div16=[*dw_types, "C", "W"]))
+                          # as launched: aligned buffers
+                          div16=dw_types))
     dx_types = dict(du_ptr=act, q_ptr=act, qvec_ptr=f32, w_ptr=f32, hz_ptr=act, res_ptr=act, xvec_ptr=f32,
                     dx_ptr=act, dhz_ptr=act, dq_ptr=f32, spart_ptr=f32, wpart_ptr=f32, buf_ptr=f32)
     wg_types = dict(dq_ptr=f32, hz_ptr=act, res_ptr=act, xvec_ptr=f32, wpart_ptr=f32, buf_ptr=f32)
@@ -61,17 +63,17 @@ def _build(dtype="fp16"):
         fuse = k <= dwconv.DW_BWD_FUSED_MAX_K
         # (k = 9: strips of DW_BWD_STRIP_K9 columns, as dw_bwd launches both kernels there)
         narrow = dict(SW=dwconv.DW_BWD_STRIP_K9, G=32 // dwconv.DW_BWD_STRIP_K9,
-                      BLOCK_C=dwconv.DW_FWD_THREADS * dwconv.DW_BWD_STRIP_K9 // 32)
+                      BLOCK_C=dwconv.DW_FWD_THREADS * dwconv.DW_BWD_STRIP_K9 // 32, EVEN_C=True)
         bwd_tiling = strip_tiling if k < dwconv.DW_WGRAD_NARROW_FROM_K else narrow
         out.append(_entry(f"dw_bwd_dx_k{k}{'_res' if res else ''}{'_fused' if fuse else ''}",
                           dwconv.dw_bwd_dx_kernel, dx_types,
                           dict(KS=k, ACT_IN=_ACT, ACT=_ACT, HAS_RES=res, WRITE_DX=True, WRITE_DHZ=True, FUSE_DW=fuse,
-                               **bwd_tiling),
-                          dict(num_warps=4, num_stages=1), False, div16=[*dx_types, "C", "W"]))
+                               **bwd_tiling, **dw_shape[k]),
+                          dict(num_warps=4, num_stages=1), False, div16=dx_types))
         if not fuse:
             out.append(_entry(f"dw_wgrad_k{k}_res", dwconv.dw_wgrad_kernel, wg_types,
-                              dict(KS=k, ACT_IN=_ACT, HAS_RES=True, **bwd_tiling),
-                              dict(num_warps=4, num_stages=1), False, div16=[*wg_types, "C", "W"]))
+                              dict(KS=k, ACT_IN=_ACT, HAS_RES=True, **dict(bwd_tiling, EVEN_C=False), **dw_shape[k]),
+                              dict(num_warps=4, num_stages=1), False, div16=wg_types))
     out.append(_entry("bn_finalize", bn.bn_finalize_kernel,
                       dict(part_ptr=f32, gamma_ptr=f32, beta_ptr=f32, stat_ptr=f32, ab_ptr=f32, rm_ptr=f32,
                            rv_ptr=f32),

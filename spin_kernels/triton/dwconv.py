@@ -28,10 +28,14 @@ dw_fwd_kernel
               L1; stats: 3·C·4 bytes per tile, read back once by the finalize.
     cost      (sm_90a SASS, bf16, `spin kernels-report --cost`): per row and thread KS²·SW FFMAs plus ~SW·(2
               activations + prologue + store) and the ring rotation (KS·SW moves). Issue-bound at k = 7 / 9
-              (the exact-erf GELU twice per element — the prologue's and the statistics' — is most of the rest),
+              (the GELU twice per element — the prologue's and the statistics' — is most of the rest),
               HBM-bound at k = 3. Before this design the k² taps each re-read a staged halo tile (a load and a
               conversion per tap and element): dw_fwd k = 9 at convmixer_1536_20 b64 went from 5.05x to 2.32x
-              its floor (eval 4.92x -> 1.77x), k = 7 at convmixer_768_32 5.03x -> 1.89x.
+              its floor (eval 4.92x -> 1.77x), k = 7 at convmixer_768_32 5.03x -> 1.89x. Then W and C became
+              constexprs (all three kernels; EVEN_C when the channel blocks tile C): strip addresses are
+              immediate offsets and the channel masks fold away — the k = 7 row loop 706 -> 620 instructions per
+              thread: k = 9 2.15x, k = 7 1.59x (eval 1.40x). (Strips of 16 columns would take k = 7 to 1.49x,
+              at 253-255 registers: fp16 GELU with residual and statistics spills.)
 
 dw_bwd_dx_kernel
     given du = dL/du (u = x + BN1(act(q))), rebuilds dq = act'(q)·(a1·du + c1 + c2·ghat) (BN1 backward with the
@@ -60,8 +64,8 @@ dw_wgrad_kernel
     bytes     reads dq (fp32), hz (+ res) once.
     cost      (sm_90a SASS, bf16, `spin kernels-report --cost`): the staged-halo kernel this pair replaced (one
               tap loop for dx, one for dw with a cross-position reduction per tap and tile) ran dw_bwd k = 9 at
-              convmixer_1536_20 b64 at 9.68x its floor; the pair is 1.89x / 1.94x of theirs, k = 7 1.00x / 1.34x,
-              k = 3 (fused) 1.00x.
+              convmixer_1536_20 b64 at 9.68x its floor; the pair ran at 1.84x / 2.04x of theirs, k = 7 1.14x /
+              1.32x, k = 3 (fused) 1.00x; with W, C built in: k = 9 1.65x / 1.92x, k = 7 1.00x / 1.18x.
 """
 from typing import NamedTuple
 
@@ -101,7 +105,16 @@ def finalize_block(part_ptr, n_part, C, pid_c, gamma_ptr, beta_ptr, eps, stat_pt
 
 
 @triton.jit
-def strip_layout(C, G: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr):
+def chan_mask(offs, C, EVEN_C: tl.constexpr):
+    """``offs < C``, or all true when EVEN_C (C a multiple of the channel block, known when the kernel is built):
+    then every mask, select and predicate on the channel folds away."""
+    if EVEN_C:
+        return offs == offs
+    return offs < C
+
+
+@triton.jit
+def strip_layout(C, G: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
     """The row-streaming kernels' program and thread layout: grid (persistent programs over tiles, channel
     blocks); one thread per (strip g, channel), so every [G, BLOCK_C] tensor is one register per thread; a thread's
     strip is columns g·SW .. g·SW + SW - 1 of its channel. Returns (pid, n_prog, pid_c, g_idx, lane_c, offs_c,
@@ -113,8 +126,8 @@ def strip_layout(C, G: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr):
     offs_c = pid_c * BLOCK_C + lane_c + 0 * g_idx
     col0 = g_idx * SW
     oc1 = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    return (tl.program_id(0), tl.num_programs(0), pid_c, g_idx, lane_c, offs_c, offs_c < C, col0, col0 * C + offs_c,
-            oc1)
+    return (tl.program_id(0), tl.num_programs(0), pid_c, g_idx, lane_c, offs_c, chan_mask(offs_c, C, EVEN_C), col0,
+            col0 * C + offs_c, oc1)
 
 
 @triton.jit
@@ -278,14 +291,15 @@ def emit_row(slot, h, img_row0, W, C, q_ptr, thread_off, col0, offs_c, cmask, bi
 @triton.jit
 def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_ptr, buf_ptr,
                   count_ptr, gamma_ptr, beta_ptr, eps, stat_ptr, ab_ptr,
-                  H, W, C, n_tiles, row_tiles, tile_h,
+                  H, W: tl.constexpr, C: tl.constexpr, n_tiles, row_tiles, tile_h,
                   KS: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
                   EMIT_STATS: tl.constexpr, FINALIZE: tl.constexpr, SW: tl.constexpr, G: tl.constexpr,
-                  BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+                  BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr, BLOCK_T: tl.constexpr):
     P: tl.constexpr = KS // 2
-    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C)
-    ax = tl.load(ax_ptr + oc1, mask=oc1 < C, other=0.0)
-    bx = tl.load(bx_ptr + oc1, mask=oc1 < C, other=0.0)
+    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C, EVEN_C)
+    m1 = chan_mask(oc1, C, EVEN_C)
+    ax = tl.load(ax_ptr + oc1, mask=m1, other=0.0)
+    bx = tl.load(bx_ptr + oc1, mask=m1, other=0.0)
     bias = tl.load(bias_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
     zero = tl.zeros([G, BLOCK_C], dtype=tl.float32)
     zero_strip = zero_strip_of(zero, SW)
@@ -343,7 +357,7 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
             mean_b = sum_strips(n_s * mean_s) / tl.maximum(n_b, 1.0)
             d = mean_s - mean_b[None, :]
             m2_b = sum_strips(m2_s + n_s * d * d)
-            store_stats(part_ptr, t, n_tiles, oc1, oc1 < C, C, n_b, mean_b, m2_b)
+            store_stats(part_ptr, t, n_tiles, oc1, m1, C, n_b, mean_b, m2_b)
         tl.debug_barrier()  # the next tile's first row may reuse this tile's last staged row: all reads done
     if FINALIZE:
         # the last program of this channel block to finish merges every tile's partial (bn_finalize in the same
@@ -360,13 +374,13 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
 
 @triton.jit
 def dw_bwd_dx_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr, dx_ptr, dhz_ptr, dq_ptr, spart_ptr,
-                     wpart_ptr, buf_ptr, H, W, C, n_tiles, row_tiles, tile_h,
+                     wpart_ptr, buf_ptr, H, W: tl.constexpr, C: tl.constexpr, n_tiles, row_tiles, tile_h,
                      KS: tl.constexpr, ACT_IN: tl.constexpr, ACT: tl.constexpr, HAS_RES: tl.constexpr,
                      WRITE_DX: tl.constexpr, WRITE_DHZ: tl.constexpr, FUSE_DW: tl.constexpr, SW: tl.constexpr,
-                     G: tl.constexpr, BLOCK_C: tl.constexpr):
+                     G: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
     P: tl.constexpr = KS // 2
-    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C)
-    m1 = oc1 < C
+    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C, EVEN_C)
+    m1 = chan_mask(oc1, C, EVEN_C)
     zero = tl.zeros([G, BLOCK_C], dtype=tl.float32)
     zero_strip = zero_strip_of(zero, SW)
     wts = load_taps(w_ptr, offs_c, cmask, C, KS)      # flipped by the host: dx is a correlation with them
@@ -420,7 +434,7 @@ def dw_bwd_dx_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr, 
             h = r - P
             if (h >= h0) & (h < h1):
                 s1, s2, xs = emit_dx_row(new_ring[0], img_row0 + h, W, C, hz_ptr, res_ptr, xvec_ptr, dx_ptr,
-                                         dhz_ptr, thread_off, col0, cmask, oc1, s1, s2, ACT_IN, HAS_RES, WRITE_DX,
+                                         dhz_ptr, thread_off, col0, cmask, oc1, m1, s1, s2, ACT_IN, HAS_RES, WRITE_DX,
                                          WRITE_DHZ, FUSE_DW, SW)
                 if FUSE_DW:
                     dw_acc, db = dw_pairs(dw_acc, db, xs, dq_ring, KS, SW)
@@ -431,7 +445,7 @@ def dw_bwd_dx_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr, 
                 dq_ring = dq_ring[1:] + (zero_halo,)   # the rows past the image: zero
             if (h >= h0) & (h < h1):
                 s1, s2, xs = emit_dx_row(ring[m], img_row0 + h, W, C, hz_ptr, res_ptr, xvec_ptr, dx_ptr,
-                                         dhz_ptr, thread_off, col0, cmask, oc1, s1, s2, ACT_IN, HAS_RES, WRITE_DX,
+                                         dhz_ptr, thread_off, col0, cmask, oc1, m1, s1, s2, ACT_IN, HAS_RES, WRITE_DX,
                                          WRITE_DHZ, FUSE_DW, SW)
                 if FUSE_DW:
                     dw_acc, db = dw_pairs(dw_acc, db, xs, dq_ring, KS, SW)
@@ -470,14 +484,13 @@ def store_wgrad_partial(wpart_ptr, pid, dw_acc, db, oc1, m1, C, KS: tl.constexpr
 
 
 @triton.jit
-def emit_dx_row(acc, row, W, C, hz_ptr, res_ptr, xvec_ptr, dx_ptr, dhz_ptr, thread_off, col0, cmask, oc1, s1, s2,
+def emit_dx_row(acc, row, W, C, hz_ptr, res_ptr, xvec_ptr, dx_ptr, dhz_ptr, thread_off, col0, cmask, oc1, m1, s1, s2,
                 ACT_IN: tl.constexpr, HAS_RES: tl.constexpr, WRITE_DX: tl.constexpr,
                 WRITE_DHZ: tl.constexpr, WITH_X: tl.constexpr, SW: tl.constexpr):
     """Finish batch row ``row`` of the thread's strip: dx = ``acc`` (du is already in it; stored when WRITE_DX),
     dhz = act_in'(hz)·ax·dx (WRITE_DHZ); returns the running sums s1 += dx, s2 += dx·xhat_in (the previous BN's
     backward) and, WITH_X, the row's x as the forward rebuilt it (rounded to the activations' dtype; else an empty
     tuple)."""
-    m1 = oc1 < C
     ax = tl.load(xvec_ptr + oc1, mask=m1, other=0.0)
     mean_in = tl.load(xvec_ptr + 2 * C + oc1, mask=m1, other=0.0)
     invstd_in = tl.load(xvec_ptr + 3 * C + oc1, mask=m1, other=0.0)
@@ -510,12 +523,12 @@ def emit_dx_row(acc, row, W, C, hz_ptr, res_ptr, xvec_ptr, dx_ptr, dhz_ptr, thre
 
 
 @triton.jit
-def dw_wgrad_kernel(dq_ptr, hz_ptr, res_ptr, xvec_ptr, wpart_ptr, buf_ptr, H, W, C, n_tiles, row_tiles, tile_h,
-                    KS: tl.constexpr, ACT_IN: tl.constexpr, HAS_RES: tl.constexpr, SW: tl.constexpr,
-                    G: tl.constexpr, BLOCK_C: tl.constexpr):
+def dw_wgrad_kernel(dq_ptr, hz_ptr, res_ptr, xvec_ptr, wpart_ptr, buf_ptr, H, W: tl.constexpr, C: tl.constexpr,
+                    n_tiles, row_tiles, tile_h, KS: tl.constexpr, ACT_IN: tl.constexpr, HAS_RES: tl.constexpr,
+                    SW: tl.constexpr, G: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
     P: tl.constexpr = KS // 2
-    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C)
-    m1 = oc1 < C
+    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C, EVEN_C)
+    m1 = chan_mask(oc1, C, EVEN_C)
     ax = tl.load(xvec_ptr + oc1, mask=m1, other=0.0)
     bx = tl.load(xvec_ptr + C + oc1, mask=m1, other=0.0)
     zero = tl.zeros([G, BLOCK_C], dtype=tl.float32)
@@ -643,7 +656,8 @@ def _strip_launch(t, B, H, W, C, KS, tile_h, block_c, strip, programs) -> StripL
     n_tiles = B * row_tiles
     n_cblk = triton.cdiv(C, block_c)
     programs = max(1, min(programs or n_tiles, n_tiles))
-    args = dict(n_tiles=n_tiles, row_tiles=row_tiles, tile_h=tile_h, SW=strip, G=strips, BLOCK_C=block_c)
+    args = dict(n_tiles=n_tiles, row_tiles=row_tiles, tile_h=tile_h, SW=strip, G=strips, BLOCK_C=block_c,
+                EVEN_C=C % block_c == 0)
     if t.is_cuda:
         args.update(num_warps=num_warps, num_stages=1)
     return StripLaunch((programs, n_cblk), args, n_cblk * programs * 2 * (strips * strip + KS - 1) * block_c,
@@ -756,7 +770,9 @@ def dw_bwd(du, q, qvec, weight, hz, res, xvec, B, H, W, act_in="gelu", act="gelu
         dw_wgrad_kernel[wg_launch.grid](
             dq_ptr=dq, hz_ptr=hz, res_ptr=res if res is not None else hz, xvec_ptr=xvec, wpart_ptr=wpart,
             buf_ptr=wg_launch.row_buffers(torch.float32), H=H, W=W, C=C, KS=KS, ACT_IN=ACT_CODES[act_in],
-            HAS_RES=res is not None, **wg_launch.args)
+            # (EVEN_C off: it saves this kernel ~3 of ~565 instructions per row, and with it ptxas spills 340 bytes
+            # in fp16 at k = 9)
+            HAS_RES=res is not None, **dict(wg_launch.args, EVEN_C=False))
     # one fixed-order reduction over the programs (deterministic); tap-major rows back to [C, KS, KS]
     wsum = wpart.sum(0)
     return dx, dhz, wsum[:KS * KS].t().contiguous().reshape(C, KS, KS), wsum[KS * KS], spart
