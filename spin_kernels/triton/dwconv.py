@@ -34,8 +34,9 @@ dw_fwd_kernel
               its floor (eval 4.92x -> 1.77x), k = 7 at convmixer_768_32 5.03x -> 1.89x. Then W and C became
               constexprs (all three kernels; EVEN_C when the channel blocks tile C): strip addresses are
               immediate offsets and the channel masks fold away — the k = 7 row loop 706 -> 620 instructions per
-              thread: k = 9 2.15x, k = 7 1.59x (eval 1.40x). (Strips of 16 columns would take k = 7 to 1.49x,
-              at 253-255 registers: fp16 GELU with residual and statistics spills.)
+              thread — and the GELU's Φ came from ``_common.gauss_cdf`` instead of libdevice's erf (~21 instead
+              of ~40 instructions): k = 9 1.81x (eval 1.48x), k = 7 1.59x (eval 1.40x). (Strips of 16 columns
+              would take k = 7 to 1.49x, at 253-255 registers: fp16 GELU with residual and statistics spills.)
 
 dw_bwd_dx_kernel
     given du = dL/du (u = x + BN1(act(q))), rebuilds dq = act'(q)·(a1·du + c1 + c2·ghat) (BN1 backward with the
@@ -65,7 +66,8 @@ dw_wgrad_kernel
     cost      (sm_90a SASS, bf16, `spin kernels-report --cost`): the staged-halo kernel this pair replaced (one
               tap loop for dx, one for dw with a cross-position reduction per tap and tile) ran dw_bwd k = 9 at
               convmixer_1536_20 b64 at 9.68x its floor; the pair ran at 1.84x / 2.04x of theirs, k = 7 1.14x /
-              1.32x, k = 3 (fused) 1.00x; with W, C built in: k = 9 1.65x / 1.92x, k = 7 1.00x / 1.18x.
+              1.32x, k = 3 (fused) 1.00x; with W, C built in and ``gauss_cdf``: k = 9 1.39x / 1.79x, k = 7 1.00x /
+              1.18x.
 """
 from typing import NamedTuple
 
