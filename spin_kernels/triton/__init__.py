@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import attention, bn, dwconv, layernorm, pointwise, vit_gemm
 
-_ACT = 1  # GELU: the heavier activation (erf in every prologue) bounds register use
+_ACT = 1  # GELU: the heavier activation (Φ in every prologue) bounds register use
 
 
 def _signature(fn, types: dict, constexprs: dict) -> dict:

@@ -4,6 +4,7 @@ backward, BatchNorm partial statistics and their merge, tile ordering, and the N
 Activation codes (constexpr ``ACT``): 0 identity, 1 GELU (the exact, erf form x·Φ(x), with Φ from
 :func:`gauss_cdf`), 2 ReLU. Everything here works on fp32 register tiles.
 """
+import functools
 import os
 
 import torch
@@ -35,27 +36,34 @@ def sm_count(t: torch.Tensor) -> int:
 SM_FLOPS_PER_HBM_BYTE = 2.2
 
 
+@functools.lru_cache(maxsize=256)  # called per backward with the same shapes: the search runs once per shape
 def split_for_waves(tiles: int, steps: int, block_k: int, sms: int, max_split: int) -> int:
     """Slices of a split-K GEMM (``tiles`` output tiles, a reduction of ``steps`` steps of ``block_k``) on ``sms``
     SMs: the split minimising the busiest SM's work, ceil(tiles·s / sms)·ceil(steps / s) K steps, plus the fp32
     partials each slice adds (4 bytes per output element written and read back once: tiles·4·s·
-    SM_FLOPS_PER_HBM_BYTE / block_k K steps). Ties go to the smaller split; at most ``max_split``.
+    SM_FLOPS_PER_HBM_BYTE / block_k K steps). Ties go to the smaller split; at most ``max_split``, and at most 8
+    programs per SM (past that a last wave idles under 1/8 of the work, whatever the split).
 
     Why: a wave that is not full costs as much as a full one — 72 tiles in 4 slices are 288 programs, three waves
     of 132 of which the last is 18% busy (the tensor bound 1.37x the floor); 7 slices fill 4 waves to 95%."""
     if sms <= 0 or max_split <= 1 or tiles <= 0:
         return 1
     partial_steps = tiles * 4 * SM_FLOPS_PER_HBM_BYTE / block_k
-
-    def cost(s):
-        return -(-tiles * s // sms) * -(-steps // s) + s * partial_steps
-
-    return min(range(1, max_split + 1), key=lambda s: (cost(s), s))
+    max_split = min(max_split, -(-8 * sms // tiles))
+    best, best_cost = 1, float("inf")
+    for s in range(1, max_split + 1):
+        if s * partial_steps >= best_cost:  # the partials alone cost more from here on: O(best), not O(max_split)
+            break
+        cost = -(-tiles * s // sms) * -(-steps // s) + s * partial_steps
+        if cost < best_cost:
+            best, best_cost = s, cost
+    return best
 
 
 # compiled kernels divide with libdevice's fast_dividef (MUFU.RCP without the IEEE division's range fix-ups: 7
-# instructions fewer); the interpreter has no libdevice, and its plain division is exact
-_COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+# instructions fewer); the interpreter has no libdevice, and its plain division is exact. Triton's own switch
+# (it also takes TRITON_INTERPRET=true / on / yes), read once at import as triton.jit itself does.
+_COMPILED = tl.constexpr(not triton.knobs.runtime.interpret)
 
 
 @triton.jit

@@ -336,8 +336,8 @@ def pw_bwd_dw(dzrun, dzlast, urun, ulast, R, split=None):
     if split is None:  # waves filled against partials (split_for_waves; the interpreter: 2 splits)
         split = split_for_waves(n_prog, total, cfg["BLOCK_M"], sm_count(ulast), total) \
             if _on_gpu(ulast) else max(1, min(total, 2))
-    if split < 1:
-        raise ValueError(f"split: expected a positive number of row ranges, got {split}")
+    if not 1 <= split <= 65535:  # (grid axis 1: CUDA's limit)
+        raise ValueError(f"split: expected 1 to 65535 row ranges, got {split}")
     # every program stores its slice's partial, an empty slice zeros (poisoned on the CPU: a missed store shows)
     dw = new_output((split, N, K), ulast.device, torch.float32)
     db = new_output((split, N), ulast.device, torch.float32)

@@ -244,8 +244,9 @@ def test_pw_bwd_dw_over_row_ranges(dtype, R, M, N, K, split):
     # fp32 partials of fp16 products, summed over R·M rows: the fp32 tolerance holds for both input dtypes
     assert rel_err(dw, dz.t() @ u) <= TOL[torch.float32]
     assert rel_err(db, dz.sum(0)) <= TOL[torch.float32]
-    with pytest.raises(ValueError, match="split"):
-        pointwise.pw_bwd_dw(dzrun, dzlast, urun, ulast, R, split=0)
+    for bad in (0, 65536):
+        with pytest.raises(ValueError, match="split"):
+            pointwise.pw_bwd_dw(dzrun, dzlast, urun, ulast, R, split=bad)
 
 
 def test_split_for_waves():
