@@ -77,11 +77,13 @@ def _build(dtype="fp16"):
     out.append(_entry("bn_finalize", bn.bn_finalize_kernel,
                       dict(part_ptr=f32, gamma_ptr=f32, beta_ptr=f32, stat_ptr=f32, ab_ptr=f32, rm_ptr=f32,
                            rv_ptr=f32),
-                      dict(UPDATE_RUNNING=True, BLOCK_T=32, BLOCK_C=128), dict(num_warps=4, num_stages=1), False))
+                      dict(UPDATE_RUNNING=True, BLOCK_T=bn.BN_BLOCK_ROWS, BLOCK_C=bn.BN_BLOCK_C),
+                      dict(num_warps=4, num_stages=1), False))
     out.append(_entry("bn_bwd_vectors", bn.bn_bwd_vectors_kernel,
                       dict(part_ptr=f32, gamma_ptr=act, mean_ptr=f32, invstd_ptr=f32, sums_ptr=f32, vec_ptr=f32,
                            gw_ptr=act, gb_ptr=act),
-                      dict(TRAINING=True, WRITE_VEC=True, WRITE_GRADS=True, BLOCK_P=64, BLOCK_C=32),
+                      dict(TRAINING=True, WRITE_VEC=True, WRITE_GRADS=True, BLOCK_P=bn.BN_BLOCK_ROWS,
+                           BLOCK_C=bn.BN_BLOCK_C),
                       dict(num_warps=4, num_stages=1), False))
     in_types = dict(hz_ptr=act, res_ptr=act, ax_ptr=f32, bx_ptr=f32, q_ptr=act, a1_ptr=f32, b1_ptr=f32, u_ptr=act)
     for spin in (False, True):

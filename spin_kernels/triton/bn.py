@@ -4,9 +4,10 @@ bn_finalize_kernel
     computes  from partials [3, T, C] (count, mean, M2 of each producer tile) the batch mean and biased variance
               by Chan's parallel merge (never sum / sum-of-squares), invstd = 1/sqrt(var + eps), the affine
               a = gamma·invstd, b = beta - mean·a that the consumer applies on load, and (UPDATE_RUNNING) the
-              running statistics exactly as nn.BatchNorm2d: rm ← (1-m)·rm + m·mean, rv ← (1-m)·rv + m·var·n/(n-1).
-    tiling    one program per BLOCK_C channels; the T tiles are merged BLOCK_T at a time in a fixed order, so the
-              result is deterministic (no atomics). The merge and the affine (_common.merge_partials,
+              running statistics exactly as nn.BatchNorm2d: rm ← (1-m)·rm + m·mean,
+              rv ← (1-m)·rv + m·var·n/(n-1).
+    tiling    one program per BLOCK_C (16) channels; the T tiles are merged BLOCK_T (256) at a time in a fixed
+              order, so the result is deterministic (no atomics). The merge and the affine (_common.merge_partials,
               store_bn_affine) also run inside dw_fwd_kernel (FINALIZE), where the BN after the depthwise conv is
               finalized without a launch of its own; the statistics (mean, var, invstd) and the affine (a, b) go
               to two buffers, so the fused run writes them where it keeps them.
@@ -18,7 +19,7 @@ bn_bwd_vectors_kernel
               the parameter gradients dbeta = s1, dgamma = s2 (in the parameters' dtype) and the 6 per-channel
               vectors of _common.bn_act_bwd that the next backward kernel applies on load:
               (a, 0, -a·s1/n, -a·s2/n, mean, invstd) with a = gamma·invstd (the two middle ones 0 in eval).
-    tiling    one program per BLOCK_C (32) channels, the P partials summed BLOCK_P at a time in a fixed order.
+    tiling    one program per BLOCK_C (16) channels, the P partials summed BLOCK_P (256) at a time in a fixed order.
     bytes     2·P·C·4 read, ≤ 10·C·4 written. One launch instead of ~20 small PyTorch ops per BN.
 """
 import torch
@@ -26,6 +27,10 @@ import triton
 import triton.language as tl
 
 from ._common import merge_partials, store_bn_affine
+
+# both kernels: channels per program, partial rows merged per step
+BN_BLOCK_C = 16
+BN_BLOCK_ROWS = 256
 
 
 @triton.jit
@@ -102,9 +107,10 @@ def bn_bwd_vectors(part, gamma=None, mean=None, invstd=None, count=1, training=T
         raise ValueError("vec_out: the BN vectors need gamma, mean and invstd")
     if write_grads != (grad_b is not None):
         raise ValueError("grad_w, grad_b: give both parameter gradients or neither")
-    # narrow channel blocks: more programs share the P-long reduction (a GEMM's row tiles: P up to ~512)
-    block_c = min(32, triton.next_power_of_2(C))
-    block_p = max(1, min(64, triton.next_power_of_2(P)))
+    # narrow channel blocks, long partial blocks (as bn_finalize): more programs, a shorter serial chain over the
+    # P partials (a GEMM's row tiles: P up to ~512; convmixer_768_32 b64: 2.9 -> 1.1 us; was 32 × 64)
+    block_c = min(BN_BLOCK_C, triton.next_power_of_2(C))
+    block_p = max(1, min(BN_BLOCK_ROWS, triton.next_power_of_2(P)))
     bn_bwd_vectors_kernel[(triton.cdiv(C, block_c),)](
         part, P, C, gamma if write_vec else sums, mean if write_vec else sums, invstd if write_vec else sums,
         1.0 / count, sums, vec_out if write_vec else sums, grad_w if write_grads else sums,
@@ -128,8 +134,11 @@ def bn_finalize(part, gamma, beta, eps, running_mean=None, running_var=None, mom
     _check_stat_buffer("out", out, rows, C)
     if affine_out is not None:
         _check_stat_buffer("affine_out", affine_out, 2, C)
-    block_c = min(128, triton.next_power_of_2(C))
-    block_t = max(1, min(32, triton.next_power_of_2(T), 4096 // block_c))
+    # narrow channel blocks, long tile blocks: the merge is a serial chain of T / BLOCK_T dependent loads, and few
+    # programs; 16 × 256 (3 · 4096 values: 96 per thread) is one or two links at T = 512 (cost model,
+    # convmixer_768_32 b64: 7.3 -> 1.6 us, 4.6x -> 1.0x its floor; was 128 × 32)
+    block_c = min(BN_BLOCK_C, triton.next_power_of_2(C))
+    block_t = max(1, min(BN_BLOCK_ROWS, triton.next_power_of_2(T)))
     update = running_mean is not None
     bn_finalize_kernel[(triton.cdiv(C, block_c),)](
         part, T, C, gamma, beta, float(eps), out, out[3] if affine_out is None else affine_out,

@@ -154,10 +154,12 @@ def test_bn_finalize_split_outputs():
         bn.bn_finalize(part, gamma, beta, 1e-5, out=st, affine_out=torch.empty(2, C).t().contiguous().t())
 
 
-@pytest.mark.parametrize("momentum", [0.1, 0.3])
-def test_bn_finalize_running_stats(momentum):
-    """Chan merge over uneven tiles + running-stat update exactly as nn.BatchNorm2d."""
-    C, sizes = 24, [7, 1, 30, 13, 2]
+@pytest.mark.parametrize("momentum,sizes", [(0.1, [7, 1, 30, 13, 2]), (0.3, [7, 1, 30, 13, 2]),
+                                            (0.1, [1 + (5 * i) % 7 for i in range(300)])])
+def test_bn_finalize_running_stats(momentum, sizes):
+    """Chan merge over uneven tiles (300 of them: two blocks of BN_BLOCK_ROWS, the second partial) + running-stat
+    update exactly as nn.BatchNorm2d."""
+    C = 24
     h = torch.randn(sum(sizes), C, device=DEVICE, dtype=torch.float64) * 3 + 5  # offset: tests cancellation
     chunks = torch.split(h, sizes)
     part = torch.stack([torch.stack([torch.full((C,), float(c.shape[0]), dtype=torch.float64) for c in chunks]),
@@ -181,7 +183,7 @@ def test_bn_finalize_running_stats(momentum):
 
 
 @pytest.mark.parametrize("param_dtype", DTYPES)
-@pytest.mark.parametrize("P,C,training", [(37, 45, True), (1, 16, False), (70, 130, True)])
+@pytest.mark.parametrize("P,C,training", [(37, 45, True), (1, 16, False), (70, 130, True), (300, 20, True)])
 def test_bn_bwd_vectors(param_dtype, P, C, training):
     """The backward glue of a BN: sums of the partials, parameter gradients in their dtype and the bn_act_bwd
     vectors (a, 0, -a·s1/n, -a·s2/n, mean, invstd) against float64; every output poisoned first."""
