@@ -120,8 +120,8 @@ def strip_layout(C, G: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr, EV
     """The row-streaming kernels' program and thread layout: grid (persistent programs over tiles, channel
     blocks); one thread per (strip g, channel), so every [G, BLOCK_C] tensor is one register per thread; a thread's
     strip is columns g·SW .. g·SW + SW - 1 of its channel. Returns (pid, n_prog, pid_c, g_idx, lane_c, offs_c,
-    cmask, col0, thread_off, oc1): element (row, col0 + u) of the thread is at row·W·C + thread_off + u·C; oc1 is
-    the channel block as a vector."""
+    cmask, col0, thread_off, oc1, m1): element (row, col0 + u) of the thread is at row·W·C + thread_off + u·C; oc1
+    is the channel block as a vector, m1 its mask."""
     pid_c = tl.program_id(1)
     g_idx = tl.arange(0, G)[:, None]
     lane_c = tl.arange(0, BLOCK_C)[None, :]
@@ -129,7 +129,7 @@ def strip_layout(C, G: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr, EV
     col0 = g_idx * SW
     oc1 = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     return (tl.program_id(0), tl.num_programs(0), pid_c, g_idx, lane_c, offs_c, chan_mask(offs_c, C, EVEN_C), col0,
-            col0 * C + offs_c, oc1)
+            col0 * C + offs_c, oc1, chan_mask(oc1, C, EVEN_C))
 
 
 @triton.jit
@@ -298,8 +298,8 @@ def dw_fwd_kernel(hz_ptr, res_ptr, ax_ptr, bx_ptr, w_ptr, bias_ptr, q_ptr, part_
                   EMIT_STATS: tl.constexpr, FINALIZE: tl.constexpr, SW: tl.constexpr, G: tl.constexpr,
                   BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr, BLOCK_T: tl.constexpr):
     P: tl.constexpr = KS // 2
-    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C, EVEN_C)
-    m1 = chan_mask(oc1, C, EVEN_C)
+    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1, m1 = strip_layout(C, G, SW, BLOCK_C,
+                                                                                               EVEN_C)
     ax = tl.load(ax_ptr + oc1, mask=m1, other=0.0)
     bx = tl.load(bx_ptr + oc1, mask=m1, other=0.0)
     bias = tl.load(bias_ptr + offs_c, mask=cmask, other=0.0).to(tl.float32)
@@ -381,8 +381,8 @@ def dw_bwd_dx_kernel(du_ptr, q_ptr, qvec_ptr, w_ptr, hz_ptr, res_ptr, xvec_ptr, 
                      WRITE_DX: tl.constexpr, WRITE_DHZ: tl.constexpr, FUSE_DW: tl.constexpr, SW: tl.constexpr,
                      G: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
     P: tl.constexpr = KS // 2
-    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C, EVEN_C)
-    m1 = chan_mask(oc1, C, EVEN_C)
+    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1, m1 = strip_layout(C, G, SW, BLOCK_C,
+                                                                                               EVEN_C)
     zero = tl.zeros([G, BLOCK_C], dtype=tl.float32)
     zero_strip = zero_strip_of(zero, SW)
     wts = load_taps(w_ptr, offs_c, cmask, C, KS)      # flipped by the host: dx is a correlation with them
@@ -529,8 +529,8 @@ def dw_wgrad_kernel(dq_ptr, hz_ptr, res_ptr, xvec_ptr, wpart_ptr, buf_ptr, H, W:
                     n_tiles, row_tiles, tile_h, KS: tl.constexpr, ACT_IN: tl.constexpr, HAS_RES: tl.constexpr,
                     SW: tl.constexpr, G: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
     P: tl.constexpr = KS // 2
-    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1 = strip_layout(C, G, SW, BLOCK_C, EVEN_C)
-    m1 = chan_mask(oc1, C, EVEN_C)
+    pid, n_prog, pid_c, g_idx, lane_c, offs_c, cmask, col0, thread_off, oc1, m1 = strip_layout(C, G, SW, BLOCK_C,
+                                                                                               EVEN_C)
     ax = tl.load(xvec_ptr + oc1, mask=m1, other=0.0)
     bx = tl.load(xvec_ptr + C + oc1, mask=m1, other=0.0)
     zero = tl.zeros([G, BLOCK_C], dtype=tl.float32)
