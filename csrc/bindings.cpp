@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
 
+#include <cstdint>
 #include <optional>
 
 #include "depthwise_conv.h"
@@ -242,7 +243,8 @@ class SharedRunLaunch {
     TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(1) == C_ && dw_weight.size(2) == dw_weight.size(3),
                 "dw_weight: expected [L, C, k, k], got ", dw_weight.sizes());
     const int64_t L = dw_weight.size(0), k = dw_weight.size(3);
-    TORCH_CHECK(k % 2 == 1 && k <= 9, "dw_weight: kernel size must be odd and at most 9, got ", k);
+    TORCH_CHECK(k % 2 == 1 && k <= spin::kMaxKernelSize, "dw_weight: kernel size must be odd and at most ",
+                spin::kMaxKernelSize, ", got ", k);
     TORCH_CHECK(act == 1 || act == 2, "act: expected 1 (relu) or 2 (gelu), got ", act);
     int64_t layers = 0;
     args_.run_start[0] = 0;
@@ -256,7 +258,10 @@ class SharedRunLaunch {
                   device_, ", got ", w.scalar_type(), " on ", w.device());
       TORCH_CHECK(w.numel() == C_ * C_, "w[", r, "]: expected the [C, C] pointwise weight with C = ", C_, ", got ",
                   w.sizes());
-      keep_.push_back(w.reshape({C_, C_}).contiguous());
+      at::Tensor wc = w.reshape({C_, C_}).contiguous();
+      // the kernel copies W in 16-byte vectors: a view whose data starts off a 16-byte boundary gets its own copy
+      if (reinterpret_cast<std::uintptr_t>(wc.data_ptr()) % 16 != 0) wc = wc.clone();
+      keep_.push_back(wc);
       args_.w[r] = keep_.back().data_ptr();
       keep_.push_back(channel_vector(w_biases[r], like, "w_bias"));
       args_.w_bias[r] = keep_.back().data_ptr<float>();

@@ -21,6 +21,9 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
   return __float2bfloat16_rn(v);
 }
 
+// v clamped into [0, hi] (an in-bounds index for a load whose value a mask then discards).
+__device__ __forceinline__ int clamp_index(int v, int hi) { return v < 0 ? 0 : (v > hi ? hi : v); }
+
 // act: 0 = identity, 1 = ReLU, 2 = GELU (erf form, as nn.GELU()).
 __device__ __forceinline__ float activate(float z, int act) {
   if (act == 1) return fmaxf(z, 0.f);

@@ -13,7 +13,13 @@
 // warps of a CTA split each tile's K (split-K, partials reduced through 12 KiB of shared memory) and compute
 // 16 rows x 64 channels with mma.sync m16n8k16 (fp32 accumulate), A fragments loaded from u (L2-resident at
 // small batch), B fragments from the resident slice. The depthwise half is a grid-stride loop over (row,
-// channel) of all CTAs, fp32 arithmetic, reading x's k x k neighbourhood from L2 and tap-major filters.
+// channel) of all CTAs, fp32 arithmetic, reading x's k x k neighbourhood from L2 and tap-major filters; one
+// instance per kernel size, so the taps unroll.
+//
+// Latency (batch 1 is a chain of dependent round trips, not bandwidth): the W slice is copied 16 bytes at a time
+// with 16 loads in flight per thread; a pixel's taps load together; each warp's A fragments for a row tile load
+// in one group at C = 768 and the epilogue's per-channel vectors once per layer. What remains per layer is two
+// grid.sync()s and a few L2 round trips (spin kernels-report --cost prints the critical path).
 //
 // Bytes per layer: x read ~once (+halo hits in L2), u written once and read twice (pointwise A operand, SPIN
 // residual), x written once; W only at launch; per-layer vectors 6 x C x 4 B and filters C x k^2 x 4 B.
@@ -35,8 +41,10 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowPad = 8;  // elements of padding per resident row: staggers banks across rows
-constexpr int kKSteps = 4;  // k-steps (of 16) whose A fragments are loaded together
-static_assert(kSliceN % (16 * kKSteps) == 0, "C % kSliceN == 0 must imply C % (16 * kKSteps) == 0");
+// k-steps (of 16) whose A fragments are loaded together: each warp's whole K quarter at C = 768 (one dependent
+// round trip per row tile), two groups up to C = 1536; a partial last group is masked off (`in` below)
+constexpr int kKSteps = 12;
+constexpr int kWLoadBatch = 16;  // 16-byte W vectors each thread has in flight while loading its slice
 
 // D += A B on tensor cores for one warp's m16n8k16 tile (fp32 accumulators; fragment layout in emulation.h).
 // The PTX element type of each storage type; one asm body below serves both.
@@ -80,11 +88,19 @@ __device__ __forceinline__ void load2(const T* p, float& lo, float& hi) {
 
 // u = x + s1 * act(dwconv(x) + dwb) + t1 over all (pixel, channel pair) of the activation, grid-stride: each
 // thread owns two adjacent channels (32-bit activation loads, 64-bit filter loads; a warp covers 64 channels).
-template <typename T>
+// KS, the kernel size, is a template argument: the k x k taps unroll (in groups of kRows tap rows), so a pixel's
+// neighbourhood loads (predicated off outside the image) are independent and issue together — a few dependent
+// round trips per pixel instead of one per tap row and kx step (the layer's latency at batch 1 is these chains).
+template <typename T, int KS>
 __device__ void depthwise_half(const SharedRunArgs& p, int layer) {
+  constexpr int r = KS / 2, kk = KS * KS;
+  // tap rows whose loads are in flight together: all of them up to k = 7 (49 taps, ~150 registers); three at
+  // k = 9, whose 81 taps at once would spill
+  constexpr int kRows = KS <= 7 ? KS : 3;
+  static_assert(KS % kRows == 0, "the tap rows split into whole groups");
   const T* x = static_cast<const T*>(p.x);
   T* u = static_cast<T*>(p.u);
-  const int C = p.C, k = p.k, r = k / 2, kk = k * k, pairs = C / 2;
+  const int C = p.C, pairs = C / 2;
   const float* filt = p.dw_weight + static_cast<size_t>(layer) * C * kk;
   const float* dwb = p.dw_bias + static_cast<size_t>(layer) * C;
   const float* s1 = p.s1 + static_cast<size_t>(layer) * C;
@@ -95,26 +111,62 @@ __device__ void depthwise_half(const SharedRunArgs& p, int layer) {
     const int c = 2 * static_cast<int>(i % pairs);
     const size_t pix = i / pairs;
     const int ox = static_cast<int>(pix % p.W), oy = static_cast<int>((pix / p.W) % p.H);
-    const size_t n = pix / (static_cast<size_t>(p.W) * p.H);
-    float acc0 = dwb[c], acc1 = dwb[c + 1];
-    for (int ky = 0; ky < k; ++ky) {
-      const int iy = oy + ky - r;
-      if (iy < 0 || iy >= p.H) continue;
-      for (int kx = 0; kx < k; ++kx) {
-        const int ix = ox + kx - r;
-        if (ix < 0 || ix >= p.W) continue;
-        float v0, v1;
-        load2(x + ((n * p.H + iy) * p.W + ix) * C + c, v0, v1);
-        const float2 f = *reinterpret_cast<const float2*>(filt + (ky * k + kx) * C + c);
-        acc0 = fmaf(v0, f.x, acc0);
-        acc1 = fmaf(v1, f.y, acc1);
-      }
-    }
+    const T* image = x + pix / (static_cast<size_t>(p.W) * p.H) * p.H * p.W * C + c;
+    // everything but the taps first: independent loads, in flight with the first tap group
     float x0, x1;
     load2(x + pix * C + c, x0, x1);
-    const T out[2] = {from_f32<T>(x0 + s1[c] * activate(acc0, p.act) + t1[c]),
-                      from_f32<T>(x1 + s1[c + 1] * activate(acc1, p.act) + t1[c + 1])};
+    const float2 scale = *reinterpret_cast<const float2*>(s1 + c), shift = *reinterpret_cast<const float2*>(t1 + c);
+    const float2 bias = *reinterpret_cast<const float2*>(dwb + c);
+    float acc0 = bias.x, acc1 = bias.y;
+#pragma unroll 1
+    for (int ky0 = 0; ky0 < KS; ky0 += kRows) {
+#pragma unroll
+      for (int ky = ky0; ky < ky0 + kRows; ++ky) {
+        const int iy = oy + ky - r;
+        const bool row_in = iy >= 0 && iy < p.H;
+        const int cy = clamp_index(iy, p.H - 1);
+#pragma unroll
+        for (int kx = 0; kx < KS; ++kx) {
+          const int ix = ox + kx - r;
+          // branch-free: every tap loads from a clamped in-image address and is zeroed outside the image
+          // (zero padding), so the loads of a group have no control flow between them and issue together
+          const int cx = clamp_index(ix, p.W - 1);
+          float v0, v1;
+          load2(image + (static_cast<size_t>(cy) * p.W + cx) * C, v0, v1);
+          const bool in = row_in && ix >= 0 && ix < p.W;
+          const float2 f = *reinterpret_cast<const float2*>(filt + (ky * KS + kx) * C + c);
+          acc0 = fmaf(in ? v0 : 0.f, f.x, acc0);
+          acc1 = fmaf(in ? v1 : 0.f, f.y, acc1);
+        }
+      }
+    }
+    const T out[2] = {from_f32<T>(x0 + scale.x * activate(acc0, p.act) + shift.x),
+                      from_f32<T>(x1 + scale.y * activate(acc1, p.act) + shift.y)};
     *reinterpret_cast<uint32_t*>(u + pix * C + c) = *reinterpret_cast<const uint32_t*>(out);
+  }
+}
+
+// Copies rows [slice * kSliceN, (slice + 1) * kSliceN) of W [C, C] into the padded resident slice ws (row stride
+// C + kRowPad). 16-byte vectors, kWLoadBatch of them loaded by each thread before any is stored: the copy costs
+// (C / 16) / kWLoadBatch dependent round trips per thread (3 at C = 768) instead of one per element. W's rows
+// and ws's padded rows start on 16-byte boundaries (C % 64 == 0; the binding aligns W's base).
+template <typename T>
+__device__ void load_w_slice(T* ws, const T* w, int slice, int C) {
+  constexpr int kVec = 16 / sizeof(T);                   // elements per 16-byte vector
+  const unsigned row_vecs = static_cast<unsigned>(C / kVec), total = kSliceN * row_vecs;
+  const uint4* src = reinterpret_cast<const uint4*>(w + static_cast<size_t>(slice) * kSliceN * C);
+  for (unsigned first = threadIdx.x; first < total; first += kThreads * kWLoadBatch) {
+    uint4 v[kWLoadBatch];
+#pragma unroll
+    for (int j = 0; j < kWLoadBatch; ++j) {
+      const unsigned i = first + j * kThreads;
+      if (i < total) v[j] = src[i];
+    }
+#pragma unroll
+    for (int j = 0; j < kWLoadBatch; ++j) {
+      const unsigned i = first + j * kThreads;
+      if (i < total) *reinterpret_cast<uint4*>(ws + (i / row_vecs) * (C + kRowPad) + (i % row_vecs) * kVec) = v[j];
+    }
   }
 }
 
@@ -142,15 +194,34 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, c
   const int C = p.C, M = p.B * p.H * p.W, ldw = C + kRowPad;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int n0 = slice * kSliceN;
-  const float* s2 = p.s2 + static_cast<size_t>(layer) * C;
-  const float* t2 = p.t2 + static_cast<size_t>(layer) * C;
   const int row_tiles = (M + 15) / 16, ksteps = C / 16;
   const int k_begin = 16 * (warp * ksteps / kWarps), k_end = 16 * ((warp + 1) * ksteps / kWarps);
+  // The epilogue's per-channel vectors for the 2 x 2 channels this lane writes (n-tiles 2 warp + i, columns
+  // 2t, 2t + 1), loaded once per layer, before the first tile's A fragments: no load waits in the epilogue.
+  float e_s2[kOwnNTiles][2], e_t2[kOwnNTiles][2], e_b[kOwnNTiles][2];
+#pragma unroll
+  for (int i = 0; i < kOwnNTiles; ++i) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int n = n0 + (warp * kOwnNTiles + i) * 8 + 2 * t + j;
+      e_s2[i][j] = p.s2[static_cast<size_t>(layer) * C + n];
+      e_t2[i][j] = p.t2[static_cast<size_t>(layer) * C + n];
+      e_b[i][j] = w_bias[n];
+    }
+  }
   for (int tile = group; tile < row_tiles; tile += groups) {  // uniform across the CTA: barriers inside are safe
     const int m_lo = tile * 16 + g, m_hi = m_lo + 8;
     const bool ok_lo = m_lo < M, ok_hi = m_hi < M;
     const T* row_lo = u + static_cast<size_t>(ok_lo ? m_lo : 0) * C;
     const T* row_hi = u + static_cast<size_t>(ok_hi ? m_hi : 0) * C;
+    // SPIN's residual for the lane's outputs (channel pairs of rows m_lo / m_hi), issued with the first A loads
+    uint32_t res[kOwnNTiles][2];
+#pragma unroll
+    for (int i = 0; i < kOwnNTiles; ++i) {
+      const int n = n0 + (warp * kOwnNTiles + i) * 8 + 2 * t;
+      res[i][0] = load_pair(row_lo, n, ok_lo && p.spin_residual);
+      res[i][1] = load_pair(row_hi, n, ok_hi && p.spin_residual);
+    }
     float acc[kNTiles][4];
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
@@ -203,41 +274,36 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, c
           for (int i = 0; i < 4; ++i) sum[i] += part[i];
         }
       }
+      const int own = nt % kOwnNTiles, n = n0 + nt * 8 + 2 * t;  // nt / kOwnNTiles == warp here
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int m = half ? m_hi : m_lo;
         if (m >= M) continue;
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int n = n0 + nt * 8 + 2 * t + j;
-          float v = s2[n] * activate(sum[2 * half + j] + w_bias[n], p.act) + t2[n];
-          if (p.spin_residual) v += to_f32(u[static_cast<size_t>(m) * C + n]);
-          x[static_cast<size_t>(m) * C + n] = from_f32<T>(v);
-        }
+        const T* r = reinterpret_cast<const T*>(&res[own][half]);  // zeros unless SPIN's residual
+        const T out[2] = {
+            from_f32<T>(e_s2[own][0] * activate(sum[2 * half] + e_b[own][0], p.act) + e_t2[own][0] + to_f32(r[0])),
+            from_f32<T>(e_s2[own][1] * activate(sum[2 * half + 1] + e_b[own][1], p.act) + e_t2[own][1] +
+                        to_f32(r[1]))};
+        *reinterpret_cast<uint32_t*>(x + static_cast<size_t>(m) * C + n) = *reinterpret_cast<const uint32_t*>(out);
       }
     }
     __syncthreads();  // red is rewritten by the next tile
   }
 }
 
-template <typename T>
+template <typename T, int KS>
 __global__ void __launch_bounds__(kThreads, 1) shared_run_kernel(SharedRunArgs p) {
   T* ws = dynamic_smem<T>();  // [kSliceN][C + kRowPad], resident for the whole run
   float* red = reinterpret_cast<float*>(ws + kSliceN * (p.C + kRowPad));  // split-K partials, see pointwise_half
   const int slices = p.C / kSliceN;
   const int slice = blockIdx.x % slices, group = blockIdx.x / slices, groups = gridDim.x / slices;
-  const int ldw = p.C + kRowPad;
   cg::grid_group grid = cg::this_grid();
   for (int run = 0; run < p.num_runs; ++run) {
     // Load this run's slice of W (after the grid.sync that ended the previous run's last layer: ws is free).
-    const T* w = static_cast<const T*>(p.w[run]);
-    for (int i = threadIdx.x; i < kSliceN * p.C; i += blockDim.x) {
-      const int n = i / p.C, kx = i % p.C;
-      ws[n * ldw + kx] = w[static_cast<size_t>(slice * kSliceN + n) * p.C + kx];
-    }
+    load_w_slice<T>(ws, static_cast<const T*>(p.w[run]), slice, p.C);
     __syncthreads();
     for (int layer = p.run_start[run]; layer < p.run_start[run + 1]; ++layer) {
-      depthwise_half<T>(p, layer);
+      depthwise_half<T, KS>(p, layer);
 #ifndef SPIN_MUTATE_DROP_GRID_SYNC  // defined only by the mutation test's emulated build (tests/cuda)
       grid.sync();  // u complete everywhere before any row's GEMM reads it
 #endif
@@ -249,10 +315,10 @@ __global__ void __launch_bounds__(kThreads, 1) shared_run_kernel(SharedRunArgs p
   }
 }
 
-template <typename T>
+template <typename T, int KS>
 cudaError_t launch(const SharedRunArgs& args, cudaStream_t stream, int* grid_ctas) {
   const size_t smem = shared_run_smem_bytes(args.C);
-  auto kernel = shared_run_kernel<T>;
+  auto kernel = shared_run_kernel<T, KS>;
   cudaError_t err = allow_dynamic_smem(kernel, smem);
   if (err != cudaSuccess) return err;
   int sms = 0, per_sm = 0;
@@ -266,6 +332,20 @@ cudaError_t launch(const SharedRunArgs& args, cudaStream_t stream, int* grid_cta
   return launch_cooperative(kernel, dim3(ctas), dim3(kThreads), smem, stream, args);
 }
 
+// The instance for the run's kernel size (the odd sizes up to kMaxKernelSize).
+template <typename T>
+cudaError_t launch_for_kernel_size(const SharedRunArgs& args, cudaStream_t stream, int* grid_ctas) {
+  static_assert(kMaxKernelSize == 9, "one case per odd kernel size up to kMaxKernelSize");
+  switch (args.k) {
+    case 1: return launch<T, 1>(args, stream, grid_ctas);
+    case 3: return launch<T, 3>(args, stream, grid_ctas);
+    case 5: return launch<T, 5>(args, stream, grid_ctas);
+    case 7: return launch<T, 7>(args, stream, grid_ctas);
+    case 9: return launch<T, 9>(args, stream, grid_ctas);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 }  // namespace
 
 size_t shared_run_smem_bytes(int C) {
@@ -275,7 +355,7 @@ size_t shared_run_smem_bytes(int C) {
 }
 
 cudaError_t shared_run_forward(int dtype, const SharedRunArgs& args, cudaStream_t stream, int* grid_ctas) {
-  if (args.C % kSliceN != 0 || args.k % 2 == 0 || args.num_layers < 1) return cudaErrorInvalidValue;
+  if (args.C % kSliceN != 0 || args.num_layers < 1) return cudaErrorInvalidValue;
   if (args.num_runs < 1 || args.num_runs > kMaxRuns || args.run_start[0] != 0 ||
       args.run_start[args.num_runs] != args.num_layers) {
     return cudaErrorInvalidValue;
@@ -284,8 +364,8 @@ cudaError_t shared_run_forward(int dtype, const SharedRunArgs& args, cudaStream_
     if (args.run_start[r + 1] <= args.run_start[r]) return cudaErrorInvalidValue;
   }
   switch (dtype) {
-    case 1: return launch<__half>(args, stream, grid_ctas);
-    case 2: return launch<__nv_bfloat16>(args, stream, grid_ctas);
+    case 1: return launch_for_kernel_size<__half>(args, stream, grid_ctas);
+    case 2: return launch_for_kernel_size<__nv_bfloat16>(args, stream, grid_ctas);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -28,6 +28,9 @@ struct SharedRunArgs {
   bool spin_residual;     // SPIN's layer: x' = u + BN2(act(PW u))
 };
 
+// Largest depthwise kernel size (odd sizes 1..9; each has its own compiled instance).
+constexpr int kMaxKernelSize = 9;
+
 // Channels of W's output dimension each CTA keeps resident (C must be a multiple of this).
 constexpr int kSliceN = 64;
 

@@ -63,7 +63,8 @@ SLICE_N = 64                   # kSliceN: output channels of W one CTA keeps res
 MAX_RUNS = 64                  # kMaxRuns: runs one cooperative launch covers
 SR_WARPS = 4                   # kWarps
 SR_THREADS = SR_WARPS * 32     # kThreads = 128
-K_STEPS = 4                    # kKSteps: k-steps of A fragments loaded together
+K_STEPS = 12                   # kKSteps: k-steps of A fragments loaded together
+W_LOAD_BATCH = 16              # kWLoadBatch: 16-byte W vectors each thread has in flight
 ROW_PAD = 8                    # kRowPad
 SHARED_N_TILES = SLICE_N // 8 - SLICE_N // 8 // SR_WARPS   # kSharedNTiles = 6
 # spin_kernels/cuda.py, spin_kernels/ops/convmixer_cuda.py
@@ -140,18 +141,21 @@ def _sr_dw_counts(a) -> list[int]:
     return warp_iterations(a.B * a.H * a.W * a.C // 2, a.ctas * SR_THREADS, range(0, a.ctas * SR_THREADS, 32))
 
 
+def _sr_w_slice_counts(C: int) -> list[int]:
+    """Iterations of each warp of load_w_slice: 64 x C / 8 16-byte vectors, kThreads x kWLoadBatch per step."""
+    return warp_iterations(SLICE_N * C // 8, SR_THREADS * W_LOAD_BATCH, _cta_warps(SR_THREADS))
+
+
+def _sr_tap_groups(k: int) -> int:
+    """depthwise_half's groups of tap rows loaded together (kRows = k up to 7, else 3)."""
+    return 1 if k <= 7 else k // 3
+
+
 def _sr_kstep_trips(a) -> list[int]:
     """k0-loop trips of each warp of pointwise_half: warp w multiplies k-steps [w K/4, (w+1) K/4) (split-K),
     kKSteps at a time."""
     ks = a.C // 16
     return [cdiv((w + 1) * ks // SR_WARPS - w * ks // SR_WARPS, K_STEPS) for w in range(SR_WARPS)]
-
-
-def _rows_in_range(a) -> float:
-    """Share of (pixel, ky) with the input row iy = oy + ky - r inside the image (depthwise_half skips the kx loop
-    for the others): 1 - r (r + 1) / (k H)."""
-    r = a.k // 2
-    return 1.0 - r * (r + 1) / (a.k * a.H)
 
 
 # ------------------------------------------------------------------------------------------------ descriptors
@@ -231,15 +235,15 @@ SHARED_RUN = KernelModel(
     loops=(
         LoopSpec("for (int run = 0; run < p.num_runs; ++run)", lambda a: a.runs),
         # the W slice, one 16-bit element per iteration: 64 C / 128 = C / 2 iterations per thread
-        LoopSpec("for (int i = threadIdx.x; i < kSliceN * p.C; i += blockDim.x)",
-                 lambda a: _mean(warp_iterations(SLICE_N * a.C, SR_THREADS, _cta_warps(SR_THREADS)))),
+        LoopSpec("for (unsigned first = threadIdx.x; first < total; first += kThreads * kWLoadBatch)",
+                 lambda a: _mean(_sr_w_slice_counts(a.C))),
         LoopSpec("for (int layer = p.run_start[run]; layer < p.run_start[run + 1]; ++layer)",
                  lambda a: a.depth / a.runs),
         LoopSpec("for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;",
                  lambda a: _mean(_sr_dw_counts(a))),
-        LoopSpec(_KY, lambda a: a.k),
-        # kx: 4x unrolled (straight-line remainder in the ky body), skipped for rows outside the image
-        LoopSpec(_KX + " [4x unrolled]", lambda a: a.k // 4 * _rows_in_range(a)),
+        # the taps unroll completely (KS is a template argument); at k = 9 in three groups of three tap rows
+        LoopSpec("for (int ky0 = 0; ky0 < KS; ky0 += kRows)", lambda a: _sr_tap_groups(a.k) if _sr_tap_groups(a.k) > 1
+                 else None),
         LoopSpec("grid.sync();  // u complete everywhere before any row's GEMM reads it", lambda a: 1),
         LoopSpec("for (int tile = group; tile < row_tiles; tile += groups)",
                  lambda a: cdiv(a.M, 16) / (a.ctas // (a.C // SLICE_N))),   # row tiles / CTAs per slice
@@ -261,8 +265,8 @@ CUDA_MODELS: dict[str, KernelModel] = {
 """Descriptors by kernel template name (the 16-bit instances)."""
 
 # the loops of shared_run_kernel the critical path names (indices into SHARED_RUN.loops = SASS loops)
-SR_LOOP = {"runs": 0, "w_slice": 1, "layers": 2, "dw_pixels": 3, "dw_ky": 4, "dw_kx": 5, "sync_u": 6,
-           "pw_tiles": 7, "pw_k0": 8, "sync_x": 9}
+SR_LOOP = {"runs": 0, "w_slice": 1, "layers": 2, "dw_pixels": 3, "dw_tap_groups": 4, "sync_u": 5,
+           "pw_tiles": 6, "pw_k0": 7, "sync_x": 8}
 
 
 # ------------------------------------------------------------------------------------------------ launches
@@ -303,7 +307,8 @@ class CudaLaunch:
         """A readable name of the variant: ``cuda:dw_forward<bf16>[k3,res,stats]``."""
         name = self.template.removesuffix("_kernel")
         targ = self.kernel[len(self.template):].strip("<>")
-        short = f"{name}<{_SHORT_TYPE.get(targ, targ)}>" if targ else name
+        first, *rest = targ.split(", ")   # the storage type, then any integer arguments (a kernel size)
+        short = f"{name}<{', '.join([_SHORT_TYPE.get(first, first), *rest])}>" if targ else name
         return f"cuda:{short}[{','.join(self.flags)}]"
 
     def namespace(self) -> SimpleNamespace:
@@ -340,6 +345,11 @@ def shared_run_smem_bytes(C: int) -> int:
     """csrc/shared_run.cu ``shared_run_smem_bytes``: the resident W slice (padded rows) and 12 KiB of split-K
     partials."""
     return SLICE_N * (C + ROW_PAD) * 2 + SR_WARPS * SHARED_N_TILES * 32 * 4 * 4
+
+
+def shared_run_name(cuda_type: str, k: int) -> str:
+    """The readable name of the shared_run_kernel instance for a storage type and kernel size."""
+    return f"shared_run_kernel<{cuda_type}, {k}>"
 
 
 def persistent_reason(batch: int, dim: int, kernel_size: int, dtype: str) -> str | None:
@@ -404,7 +414,8 @@ def convmixer_cuda_launches(batch: int, dim: int, hw: int, kernel_size: int, *, 
     out: list[CudaLaunch] = []
 
     def launch(kernel, grid, threads, smem, args, phase, hbm, flags, **kw):
-        name = kernel if kernel == "dw_wgrad_reduce_kernel" else f"{kernel}<{T}>"
+        special = {"dw_wgrad_reduce_kernel": kernel, "shared_run_kernel": shared_run_name(T, k)}
+        name = special.get(kernel, f"{kernel}<{T}>")
         out.append(CudaLaunch(kernel=name, symbol=symbols.get(name, ""), grid=tuple(grid) + (1,) * (3 - len(grid)),
                               threads=threads, dynamic_smem=smem, args=args, phase=phase, hbm_bytes=int(hbm),
                               model=CUDA_MODELS[kernel], flags=tuple(flags), **kw))
@@ -448,7 +459,7 @@ def convmixer_cuda_launches(batch: int, dim: int, hw: int, kernel_size: int, *, 
     reason = persistent_reason(B, C, k, dtype)
     ctas = 0
     if reason is None:
-        res = (resources if resources is not None else _resources_by_kernel()).get(f"shared_run_kernel<{T}>", {})
+        res = (resources if resources is not None else _resources_by_kernel()).get(shared_run_name(T, k), {})
         ctas = persistent_grid(C, sm_count, res.get("registers", 0), res.get("static_smem", 0))
     if ctas:
         # eval_features: launch_parameters chunks the runs, MAX_RUNS_PER_LAUNCH per cooperative launch
@@ -593,18 +604,26 @@ def _reconvergence_regions(body: list) -> list[list]:
     return regions
 
 
-def pointwise_tile_waves(fn: sass.Function) -> tuple[int, int]:
+def shared_run_loops(a) -> dict:
+    """:data:`SR_LOOP`'s loops as indices among the SASS loops of the instance for launch args ``a`` (a loop the
+    instance compiles out — the tap-group loop below k = 9 — is None)."""
+    present = [i for i, lp in enumerate(SHARED_RUN.loops) if lp.trips(a) is not None]
+    return {name: present.index(i) if i in present else None for name, i in SR_LOOP.items()}
+
+
+def pointwise_tile_waves(fn: sass.Function, tile_loop: int) -> tuple[int, int]:
     """(dependent round trips of one warp per row tile of pointwise_half, of the whole tile body).
 
     The epilogue ``if (nt / kOwnNTiles != warp) continue`` is compiled into kWarps alternative blocks, one per
     warp (the last kWarps top-level reconvergence regions of the tile loop's body); a warp runs the code before
     them and ONE block. ValueError if the body does not have that shape (the kernel changed).
     """
-    body = _own_body(fn, SR_LOOP["pw_tiles"])
+    body = _own_body(fn, tile_loop)
     regions = _reconvergence_regions(body)
     blocks = regions[-SR_WARPS:]
     sizes = [len(b) for b in blocks]
-    if len(regions) < SR_WARPS or max(sizes) - min(sizes) > 8 or min(sizes) < 100:
+    # alike but not identical: ptxas schedules each copy on its own (a few percent apart)
+    if len(regions) < SR_WARPS or max(sizes) > 1.1 * min(sizes) or min(sizes) < 100:
         raise ValueError(f"{fn.name}: expected {SR_WARPS} per-warp epilogue blocks in the row-tile loop, found "
                          f"regions of sizes {[len(r) for r in regions]}")
     in_blocks = {ins.addr for b in blocks for ins in b}
@@ -617,41 +636,41 @@ def persistent_critical_path(launch: CudaLaunch, fn: sass.Function, rates: cost_
 
     Per layer: its 2 grid-wide barriers, and the serially dependent global round trips of the slowest warp —
     :func:`.cost_model.load_waves` of each loop body on the warp's path, times the executions of that body in the
-    layer (the depthwise half's grid-stride iterations of the busiest warp, k rows of taps each; the pointwise
+    layer (the depthwise half's grid-stride iterations of the busiest warp, each with its tap groups; the pointwise
     half's row tiles of the busiest CTA, each with its split-K steps and one warp's epilogue block). Per run:
-    the W-slice load (SASS loop 1), C / 2 iterations per thread of ONE 16-bit load followed by the store that
-    consumes it — each iteration a dependent round trip. Latency: syncs x ``grid_sync_s`` + round trips x the L2
-    round trip, except the W-slice load at the DRAM round trip: each run's W is read once per launch, from HBM
-    (no earlier kernel of the forward touched it), while the activations, filters and per-layer vectors it
-    streams per layer were written or read moments before and sit in L2 (a 50 MB L2 holds them at small batch).
-    ``latency_all_l2_s`` prices the W load at L2 too: the strict floor when the weights stay in L2 between calls.
-
-    The straight-line remainder taps of the kx loop are counted in full (3 for k % 4 = 3: exact at k = 3).
+    the W-slice load, its iterations per thread (kWLoadBatch 16-byte vectors each) times the load waves of its
+    body. Latency: syncs x ``grid_sync_s`` + round trips x the L2 round trip, except the W-slice load at the DRAM
+    round trip: each run's W is read once per launch, from HBM (no earlier kernel of the forward touched it),
+    while the activations, filters and per-layer vectors it streams per layer were written or read moments before
+    and sit in L2 (a 50 MB L2 holds them at small batch). ``latency_all_l2_s`` prices the W load at L2 too: the
+    strict floor when the weights stay in L2 between calls.
     """
     a = launch.namespace()
     loops = fn.loops
-    if len(loops) != len(SHARED_RUN.loops):
-        raise ValueError(f"{fn.name}: {len(loops)} loops in the SASS, the descriptor has {len(SHARED_RUN.loops)}")
-    waves = [cost_model.load_waves(_own_body(fn, i)) for i in range(len(loops))]
+    idx = shared_run_loops(a)
+    n_present = sum(1 for i in idx.values() if i is not None)
+    if len(loops) != n_present:
+        raise ValueError(f"{fn.name}: {len(loops)} loops in the SASS, the descriptor has {n_present} at k = {a.k}")
+    waves = {name: cost_model.load_waves(_own_body(fn, i)) if i is not None else 0 for name, i in idx.items()}
     l2_s = rates.l2_round_trip_cycles / rates.clock_hz
     dram_s = rates.dram_round_trip_cycles / rates.clock_hz
-    # depthwise half: the busiest warp's pixel iterations x (own body + k x (ky body + k // 4 x kx body))
+    # depthwise half: the busiest warp's pixel iterations x (own body + the tap-group loop's body per group)
     dw_iters = max(_sr_dw_counts(a))
-    per_pixel = (waves[SR_LOOP["dw_pixels"]]
-                 + a.k * (waves[SR_LOOP["dw_ky"]] + a.k // 4 * waves[SR_LOOP["dw_kx"]]))
+    groups = _sr_tap_groups(a.k)
+    per_pixel = waves["dw_pixels"] + (groups * waves["dw_tap_groups"] if idx["dw_tap_groups"] is not None else 0)
     dw_trips = dw_iters * per_pixel
     # pointwise half: the busiest CTA's row tiles x (the slowest warp's k0 steps + one warp's tile body)
-    groups = a.ctas // (a.C // SLICE_N)
-    tiles = cdiv(cdiv(a.M, 16), groups)
-    tile_path, tile_all = pointwise_tile_waves(fn)
-    pw_trips = tiles * (max(_sr_kstep_trips(a)) * waves[SR_LOOP["pw_k0"]] + tile_path)
-    layer_trips = dw_trips + pw_trips + waves[SR_LOOP["layers"]]
+    cta_groups = a.ctas // (a.C // SLICE_N)
+    tiles = cdiv(cdiv(a.M, 16), cta_groups)
+    tile_path, tile_all = pointwise_tile_waves(fn, idx["pw_tiles"])
+    pw_trips = tiles * (max(_sr_kstep_trips(a)) * waves["pw_k0"] + tile_path)
+    layer_trips = dw_trips + pw_trips + waves["layers"]
     syncs_per_layer = sum(1 for lp in SHARED_RUN.loops if lp.site.startswith("grid.sync"))
     layer_s = syncs_per_layer * rates.grid_sync_s + layer_trips * l2_s
     # the W slice at each run boundary
-    w_iters = max(warp_iterations(SLICE_N * a.C, SR_THREADS, _cta_warps(SR_THREADS)))
-    w_trips = w_iters * waves[SR_LOOP["w_slice"]]
-    run_trips_l2 = waves[SR_LOOP["runs"]]          # the run loop's own code (the run's pointers), once per run
+    w_iters = max(_sr_w_slice_counts(a.C))
+    w_trips = w_iters * waves["w_slice"]
+    run_trips_l2 = waves["runs"]          # the run loop's own code (the run's pointers), once per run
     prologue = cost_model.load_waves(_own_body(fn, None))   # straight-line code outside every loop, once
     syncs = syncs_per_layer * a.depth
     l2_trips = a.depth * layer_trips + a.runs * run_trips_l2 + prologue
@@ -663,13 +682,15 @@ def persistent_critical_path(launch: CudaLaunch, fn: sass.Function, rates: cost_
             "grid_syncs": syncs_per_layer,
             "round_trips": {"depthwise": dw_trips, "pointwise": pw_trips, "total": layer_trips},
             "depthwise_iterations_busiest_warp": dw_iters, "round_trips_per_pixel": per_pixel,
+            "tap_groups": groups,
             "row_tiles_busiest_cta": tiles, "round_trips_per_tile": tile_path,
             "round_trips_per_tile_all_warps_code": tile_all,
             "latency_s": layer_s},
         "w_slice_load": {
-            "loop": SR_LOOP["w_slice"], "site": SHARED_RUN.loops[SR_LOOP["w_slice"]].site,
-            "sass": [hex(loops[SR_LOOP["w_slice"]].start), hex(loops[SR_LOOP["w_slice"]].end)],
-            "iterations_per_thread": w_iters, "round_trips_per_iteration": waves[SR_LOOP["w_slice"]],
+            "loop": idx["w_slice"], "site": SHARED_RUN.loops[SR_LOOP["w_slice"]].site,
+            "sass": [hex(loops[idx["w_slice"]].start), hex(loops[idx["w_slice"]].end)],
+            "bytes_per_load": 16, "loads_in_flight": W_LOAD_BATCH,
+            "iterations_per_thread": w_iters, "round_trips_per_iteration": waves["w_slice"],
             "round_trips_per_thread": w_trips, "memory": "dram",
             "latency_s_per_run": w_trips * dram_s},
         "trunk": {

@@ -55,7 +55,9 @@ def test_training_mode_and_large_batch_fall_back():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("B, H, W, C, k, layers", [(1, 13, 11, 64, 3, 1), (3, 9, 14, 192, 7, 2), (2, 16, 16, 128, 9, 4)])
+# every compiled kernel size (one instance each: 1, 3, 5, 7, 9)
+@pytest.mark.parametrize("B, H, W, C, k, layers", [(1, 13, 11, 64, 3, 1), (3, 9, 14, 192, 7, 2), (2, 16, 16, 128, 9, 4),
+                                                   (2, 7, 5, 64, 5, 2), (1, 4, 6, 128, 1, 3)])
 @pytest.mark.parametrize("act, spin", [("relu", True), ("gelu", False)])
 def test_kernel_against_reference(kdev, dtype, B, H, W, C, k, layers, act, spin):
     from spin_kernels.reference.shared_run import shared_run
@@ -72,6 +74,23 @@ def test_kernel_against_reference(kdev, dtype, B, H, W, C, k, layers, act, spin)
     expected = shared_run(x, *args, act=act, spin_residual=spin)
     low = shared_run(x, *args, act=act, spin_residual=spin, dtype=dtype)  # PyTorch's own error in this dtype
     assert rel_err(got, expected) <= max({torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype], 2 * rel_err(low, expected))
+
+
+def test_weight_view_off_a_16_byte_boundary(kdev):
+    """The kernel copies W in 16-byte vectors; a W whose data starts 2 bytes into its storage is copied by the
+    binding first, and the result is the same as from an aligned copy."""
+    torch.manual_seed(2)
+    B, H, W, C, k = 1, 5, 4, 64, 3
+    x = torch.randn(B, H, W, C, device=kdev).to(torch.bfloat16)
+    storage = (torch.randn(C * C + 1, device=kdev) / C ** 0.5).to(torch.bfloat16)
+    w = storage[1:].view(C, C)
+    assert w.data_ptr() % 16 != 0
+    args = (torch.randn(C, device=kdev) * 0.1, torch.randn(1, C, k, k, device=kdev) / k,
+            torch.randn(1, C, device=kdev) * 0.1, torch.rand(1, C, device=kdev) + 0.5,
+            torch.randn(1, C, device=kdev) * 0.1, torch.rand(1, C, device=kdev) * 0.5 + 0.25,
+            torch.randn(1, C, device=kdev) * 0.1)
+    got = cuda.shared_run_forward(x, w, *args, act="gelu", spin_residual=False)
+    assert torch.equal(got, cuda.shared_run_forward(x, w.clone(), *args, act="gelu", spin_residual=False))
 
 
 @pytest.mark.parametrize("C", [768, 1024, 1536])

@@ -9,7 +9,9 @@ not matter here); tests that need them skip with the reason.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -199,12 +201,39 @@ def test_persistent_critical_path_b1(functions):
     cp = ck.persistent_critical_path(launch, ck.find_function(launch, functions), cost_model.H100_RATES)
     assert cp["per_layer"]["grid_syncs"] == 2
     assert cp["trunk"]["grid_syncs"] == launch.grid_syncs
-    # the W slice: 64 x 768 16-bit elements over 128 threads, one load and its dependent store per iteration
-    assert cp["w_slice_load"]["iterations_per_thread"] == 384
-    assert cp["w_slice_load"]["round_trips_per_thread"] == 384
+    # the W slice: 64 x 768 16-bit elements = 6144 16-byte vectors over 128 threads, 16 in flight per thread:
+    # 48 per thread in 3 iterations, each one dependent round trip (the loads issue before any store)
+    assert cp["w_slice_load"]["iterations_per_thread"] == 3
+    assert cp["w_slice_load"]["round_trips_per_thread"] == 3
+    # k = 3 (SPIN's ConvMixer-768/32): the 9 taps of a pixel unroll and load branch-free, with the pixel's other
+    # loads — at most two dependent round trips per pixel (12 when k was a runtime value)
+    assert cp["per_layer"]["tap_groups"] == 1 and cp["per_layer"]["round_trips_per_pixel"] <= 2
+    # the pointwise half: each warp's 12 k-steps in one group, the epilogue's vectors loaded per layer
+    assert cp["per_layer"]["round_trips_per_tile"] <= 2
     assert cp["per_layer"]["round_trips"]["total"] > 0 and cp["per_layer"]["latency_s"] > 0
     assert cp["trunk"]["latency_s"] > cp["trunk"]["sync_s"] == 64 * cost_model.H100_RATES.grid_sync_s
     assert cp["trunk"]["latency_all_l2_s"] < cp["trunk"]["latency_s"]
+
+
+def test_persistent_w_slice_loads_are_16_bytes_with_16_in_flight(functions):
+    """The W-slice copy's SASS: 16 LDG.E.128 in its loop, every one issued before the first store."""
+    launch = _one(_launches("spin_convmixer_768_32-r2-b1"), "shared_run_kernel", "eval")
+    fn = ck.find_function(launch, functions)
+    body = ck._own_body(fn, ck.shared_run_loops(launch.namespace())["w_slice"])
+    loads = [i for i, ins in enumerate(body) if ins.opcode == "LDG" and "128" in ins.modifiers]
+    stores = [i for i, ins in enumerate(body) if ins.opcode == "STS"]
+    assert len(loads) == ck.W_LOAD_BATCH == 16 and stores and max(loads) < min(stores)
+
+
+def test_persistent_tap_groups_follow_the_kernel_size(functions):
+    """k = 9 keeps a loop over three groups of tap rows (81 taps at once would spill); k <= 7 has none."""
+    launch = _one(_launches("spin_convmixer_768_32-r2-b1"), "shared_run_kernel", "eval")
+    for k in (1, 3, 5, 7, 9):
+        args = SimpleNamespace(**{**vars(launch.namespace()), "k": k})
+        idx = ck.shared_run_loops(args)
+        assert (idx["dw_tap_groups"] is None) == (k <= 7), k
+        fn = ck.find_function(replace(launch, kernel=ck.shared_run_name("__nv_bfloat16", k), symbol=""), functions)
+        assert len(fn.loops) == sum(i is not None for i in idx.values()), k
 
 
 def test_cuda_rows_and_totals(functions):
