@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 
 #include "depthwise_conv.h"
@@ -225,6 +226,16 @@ std::vector<at::Tensor> dwconv_backward_weight(const at::Tensor& du, const std::
 // output and scratch, and launches (the batch-1 host path; spin_kernels.ops.convmixer_cuda caches these).
 // ws / w_biases hold one [C, C] weight and [C] bias per run, run_lengths its layer count; `like` is an input of
 // the shape the launches will take (its C, dtype and device are fixed; B, H, W may change per call).
+// Scratch the kernel writes before it reads: uninitialised on a GPU; NaN in the emulation, so a read before the
+// write (a missing ready flag) shows up in the result.
+at::Tensor scratch_like(const at::Tensor& t) {
+#ifdef SPIN_EMULATE
+  return at::full_like(t, std::numeric_limits<float>::quiet_NaN());
+#else
+  return at::empty_like(t);
+#endif
+}
+
 class SharedRunLaunch {
  public:
   SharedRunLaunch(const at::Tensor& like, const std::vector<at::Tensor>& ws, const std::vector<at::Tensor>& w_biases,
@@ -294,16 +305,24 @@ class SharedRunLaunch {
                 "for C = ", C_, " ", dtype_, " on ", device_, ", got C = ", x.size(3), " ", x.scalar_type(), " on ",
                 x.device());
     SPIN_DEVICE_GUARD(x);
-    at::Tensor out = x.clone(), u = at::empty_like(x);
+    // the ping-pong activations and residual streams (the kernel reads x[0] and rewrites it from layer 2 on, so
+    // it gets a copy), and the zeroed ready counters
+    const at::Tensor xs[2] = {x.clone(), scratch_like(x)}, us[2] = {scratch_like(x), scratch_like(x)};
+    const int64_t M = x.size(0) * x.size(1) * x.size(2);
+    const at::Tensor flags = at::zeros({static_cast<int64_t>(spin::shared_run_flag_count(M, static_cast<int>(C_)))},
+                                       x.options().dtype(at::kInt));
     spin::SharedRunArgs args = args_;
-    args.x = out.data_ptr();
-    args.u = u.data_ptr();
+    for (int i = 0; i < 2; ++i) {
+      args.x[i] = xs[i].data_ptr();
+      args.u[i] = us[i].data_ptr();
+    }
+    args.flags = flags.data_ptr<int>();
     args.B = static_cast<int>(x.size(0));
     args.H = static_cast<int>(x.size(1));
     args.W = static_cast<int>(x.size(2));
     check_cuda(spin::shared_run_forward(dtype_ == at::kHalf ? 1 : 2, args, current_stream(), nullptr),
                "shared_run_forward");
-    return out;
+    return xs[args.num_layers % 2];
   }
 
  private:

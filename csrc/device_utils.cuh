@@ -52,6 +52,32 @@ __device__ __forceinline__ T* dynamic_smem() {
 #endif
 }
 
+// Inter-CTA ready counters (the persistent kernel's dataflow): counters only grow; a producer adds after its
+// writes, a consumer waits until the count reaches a target before it reads. Release: the caller's bar.sync has
+// ordered the CTA's writes before this thread's fence; acquire: the caller's bar.sync after the wait orders the
+// CTA's reads after it.
+__device__ __forceinline__ void flag_release_add(int* flag, int v) {
+#ifdef SPIN_EMULATE
+  spin_emu::flag_release_add(flag, v);
+#else
+  __threadfence();
+  atomicAdd(flag, v);
+#endif
+}
+
+__device__ __forceinline__ void flag_wait_geq(const int* flag, int target) {
+#ifdef SPIN_EMULATE
+  spin_emu::flag_wait_geq(flag, target);
+#else
+  for (;;) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+    if (v >= target) break;
+    __nanosleep(32);
+  }
+#endif
+}
+
 // The kernel's parameter types drive the launch helpers' argument conversions (std::type_identity_t is C++20;
 // this header also builds as C++17, the default of older torch extension builds).
 template <typename T> struct NoDeduceT { using type = T; };

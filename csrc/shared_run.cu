@@ -3,43 +3,53 @@
 // Computes, for each of the run's L layers (all sharing the pointwise W, b):
 //   depthwise half:  u = x + s1 * act(dwconv_l(x) + dwb_l) + t1        (per-layer filters, folded BN1)
 //   pointwise half:  x = s2 * act(u W^T + b) + t2   (+ u for SPIN's layer)      (folded BN2)
-// in ONE cooperative launch: grid.sync() separates the halves, x and u ping-pong through L2. One launch may
-// cover several consecutive runs (up to kMaxRuns: a whole trunk); each CTA then reloads its W slice at every
-// run boundary, so the trunk costs one launch instead of one per run.
+// in ONE persistent launch. One launch may cover several consecutive runs (up to kMaxRuns: a whole trunk); each
+// CTA then reloads its W slice at every run boundary, so the trunk costs one launch instead of one per run.
 //
 // Work split. CTA i owns the output-channel slice n0 = (i % slices) * 64 of W and keeps W[n0:n0+64, :] in
 // shared memory (64 x C bf16/fp16 = 96 KiB for C = 768) for every layer of the run — W is read from HBM once per
-// launch instead of once per layer. CTAs with the same slice split the M = B*H*W rows in 16-row tiles; the four
-// warps of a CTA split each tile's K (split-K, partials reduced through 12 KiB of shared memory) and compute
-// 16 rows x 64 channels with mma.sync m16n8k16 (fp32 accumulate), A fragments loaded from u (L2-resident at
-// small batch), B fragments from the resident slice. The depthwise half is a grid-stride loop over (row,
-// channel) of all CTAs, fp32 arithmetic, reading x's k x k neighbourhood from L2 and tap-major filters; one
-// instance per kernel size, so the taps unroll.
+// launch instead of once per layer. CTAs with the same slice split the M = B*H*W rows in 16-row tiles (group g
+// takes tiles g, g + groups, ...); for each of its tiles a CTA computes the depthwise half on its slice's 64
+// channels, then the pointwise half: the four warps split each tile's K (split-K, partials reduced through
+// 12 KiB of shared memory) and compute 16 rows x 64 channels with mma.sync m16n8k16 (fp32 accumulate), A
+// fragments loaded from u (L2-resident at small batch), B fragments from the resident slice.
+//
+// Dataflow, not barriers. No grid-wide sync: a tile waits only for the tiles it reads, through monotonic
+// counters in global memory (release: bar.sync, then one thread's fence + atomic add; acquire: ld.acquire
+// polls, then bar.sync):
+//   u_ready[t]      += 1 when a slice's depthwise half has written u rows of tile t; the pointwise half of tile t
+//                      at layer l waits for slices * (l + 1) (it reads all C channels of u);
+//   x_ready[t][s]   += 1 when slice s's pointwise half has written x rows of tile t; the depthwise half of tile t
+//                      at layer l, slice s, waits for l on the tiles within its halo (halo_tiles) — the depthwise
+//                      conv is per channel, so only its own slice's CTAs.
+// x and u ping-pong (layer l reads x[l % 2] and u[l % 2], writes x[(l + 1) % 2]), so a layer never overwrites
+// what a slower CTA still reads: the pointwise half of layer l + 2 that rewrites x tile t' waited (through
+// u_ready, then x_ready of its halo, then u_ready again) for every depthwise half of layer l + 1 that read x
+// tile t' — the halo relation is symmetric — and the depthwise half of layer l + 2 that rewrites u tile t
+// waited for every slice's pointwise half of layer l on tile t in the same way. CTAs wait on other CTAs, so all
+// must be co-resident: a cooperative launch guarantees it (or fails, and the caller falls back).
 //
 // Latency (batch 1 is a chain of dependent round trips, not bandwidth): the W slice is copied 16 bytes at a time
-// with 16 loads in flight per thread; a pixel's taps load together; each warp's A fragments for a row tile load
-// in one group at C = 768 and the epilogue's per-channel vectors once per layer. What remains per layer is two
-// grid.sync()s and a few L2 round trips (spin kernels-report --cost prints the critical path).
+// with 16 loads in flight per thread; a pixel's taps load together (one instance per kernel size, so the taps
+// unroll); each warp's A fragments for a row tile load in one group at C = 768 and the epilogue's per-channel
+// vectors once per layer. Per layer what remains is two flag waits and a few L2 round trips (spin
+// kernels-report --cost prints the critical path).
 //
 // Bytes per layer: x read ~once (+halo hits in L2), u written once and read twice (pointwise A operand, SPIN
 // residual), x written once; W only at launch; per-layer vectors 6 x C x 4 B and filters C x k^2 x 4 B.
 #include "shared_run.h"
 
-#ifndef SPIN_EMULATE
-#include <cooperative_groups.h>
-#endif
-
 #include <cstdint>
 
 #include "device_utils.cuh"
-
-namespace cg = cooperative_groups;
 
 namespace spin {
 namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
+constexpr int kTileRows = 16;  // rows of a pointwise row tile (one m16 MMA tile), the unit of the ready flags
+constexpr int kSlicePairs = kSliceN / 2;  // channel pairs of a slice (depthwise: two channels per thread)
 constexpr int kRowPad = 8;  // elements of padding per resident row: staggers banks across rows
 // k-steps (of 16) whose A fragments are loaded together: each warp's whole K quarter at C = 768 (one dependent
 // round trip per row tile), two groups up to C = 1536; a partial last group is masked off (`in` below)
@@ -86,63 +96,90 @@ __device__ __forceinline__ void load2(const T* p, float& lo, float& hi) {
   hi = to_f32(e[1]);
 }
 
-// u = x + s1 * act(dwconv(x) + dwb) + t1 over all (pixel, channel pair) of the activation, grid-stride: each
-// thread owns two adjacent channels (32-bit activation loads, 64-bit filter loads; a warp covers 64 channels).
+// Row tiles a k x k neighbourhood of tile t's pixels reaches: [t - reach, t + reach] within [0, row_tiles), with
+// reach = ceil(r (W + 1) / 16) — a neighbour pixel is at most r image rows and r columns away, r (W + 1) apart in
+// the flattened [M] order. The relation is symmetric (t' is in t's range iff t is in t'), which the reuse of the
+// ping-pong buffers relies on (see shared_run_kernel).
+__device__ __forceinline__ void halo_tiles(int tile, int r, int W, int row_tiles, int& lo, int& hi) {
+  const int reach = (r * (W + 1) + kTileRows - 1) / kTileRows;
+  lo = tile > reach ? tile - reach : 0;
+  hi = tile + reach < row_tiles ? tile + reach : row_tiles - 1;
+}
+
+// u = x + s1 * act(dwconv(x) + dwb) + t1 for the CTA's row tiles and its slice's 64 channels (the same tiles its
+// pointwise half multiplies): each thread owns two adjacent channels (32-bit activation loads, 64-bit filter
+// loads). Before a tile, the CTA waits for the flags of the x tiles it reads; after it, it adds 1 to the tile's
+// u-ready count.
 // KS, the kernel size, is a template argument: the k x k taps unroll (in groups of kRows tap rows), so a pixel's
 // neighbourhood loads (predicated off outside the image) are independent and issue together — a few dependent
 // round trips per pixel instead of one per tap row and kx step (the layer's latency at batch 1 is these chains).
 template <typename T, int KS>
-__device__ void depthwise_half(const SharedRunArgs& p, int layer) {
+__device__ void depthwise_half(const SharedRunArgs& p, int layer, int slice, int group, int groups) {
   constexpr int r = KS / 2, kk = KS * KS;
   // tap rows whose loads are in flight together: all of them up to k = 7 (49 taps, ~150 registers); three at
   // k = 9, whose 81 taps at once would spill
   constexpr int kRows = KS <= 7 ? KS : 3;
   static_assert(KS % kRows == 0, "the tap rows split into whole groups");
-  const T* x = static_cast<const T*>(p.x);
-  T* u = static_cast<T*>(p.u);
-  const int C = p.C, pairs = C / 2;
+  const T* x = static_cast<const T*>(p.x[layer % 2]);
+  T* u = static_cast<T*>(p.u[layer % 2]);
+  const int C = p.C, M = p.B * p.H * p.W, row_tiles = (M + kTileRows - 1) / kTileRows, slices = C / kSliceN;
   const float* filt = p.dw_weight + static_cast<size_t>(layer) * C * kk;
   const float* dwb = p.dw_bias + static_cast<size_t>(layer) * C;
   const float* s1 = p.s1 + static_cast<size_t>(layer) * C;
   const float* t1 = p.t1 + static_cast<size_t>(layer) * C;
-  const size_t total = static_cast<size_t>(p.B) * p.H * p.W * pairs;
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const int c = 2 * static_cast<int>(i % pairs);
-    const size_t pix = i / pairs;
-    const int ox = static_cast<int>(pix % p.W), oy = static_cast<int>((pix / p.W) % p.H);
-    const T* image = x + pix / (static_cast<size_t>(p.W) * p.H) * p.H * p.W * C + c;
-    // everything but the taps first: independent loads, in flight with the first tap group
-    float x0, x1;
-    load2(x + pix * C + c, x0, x1);
-    const float2 scale = *reinterpret_cast<const float2*>(s1 + c), shift = *reinterpret_cast<const float2*>(t1 + c);
-    const float2 bias = *reinterpret_cast<const float2*>(dwb + c);
-    float acc0 = bias.x, acc1 = bias.y;
+  for (int tile = group; tile < row_tiles; tile += groups) {  // uniform across the CTA: barriers inside are safe
+    // The x rows this tile reads (its own and r image rows either side, this slice's channels) are the previous
+    // layer's pointwise output of this slice's CTAs: wait for each tile's flag (layer 0 reads the input).
+    int lo, hi;
+    halo_tiles(tile, r, p.W, row_tiles, lo, hi);
+#ifndef SPIN_MUTATE_DROP_X_WAIT  // defined only by the mutation test's emulated build (tests/cuda)
+    for (int nb = lo + static_cast<int>(threadIdx.x); nb <= hi; nb += kThreads) {
+      flag_wait_geq(p.flags + row_tiles + nb * slices + slice, layer);
+    }
+#endif
+    __syncthreads();
+    // 16 rows x 32 channel pairs: a warp covers one row's 64 channels (128-byte loads and stores)
+    for (int i = threadIdx.x; i < kTileRows * kSlicePairs; i += kThreads) {
+      const int m = tile * kTileRows + i / kSlicePairs;
+      if (m >= M) break;  // m grows with i: the rest of this thread's items are past the last row too
+      const int c = slice * kSliceN + 2 * (i % kSlicePairs);
+      const size_t pix = static_cast<size_t>(m);
+      const int ox = m % p.W, oy = (m / p.W) % p.H;
+      const T* image = x + pix / (static_cast<size_t>(p.W) * p.H) * p.H * p.W * C + c;
+      // everything but the taps first: independent loads, in flight with the first tap group
+      float x0, x1;
+      load2(x + pix * C + c, x0, x1);
+      const float2 scale = *reinterpret_cast<const float2*>(s1 + c), shift = *reinterpret_cast<const float2*>(t1 + c);
+      const float2 bias = *reinterpret_cast<const float2*>(dwb + c);
+      float acc0 = bias.x, acc1 = bias.y;
 #pragma unroll 1
-    for (int ky0 = 0; ky0 < KS; ky0 += kRows) {
+      for (int ky0 = 0; ky0 < KS; ky0 += kRows) {
 #pragma unroll
-      for (int ky = ky0; ky < ky0 + kRows; ++ky) {
-        const int iy = oy + ky - r;
-        const bool row_in = iy >= 0 && iy < p.H;
-        const int cy = clamp_index(iy, p.H - 1);
+        for (int ky = ky0; ky < ky0 + kRows; ++ky) {
+          const int iy = oy + ky - r;
+          const bool row_in = iy >= 0 && iy < p.H;
+          const int cy = clamp_index(iy, p.H - 1);
 #pragma unroll
-        for (int kx = 0; kx < KS; ++kx) {
-          const int ix = ox + kx - r;
-          // branch-free: every tap loads from a clamped in-image address and is zeroed outside the image
-          // (zero padding), so the loads of a group have no control flow between them and issue together
-          const int cx = clamp_index(ix, p.W - 1);
-          float v0, v1;
-          load2(image + (static_cast<size_t>(cy) * p.W + cx) * C, v0, v1);
-          const bool in = row_in && ix >= 0 && ix < p.W;
-          const float2 f = *reinterpret_cast<const float2*>(filt + (ky * KS + kx) * C + c);
-          acc0 = fmaf(in ? v0 : 0.f, f.x, acc0);
-          acc1 = fmaf(in ? v1 : 0.f, f.y, acc1);
+          for (int kx = 0; kx < KS; ++kx) {
+            const int ix = ox + kx - r;
+            // branch-free: every tap loads from a clamped in-image address and is zeroed outside the image
+            // (zero padding), so the loads of a group have no control flow between them and issue together
+            const int cx = clamp_index(ix, p.W - 1);
+            float v0, v1;
+            load2(image + (static_cast<size_t>(cy) * p.W + cx) * C, v0, v1);
+            const bool in = row_in && ix >= 0 && ix < p.W;
+            const float2 f = *reinterpret_cast<const float2*>(filt + (ky * KS + kx) * C + c);
+            acc0 = fmaf(in ? v0 : 0.f, f.x, acc0);
+            acc1 = fmaf(in ? v1 : 0.f, f.y, acc1);
+          }
         }
       }
+      const T out[2] = {from_f32<T>(x0 + scale.x * activate(acc0, p.act) + shift.x),
+                        from_f32<T>(x1 + scale.y * activate(acc1, p.act) + shift.y)};
+      *reinterpret_cast<uint32_t*>(u + pix * C + c) = *reinterpret_cast<const uint32_t*>(out);
     }
-    const T out[2] = {from_f32<T>(x0 + scale.x * activate(acc0, p.act) + shift.x),
-                      from_f32<T>(x1 + scale.y * activate(acc1, p.act) + shift.y)};
-    *reinterpret_cast<uint32_t*>(u + pix * C + c) = *reinterpret_cast<const uint32_t*>(out);
+    __syncthreads();  // every thread's u stores come before the release
+    if (threadIdx.x == 0) flag_release_add(p.flags + tile, 1);
   }
 }
 
@@ -189,12 +226,12 @@ __device__ __forceinline__ int shared_slot(int nt, int warp) {
 template <typename T>
 __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, const float* w_bias, float* red,
                                int slice, int group, int groups) {
-  const T* u = static_cast<const T*>(p.u);
-  T* x = static_cast<T*>(p.x);
-  const int C = p.C, M = p.B * p.H * p.W, ldw = C + kRowPad;
+  const T* u = static_cast<const T*>(p.u[layer % 2]);
+  T* x = static_cast<T*>(p.x[(layer + 1) % 2]);
+  const int C = p.C, M = p.B * p.H * p.W, ldw = C + kRowPad, slices = C / kSliceN;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int n0 = slice * kSliceN;
-  const int row_tiles = (M + 15) / 16, ksteps = C / 16;
+  const int row_tiles = (M + kTileRows - 1) / kTileRows, ksteps = C / 16;
   const int k_begin = 16 * (warp * ksteps / kWarps), k_end = 16 * ((warp + 1) * ksteps / kWarps);
   // The epilogue's per-channel vectors for the 2 x 2 channels this lane writes (n-tiles 2 warp + i, columns
   // 2t, 2t + 1), loaded once per layer, before the first tile's A fragments: no load waits in the epilogue.
@@ -210,7 +247,12 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, c
     }
   }
   for (int tile = group; tile < row_tiles; tile += groups) {  // uniform across the CTA: barriers inside are safe
-    const int m_lo = tile * 16 + g, m_hi = m_lo + 8;
+    // u rows of this tile, all C channels: every slice's depthwise half of this layer must have written them
+#ifndef SPIN_MUTATE_DROP_U_WAIT  // mutation test only, as above
+    if (threadIdx.x == 0) flag_wait_geq(p.flags + tile, slices * (layer + 1));
+#endif
+    __syncthreads();
+    const int m_lo = tile * kTileRows + g, m_hi = m_lo + 8;
     const bool ok_lo = m_lo < M, ok_hi = m_hi < M;
     const T* row_lo = u + static_cast<size_t>(ok_lo ? m_lo : 0) * C;
     const T* row_hi = u + static_cast<size_t>(ok_hi ? m_hi : 0) * C;
@@ -287,7 +329,8 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, c
         *reinterpret_cast<uint32_t*>(x + static_cast<size_t>(m) * C + n) = *reinterpret_cast<const uint32_t*>(out);
       }
     }
-    __syncthreads();  // red is rewritten by the next tile
+    __syncthreads();  // red is rewritten by the next tile; every thread's x stores come before the release
+    if (threadIdx.x == 0) flag_release_add(p.flags + row_tiles + tile * slices + slice, 1);
   }
 }
 
@@ -297,20 +340,13 @@ __global__ void __launch_bounds__(kThreads, 1) shared_run_kernel(SharedRunArgs p
   float* red = reinterpret_cast<float*>(ws + kSliceN * (p.C + kRowPad));  // split-K partials, see pointwise_half
   const int slices = p.C / kSliceN;
   const int slice = blockIdx.x % slices, group = blockIdx.x / slices, groups = gridDim.x / slices;
-  cg::grid_group grid = cg::this_grid();
   for (int run = 0; run < p.num_runs; ++run) {
-    // Load this run's slice of W (after the grid.sync that ended the previous run's last layer: ws is free).
+    __syncthreads();  // the previous run's last tile is done with ws
     load_w_slice<T>(ws, static_cast<const T*>(p.w[run]), slice, p.C);
     __syncthreads();
     for (int layer = p.run_start[run]; layer < p.run_start[run + 1]; ++layer) {
-      depthwise_half<T, KS>(p, layer);
-#ifndef SPIN_MUTATE_DROP_GRID_SYNC  // defined only by the mutation test's emulated build (tests/cuda)
-      grid.sync();  // u complete everywhere before any row's GEMM reads it
-#endif
+      depthwise_half<T, KS>(p, layer, slice, group, groups);
       pointwise_half<T>(p, layer, ws, p.w_bias[run], red, slice, group, groups);
-#ifndef SPIN_MUTATE_DROP_LAYER_SYNC  // mutation test only, as above
-      grid.sync();  // x complete before the next layer's depthwise half reads neighbours
-#endif
     }
   }
 }
@@ -326,7 +362,8 @@ cudaError_t launch(const SharedRunArgs& args, cudaStream_t stream, int* grid_cta
   if ((err = max_ctas_per_sm(&per_sm, kernel, kThreads, smem)) != cudaSuccess) return err;
   const int slices = args.C / kSliceN, resident = sms * per_sm;
   if (resident < slices) return cudaErrorCooperativeLaunchTooLarge;
-  // Every CTA must be co-resident for grid.sync(): the largest multiple of the slice count that fits.
+  // Every CTA must be co-resident (a CTA spins on flags other CTAs set): the largest multiple of the slice count
+  // that fits, in a cooperative launch, which guarantees co-residency or fails.
   const int ctas = (resident / slices) * slices;
   if (grid_ctas) *grid_ctas = ctas;
   return launch_cooperative(kernel, dim3(ctas), dim3(kThreads), smem, stream, args);
@@ -347,6 +384,11 @@ cudaError_t launch_for_kernel_size(const SharedRunArgs& args, cudaStream_t strea
 }
 
 }  // namespace
+
+size_t shared_run_flag_count(int64_t M, int C) {
+  const int64_t row_tiles = (M + kTileRows - 1) / kTileRows;
+  return static_cast<size_t>(row_tiles * (1 + C / kSliceN));
+}
 
 size_t shared_run_smem_bytes(int C) {
   // the resident slice (16-bit elements; C + kRowPad keeps the float partials after it 16-byte aligned) and the

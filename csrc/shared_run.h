@@ -4,14 +4,18 @@
 #pragma once
 #include "runtime.h"
 
+#include <cstdint>
+
 namespace spin {
 
 // Most runs one launch covers (the per-run pointers travel in the kernel's parameter block).
 constexpr int kMaxRuns = 64;
 
 struct SharedRunArgs {
-  void* x;                // [M, C] layer input, overwritten by each layer's output (M = B*H*W, channels-last)
-  void* u;                // [M, C] scratch: the residual stream after the depthwise half of each layer
+  void* x[2];             // [M, C] ping-pong activations (M = B*H*W, channels-last): layer l reads x[l % 2] and
+                          // writes x[(l + 1) % 2]; x[0] holds the input, x[num_layers % 2] the output
+  void* u[2];             // [M, C] scratch: layer l's residual stream after the depthwise half, in u[l % 2]
+  int* flags;             // [shared_run_flag_count(M, C)] zeroed before the launch: the tiles' ready counters
   const void* w[kMaxRuns];        // per run: [C, C] shared pointwise weight (out x in), same dtype as x
   const float* w_bias[kMaxRuns];  // per run: [C] shared pointwise bias
   int run_start[kMaxRuns + 1];    // run r covers layers [run_start[r], run_start[r + 1])
@@ -33,6 +37,9 @@ constexpr int kMaxKernelSize = 9;
 
 // Channels of W's output dimension each CTA keeps resident (C must be a multiple of this).
 constexpr int kSliceN = 64;
+
+// Ready counters one launch needs for M rows and C channels (per 16-row tile: one for u, one per W slice for x).
+size_t shared_run_flag_count(int64_t M, int C);
 
 // Shared memory per CTA for channel count C (the resident slice with padded rows, and 12 KiB of split-K partials).
 size_t shared_run_smem_bytes(int C);

@@ -1,17 +1,18 @@
 """The CUDA kernels of ``csrc/`` built for the host CPU (``-DSPIN_EMULATE``), to test them without a GPU.
 
 ``csrc/emulation/emulation.h`` maps CUDA threads to host threads (real ``__syncthreads`` barriers, per-CTA shared
-memory poisoned with NaN, cooperative launches with a real grid barrier, ``mma.sync`` emulated from the PTX ISA
+memory poisoned with NaN, cooperative launches with every CTA running at once (a real grid barrier, spinning
+ready flags), ``mma.sync`` emulated from the PTX ISA
 fragment layouts). The same ``csrc/*.cu`` sources and ``csrc/bindings.cpp`` compile with the host compiler into a
 separate module that takes CPU tensors; :func:`enable` routes the wrappers of :mod:`spin_kernels.cuda` to it for
 CPU tensors, so every CUDA test also runs here. It checks indexing, tiling, barriers, fragment layouts and the
 numerics of each kernel, not speed or the GPU memory model. Built once per source hash (about a minute).
 
 Inter-CTA bugs: :func:`set_schedule` runs the CTAs of every launch in a seeded random order (plain launches several
-at a time) and, with ``jitter_us``, delays each CTA by a seeded amount at its start and after every grid barrier,
-so a missing barrier / flag / fence changes the result under some seed. ``enable(mutations=...)`` routes to a
-separate build with mutation macros defined (e.g. ``SPIN_MUTATE_DROP_GRID_SYNC``): the tests plant a missing
-barrier that way and check that the seeded schedules catch it.
+at a time) and, with ``jitter_us``, delays each CTA by a seeded amount at its start and after every grid barrier
+or flag wait, so a missing barrier / flag / fence changes the result under some seed. ``enable(mutations=...)``
+routes to a separate build with mutation macros defined (e.g. ``SPIN_MUTATE_DROP_U_WAIT``): the tests plant a
+missing flag wait that way and check that the seeded schedules catch it.
 """
 from __future__ import annotations
 
@@ -118,7 +119,8 @@ def module():
 def set_schedule(seed: int, jitter_us: int = 0) -> None:
     """CTA schedule of the emulated GPU: ``seed`` 0 runs a plain launch's CTAs one at a time in blockIdx order;
     any other seed runs them in a seeded random order, several at once, and delays every CTA by a seeded
-    0..``jitter_us`` microseconds at its start and after each grid barrier (all launches, until changed)."""
+    0..``jitter_us`` microseconds at its start and after each grid barrier or flag wait (all launches, until
+    changed)."""
     module().emulation_set_schedule(int(seed), int(jitter_us))
 
 

@@ -6,7 +6,8 @@
 // A cooperative launch runs all CTAs at once (grid.sync() is a barrier over every thread). A plain launch runs its
 // CTAs one after another in blockIdx order, unless a schedule is set (set_schedule(seed, jitter_us), seed != 0):
 // then CTAs run in a seeded random order, up to kPlainWave of them at once, and with jitter_us > 0 every CTA
-// sleeps a seeded random 0..jitter_us microseconds when it starts and after each grid.sync(), so the order in
+// sleeps a seeded random 0..jitter_us microseconds when it starts, after each grid.sync() and after each flag wait
+// (a thread's jitter there), so the order in
 // which CTAs reach shared data changes with the seed and a missing barrier, flag or fence changes the result. Each CTA gets its own dynamic shared memory, filled with 0xFF bytes (NaN) so a read
 // before a write shows up in the result. Warp-collective instructions are emulated from their documented
 // semantics (mma.sync m16n8k16 fragment layouts from the PTX ISA). Threads that return early drop out of every
@@ -55,12 +56,19 @@ struct ThreadState {
   long cta = 0;             // linear CTA index in the launch
   uint64_t launch = 0;      // launch counter (the schedule's jitter differs per launch)
   uint32_t grid_syncs = 0;  // grid.sync() calls so far by this thread
+  uint32_t flag_waits = 0;  // flag_wait_geq() calls so far by this thread
 };
 extern thread_local ThreadState tls;
 
 void syncthreads();
 void grid_sync();
 unsigned char* block_smem();
+
+// Inter-CTA ready counters (device_utils.cuh): an atomic add with release order, and a wait (acquire order)
+// until the counter reaches target — under a seeded schedule with jitter, followed by the CTA's jitter, so the
+// order in which CTAs pass a wait changes with the seed.
+void flag_release_add(int* flag, int v);
+void flag_wait_geq(const int* flag, int target);
 
 // The emulation defines no cuda* runtime symbols: a CUDA build of torch loads the real libcudart, whose symbols
 // would take precedence. Launchers reach the emulated device through these and the spin:: helpers instead.

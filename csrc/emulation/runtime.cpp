@@ -78,6 +78,15 @@ void grid_sync() {
   jitter(++tls.grid_syncs);
 }
 
+void flag_release_add(int* flag, int v) { std::atomic_ref<int>(*flag).fetch_add(v, std::memory_order_release); }
+
+void flag_wait_geq(const int* flag, int target) {
+  // atomic_ref needs a non-const object; the wait only loads
+  std::atomic_ref<int> counter(*const_cast<int*>(flag));
+  while (counter.load(std::memory_order_acquire) < target) std::this_thread::yield();
+  jitter(0x10000u + ++tls.flag_waits);  // points above any grid-sync count: a different delay
+}
+
 unsigned char* block_smem() {
   auto p = reinterpret_cast<uintptr_t>(tls.block->smem.data());
   return reinterpret_cast<unsigned char*>((p + 15) & ~uintptr_t{15});

@@ -10,15 +10,15 @@ two grid-wide barriers per layer). This module states, without a GPU:
 * the loop descriptors (:data:`CUDA_MODELS`): each kernel's SASS loops in address order, tied to the source line
   they come from, with trip counts read from the .cu source and the SASS (unrolling, specialised copies);
 * :func:`cuda_launch_cost`: the bounds / estimate / floor of a launch (:mod:`.cost_model`, as
-  :func:`.cost_report.launch_cost` does for Triton), the grid syncs of a persistent launch added as latency;
-* :func:`persistent_critical_path`: the dependent chain of the persistent trunk — grid syncs and serially dependent
-  global round trips of the slowest warp — as a latency lower bound;
+  :func:`.cost_report.launch_cost` does for Triton), the ready-flag hops of a persistent launch added as latency;
+* :func:`persistent_critical_path`: the dependent chain of the persistent trunk — flag hops between CTAs and the
+  serially dependent global round trips of the busiest CTA's warps — as a latency lower bound;
 * :func:`cuda_shape_costs`: the rows and totals :func:`.cost_report.cost_shape` adds with ``cuda=True``.
 
 Trip counts follow :mod:`.kernel_models`: *executions of the loop body per execution of the enclosing code*
 (per CTA for a top-level loop), averaged over the warps of the launch (the unit the cost model counts; a warp runs
 as many iterations as its busiest lane). A loop only some warps enter counts their share. The spin-wait loops of a
-grid-wide barrier get 1: their cost is the launch's ``grid_syncs × SMRates.grid_sync_s``.
+ready flag get 1 (one poll): the wait for the producer is the launch's ``flag_hops`` x an L2 round trip.
 
 The descriptors cover the 16-bit instances (``__nv_bfloat16``, ``__half``) only: the fp32 instances unroll
 differently (other loop counts), and neither the ConvMixer target shapes nor the persistent kernel use them.
@@ -66,6 +66,7 @@ SR_THREADS = SR_WARPS * 32     # kThreads = 128
 K_STEPS = 12                   # kKSteps: k-steps of A fragments loaded together
 W_LOAD_BATCH = 16              # kWLoadBatch: 16-byte W vectors each thread has in flight
 ROW_PAD = 8                    # kRowPad
+SR_TILE_ROWS = 16              # kTileRows: rows of a row tile, the unit of the ready flags
 SHARED_N_TILES = SLICE_N // 8 - SLICE_N // 8 // SR_WARPS   # kSharedNTiles = 6
 # spin_kernels/cuda.py, spin_kernels/ops/convmixer_cuda.py
 WGRAD_PARTIAL_CTAS = 264       # dwconv_backward_weight's default partial_ctas (2 per SM of an H100)
@@ -136,14 +137,18 @@ def _reduce_unrolled(a) -> tuple[float, float, float]:
     return by16, rest // 4, p % 4
 
 
-def _sr_dw_counts(a) -> list[int]:
-    # depthwise_half: grid-stride loop over B*H*W*C/2 channel pairs, all CTAs' threads
-    return warp_iterations(a.B * a.H * a.W * a.C // 2, a.ctas * SR_THREADS, range(0, a.ctas * SR_THREADS, 32))
-
-
 def _sr_w_slice_counts(C: int) -> list[int]:
     """Iterations of each warp of load_w_slice: 64 x C / 8 16-byte vectors, kThreads x kWLoadBatch per step."""
     return warp_iterations(SLICE_N * C // 8, SR_THREADS * W_LOAD_BATCH, _cta_warps(SR_THREADS))
+
+
+_SR_TILES = "for (int tile = group; tile < row_tiles; tile += groups)"
+_SR_POLL = "for (;;)"   # flag_wait_geq's spin loop (csrc/device_utils.cuh)
+
+
+def _sr_tiles_per_cta(a) -> float:
+    """Row tiles per CTA (both halves loop over the same tiles): tiles / CTAs per slice."""
+    return cdiv(a.M, SR_TILE_ROWS) / (a.ctas // (a.C // SLICE_N))
 
 
 def _sr_tap_groups(k: int) -> int:
@@ -234,26 +239,30 @@ DW_WGRAD_REDUCE = KernelModel(
 SHARED_RUN = KernelModel(
     loops=(
         LoopSpec("for (int run = 0; run < p.num_runs; ++run)", lambda a: a.runs),
-        # the W slice, one 16-bit element per iteration: 64 C / 128 = C / 2 iterations per thread
+        # the W slice, kWLoadBatch 16-byte vectors per thread per iteration
         LoopSpec("for (unsigned first = threadIdx.x; first < total; first += kThreads * kWLoadBatch)",
                  lambda a: _mean(_sr_w_slice_counts(a.C))),
         LoopSpec("for (int layer = p.run_start[run]; layer < p.run_start[run + 1]; ++layer)",
                  lambda a: a.depth / a.runs),
-        LoopSpec("for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;",
-                 lambda a: _mean(_sr_dw_counts(a))),
+        LoopSpec(_SR_TILES + " [depthwise half]", _sr_tiles_per_cta),
+        # the x tiles of the halo, one per thread (at most 2 * ceil(4 * 33 / 16) + 1 = 19 < 128 at 224 px)
+        LoopSpec("for (int nb = lo + static_cast<int>(threadIdx.x); nb <= hi; nb += kThreads)", lambda a: 1),
+        LoopSpec(_SR_POLL + " [x_ready]", lambda a: 1),
+        # 16 rows x 32 channel pairs over 128 threads
+        LoopSpec("for (int i = threadIdx.x; i < kTileRows * kSlicePairs; i += kThreads)",
+                 lambda a: SR_TILE_ROWS * SLICE_N // 2 // SR_THREADS),
         # the taps unroll completely (KS is a template argument); at k = 9 in three groups of three tap rows
-        LoopSpec("for (int ky0 = 0; ky0 < KS; ky0 += kRows)", lambda a: _sr_tap_groups(a.k) if _sr_tap_groups(a.k) > 1
-                 else None),
-        LoopSpec("grid.sync();  // u complete everywhere before any row's GEMM reads it", lambda a: 1),
-        LoopSpec("for (int tile = group; tile < row_tiles; tile += groups)",
-                 lambda a: cdiv(a.M, 16) / (a.ctas // (a.C // SLICE_N))),   # row tiles / CTAs per slice
+        LoopSpec("for (int ky0 = 0; ky0 < KS; ky0 += kRows)",
+                 lambda a: _sr_tap_groups(a.k) if _sr_tap_groups(a.k) > 1 else None),
+        LoopSpec(_SR_TILES + " [pointwise half]", _sr_tiles_per_cta),
+        LoopSpec(_SR_POLL + " [u_ready]", lambda a: 1),
         LoopSpec("for (int k0 = k_begin; k0 < k_end; k0 += 16 * kKSteps)", lambda a: _mean(_sr_kstep_trips(a))),
-        LoopSpec("grid.sync();  // x complete before the next layer's depthwise half reads neighbours", lambda a: 1),
     ),
     # the floor's work: the pointwise GEMMs on tensor cores (the depthwise FLOPs, ~k^2 / C of them, run on the CUDA
     # cores alongside and are left out: a floor may ignore work that can overlap)
     flops=lambda a: 2.0 * a.M * a.C * a.C * a.depth, unit="tensor",
-    note="persistent cooperative launch: the whole trunk; spin-wait loops of grid.sync get trips 1")
+    note="persistent launch: the whole trunk; the spin-wait loops of the ready flags get trips 1 (a wait's cost is "
+         "the launch's flag_hops x an L2 round trip, added as latency)")
 
 CUDA_MODELS: dict[str, KernelModel] = {
     "dw_forward_kernel": DW_FORWARD,
@@ -265,8 +274,9 @@ CUDA_MODELS: dict[str, KernelModel] = {
 """Descriptors by kernel template name (the 16-bit instances)."""
 
 # the loops of shared_run_kernel the critical path names (indices into SHARED_RUN.loops = SASS loops)
-SR_LOOP = {"runs": 0, "w_slice": 1, "layers": 2, "dw_pixels": 3, "dw_tap_groups": 4, "sync_u": 5,
-           "pw_tiles": 6, "pw_k0": 7, "sync_x": 8}
+SR_LOOP = {"runs": 0, "w_slice": 1, "layers": 2, "dw_tiles": 3, "dw_halo": 4, "poll_x": 5, "dw_pixels": 6,
+           "dw_tap_groups": 7, "pw_tiles": 8, "poll_u": 9, "pw_k0": 10}
+SR_FLAG_HOPS_PER_LAYER = 2   # u_ready (depthwise -> pointwise) and x_ready (pointwise -> next depthwise)
 
 
 # ------------------------------------------------------------------------------------------------ launches
@@ -283,7 +293,7 @@ class CudaLaunch:
     phase: str                   # "fwd" (training forward), "bwd", "eval"
     hbm_bytes: int               # compulsory: every distinct buffer read or written, once
     model: KernelModel
-    grid_syncs: int = 0          # grid-wide barriers the launch executes in total
+    flag_hops: int = 0           # CTA-to-CTA ready-flag hops on the launch's critical path
     scope: str = "run"           # "run": once per shared run (x runs in the trunk); "trunk": once per forward
     flags: tuple = field(default_factory=tuple)   # switched-on options, for the label
 
@@ -473,7 +483,7 @@ def convmixer_cuda_launches(batch: int, dim: int, hw: int, kernel_size: int, *, 
             launch("shared_run_kernel", (ctas,), SR_THREADS, shared_run_smem_bytes(C),
                    dict(common, runs=n_runs, depth=layers), "eval", hbm,
                    [f"k{k}", f"{n_runs}x{R} layers", f"{ctas} CTAs"] + (["spin"] if spin else []),
-                   grid_syncs=2 * layers, scope="trunk")
+                   flag_hops=SR_FLAG_HOPS_PER_LAYER * layers, scope="trunk")
     else:
         forward("eval")
     return out
@@ -552,11 +562,11 @@ def find_function(launch: CudaLaunch, functions: dict) -> sass.Function:
 def cuda_launch_cost(launch: CudaLaunch, functions: dict, rates: cost_model.SMRates, dtype: str,
                      resources: dict | None = None) -> dict:
     """One CUDA launch: its bounds, estimate, floor and ratio — the keys of :func:`.cost_report.launch_cost` plus
-    ``backend`` ("cuda"), ``scope``, ``grid_syncs`` and ``dynamic_smem`` (no mangled symbol: anonymous-namespace
+    ``backend`` ("cuda"), ``scope``, ``flag_hops`` and ``dynamic_smem`` (no mangled symbol: anonymous-namespace
     names carry a hash of the build path, and the committed report must not depend on where it was built).
 
     ``functions``: the extension's parsed SASS (:func:`extension_functions`); ``resources``: its resource usage
-    by mangled name (default :func:`extension_resources`). Grid syncs add ``grid_syncs x rates.grid_sync_s`` to
+    by mangled name (default :func:`extension_resources`). Flag hops add ``flag_hops`` L2 round trips to
     the latency bound; blocks per SM follow from registers and static + dynamic shared memory.
     """
     fn = find_function(launch, functions)
@@ -568,7 +578,7 @@ def cuda_launch_cost(launch: CudaLaunch, functions: dict, rates: cost_model.SMRa
     counts = cost_model.count(fn, trips)
     b = cost_model.bounds(counts, ctas=launch.ctas, warps=launch.warps, blocks_per_sm=max(1, occ["blocks_per_sm"]),
                           hbm_bytes=launch.hbm_bytes, rates=rates,
-                          extra_latency_s=launch.grid_syncs * rates.grid_sync_s)
+                          extra_latency_s=launch.flag_hops * rates.l2_round_trip_cycles / rates.clock_hz)
     est, binding = cost_model.estimate(b)
     flops = launch.model.flops(args)
     floor = cost_model.floor_s(flops, launch.model.unit, launch.hbm_bytes, dtype, rates)
@@ -581,7 +591,7 @@ def cuda_launch_cost(launch: CudaLaunch, functions: dict, rates: cost_model.SMRa
             "bounds_s": {k: b[k] for k in cost_model.BOUNDS},
             "pipe": b["pipe_name"], "binding": binding, "estimate_s": est, "floor_s": floor,
             "ratio": est / floor if floor > 0 else float("inf"), "backend": "cuda", "scope": launch.scope,
-            "grid_syncs": launch.grid_syncs, "dynamic_smem": launch.dynamic_smem}
+            "flag_hops": launch.flag_hops, "dynamic_smem": launch.dynamic_smem}
 
 
 def _own_body(fn: sass.Function, loop: int | None) -> list:
@@ -615,15 +625,16 @@ def pointwise_tile_waves(fn: sass.Function, tile_loop: int) -> tuple[int, int]:
     """(dependent round trips of one warp per row tile of pointwise_half, of the whole tile body).
 
     The epilogue ``if (nt / kOwnNTiles != warp) continue`` is compiled into kWarps alternative blocks, one per
-    warp (the last kWarps top-level reconvergence regions of the tile loop's body); a warp runs the code before
-    them and ONE block. ValueError if the body does not have that shape (the kernel changed).
+    warp (the kWarps top-level reconvergence regions of the tile loop's body of 100 instructions or more); a warp
+    runs the code outside them and ONE block. ValueError if the body does not have that shape (the kernel changed).
     """
     body = _own_body(fn, tile_loop)
     regions = _reconvergence_regions(body)
-    blocks = regions[-SR_WARPS:]
+    # the blocks are the tile body's large regions (the flag wait and release are small ones around them), alike
+    # but not identical: ptxas schedules each copy on its own (a few percent apart)
+    blocks = [r for r in regions if len(r) >= 100]
     sizes = [len(b) for b in blocks]
-    # alike but not identical: ptxas schedules each copy on its own (a few percent apart)
-    if len(regions) < SR_WARPS or max(sizes) > 1.1 * min(sizes) or min(sizes) < 100:
+    if len(blocks) != SR_WARPS or max(sizes) > 1.1 * min(sizes):
         raise ValueError(f"{fn.name}: expected {SR_WARPS} per-warp epilogue blocks in the row-tile loop, found "
                          f"regions of sizes {[len(r) for r in regions]}")
     in_blocks = {ins.addr for b in blocks for ins in b}
@@ -634,16 +645,16 @@ def pointwise_tile_waves(fn: sass.Function, tile_loop: int) -> tuple[int, int]:
 def persistent_critical_path(launch: CudaLaunch, fn: sass.Function, rates: cost_model.SMRates) -> dict:
     """The dependent chain of a persistent ``shared_run_kernel`` launch: a latency lower bound.
 
-    Per layer: its 2 grid-wide barriers, and the serially dependent global round trips of the slowest warp —
-    :func:`.cost_model.load_waves` of each loop body on the warp's path, times the executions of that body in the
-    layer (the depthwise half's grid-stride iterations of the busiest warp, each with its tap groups; the pointwise
-    half's row tiles of the busiest CTA, each with its split-K steps and one warp's epilogue block). Per run:
-    the W-slice load, its iterations per thread (kWLoadBatch 16-byte vectors each) times the load waves of its
-    body. Latency: syncs x ``grid_sync_s`` + round trips x the L2 round trip, except the W-slice load at the DRAM
-    round trip: each run's W is read once per launch, from HBM (no earlier kernel of the forward touched it),
-    while the activations, filters and per-layer vectors it streams per layer were written or read moments before
-    and sit in L2 (a 50 MB L2 holds them at small batch). ``latency_all_l2_s`` prices the W load at L2 too: the
-    strict floor when the weights stay in L2 between calls.
+    Per layer, the busiest CTA's serial path: for each of its row tiles, the depthwise half (the halo's flag polls,
+    then its pixel iterations, each with its tap groups) and the pointwise half (the u flag poll, the slowest
+    warp's split-K steps, one warp's epilogue block) — :func:`.cost_model.load_waves` of each loop body times its
+    executions — plus the layer's 2 flag hops (u_ready, x_ready): the producer's release reaching L2, one round
+    trip each (the consumer's poll is in its loop's waves). Per run: the W-slice load, its iterations per thread
+    (kWLoadBatch 16-byte vectors each) times the load waves of its body. Latency: round trips x the L2 round trip,
+    except the W-slice load at the DRAM round trip: each run's W is read once per launch, from HBM (no earlier
+    kernel of the forward touched it), while the activations, filters and per-layer vectors it streams per layer
+    were written or read moments before and sit in L2 (a 50 MB L2 holds them at small batch).
+    ``latency_all_l2_s`` prices the W load at L2 too: the strict floor when the weights stay in L2 between calls.
     """
     a = launch.namespace()
     loops = fn.loops
@@ -654,35 +665,33 @@ def persistent_critical_path(launch: CudaLaunch, fn: sass.Function, rates: cost_
     waves = {name: cost_model.load_waves(_own_body(fn, i)) if i is not None else 0 for name, i in idx.items()}
     l2_s = rates.l2_round_trip_cycles / rates.clock_hz
     dram_s = rates.dram_round_trip_cycles / rates.clock_hz
-    # depthwise half: the busiest warp's pixel iterations x (own body + the tap-group loop's body per group)
-    dw_iters = max(_sr_dw_counts(a))
+    tiles = cdiv(cdiv(a.M, SR_TILE_ROWS), a.ctas // (a.C // SLICE_N))      # the busiest CTA's row tiles
+    # depthwise half, per tile: its own code, the halo polls, the pixel iterations (each with its tap groups)
     groups = _sr_tap_groups(a.k)
     per_pixel = waves["dw_pixels"] + (groups * waves["dw_tap_groups"] if idx["dw_tap_groups"] is not None else 0)
-    dw_trips = dw_iters * per_pixel
-    # pointwise half: the busiest CTA's row tiles x (the slowest warp's k0 steps + one warp's tile body)
-    cta_groups = a.ctas // (a.C // SLICE_N)
-    tiles = cdiv(cdiv(a.M, 16), cta_groups)
+    pixel_iters = SR_TILE_ROWS * SLICE_N // 2 // SR_THREADS
+    dw_tile = waves["dw_tiles"] + waves["dw_halo"] + waves["poll_x"] + pixel_iters * per_pixel
+    dw_trips = tiles * dw_tile
+    # pointwise half, per tile: the u poll, the slowest warp's k0 steps, the tile body on one warp's path
     tile_path, tile_all = pointwise_tile_waves(fn, idx["pw_tiles"])
-    pw_trips = tiles * (max(_sr_kstep_trips(a)) * waves["pw_k0"] + tile_path)
-    layer_trips = dw_trips + pw_trips + waves["layers"]
-    syncs_per_layer = sum(1 for lp in SHARED_RUN.loops if lp.site.startswith("grid.sync"))
-    layer_s = syncs_per_layer * rates.grid_sync_s + layer_trips * l2_s
+    pw_trips = tiles * (waves["poll_u"] + max(_sr_kstep_trips(a)) * waves["pw_k0"] + tile_path)
+    layer_trips = dw_trips + pw_trips + waves["layers"] + SR_FLAG_HOPS_PER_LAYER
+    layer_s = layer_trips * l2_s
     # the W slice at each run boundary
     w_iters = max(_sr_w_slice_counts(a.C))
     w_trips = w_iters * waves["w_slice"]
     run_trips_l2 = waves["runs"]          # the run loop's own code (the run's pointers), once per run
     prologue = cost_model.load_waves(_own_body(fn, None))   # straight-line code outside every loop, once
-    syncs = syncs_per_layer * a.depth
+    hops = SR_FLAG_HOPS_PER_LAYER * a.depth
     l2_trips = a.depth * layer_trips + a.runs * run_trips_l2 + prologue
     dram_trips = a.runs * w_trips
-    latency = syncs * rates.grid_sync_s + l2_trips * l2_s + dram_trips * dram_s
+    latency = l2_trips * l2_s + dram_trips * dram_s
     return {
         "kernel": launch.kernel, "ctas": launch.ctas, "depth": a.depth, "runs": a.runs,
         "per_layer": {
-            "grid_syncs": syncs_per_layer,
+            "flag_hops": SR_FLAG_HOPS_PER_LAYER,
             "round_trips": {"depthwise": dw_trips, "pointwise": pw_trips, "total": layer_trips},
-            "depthwise_iterations_busiest_warp": dw_iters, "round_trips_per_pixel": per_pixel,
-            "tap_groups": groups,
+            "depthwise_round_trips_per_tile": dw_tile, "round_trips_per_pixel": per_pixel, "tap_groups": groups,
             "row_tiles_busiest_cta": tiles, "round_trips_per_tile": tile_path,
             "round_trips_per_tile_all_warps_code": tile_all,
             "latency_s": layer_s},
@@ -694,10 +703,10 @@ def persistent_critical_path(launch: CudaLaunch, fn: sass.Function, rates: cost_
             "round_trips_per_thread": w_trips, "memory": "dram",
             "latency_s_per_run": w_trips * dram_s},
         "trunk": {
-            "grid_syncs": syncs, "round_trips_l2": l2_trips, "round_trips_dram": dram_trips,
-            "sync_s": syncs * rates.grid_sync_s, "round_trip_s": l2_trips * l2_s + dram_trips * dram_s,
+            "flag_hops": hops, "round_trips_l2": l2_trips, "round_trips_dram": dram_trips,
+            "flag_s": hops * l2_s, "round_trip_s": l2_trips * l2_s + dram_trips * dram_s,
             "latency_s": latency,
-            "latency_all_l2_s": syncs * rates.grid_sync_s + (l2_trips + dram_trips) * l2_s},
+            "latency_all_l2_s": (l2_trips + dram_trips) * l2_s},
     }
 
 
@@ -791,7 +800,7 @@ def format_cuda_totals(sh: dict) -> list[str]:
     cp = sh.get("persistent_critical_path")
     if cp:
         tk, w = cp["trunk"], cp["w_slice_load"]
-        lines.append(f"persistent critical path: {tk['grid_syncs']} grid syncs ({tk['sync_s'] * 1e6:.1f} us), "
+        lines.append(f"persistent critical path: no grid sync, {tk['flag_hops']} ready-flag hops, "
                      f"{tk['round_trips_l2']} L2 + {tk['round_trips_dram']} DRAM dependent round trips (W slice: "
                      f"{w['round_trips_per_thread']} per thread per run) -> latency >= {tk['latency_s'] * 1e3:.3f} ms "
                      f"({tk['latency_all_l2_s'] * 1e3:.3f} ms with W in L2)")

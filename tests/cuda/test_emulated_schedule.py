@@ -1,10 +1,11 @@
 """Inter-CTA correctness of the weights-resident trunk kernel on the host emulation under seeded CTA schedules.
 
 The emulation runs the CTAs of every launch in a seeded random order and, with jitter, delays each CTA by a seeded
-amount at its start and after every grid barrier (spin_kernels.cuda_emulation.set_schedule), so a CTA that reads
-another CTA's output without the barrier (or flag / fence) that orders them reads it early. The whole trunk must
-match the float64 reference under every seed, and a build with one grid barrier deliberately removed
-(SPIN_MUTATE_DROP_GRID_SYNC / _LAYER_SYNC, macros only these tests define) must fail under every seed.
+amount at its start and after every flag wait (spin_kernels.cuda_emulation.set_schedule), so a CTA that reads
+another CTA's output without the ready flag that orders them reads it early (the kernel's scratch buffers are NaN
+in the emulation). The whole trunk must match the float64 reference under every seed, and a build with one of the
+two waits deliberately removed (SPIN_MUTATE_DROP_U_WAIT / _X_WAIT, macros only these tests define) must fail under
+every seed.
 """
 import pytest
 import torch
@@ -14,11 +15,11 @@ from spin_kernels.reference.shared_run import shared_run
 from spin_kernels.testing import rel_err
 
 SEEDS = [11, 23, 37]
-JITTER_US = 3000          # up to 3 ms per CTA at its start and after each grid barrier
+JITTER_US = 3000          # up to 3 ms per CTA at its start and after each flag wait
 SMS = 4                   # C = 128: two W slices; 4 SMs x (CTAs per SM) gives several row groups per slice
-# the barriers of csrc/shared_run.cu a mutation build drops (macros only these tests define)
-MUTATIONS = ["SPIN_MUTATE_DROP_GRID_SYNC",    # between the depthwise half (writes u) and the pointwise half
-             "SPIN_MUTATE_DROP_LAYER_SYNC"]   # between a layer's pointwise half and the next depthwise half
+# the ready-flag waits of csrc/shared_run.cu a mutation build drops (macros only these tests define)
+MUTATIONS = ["SPIN_MUTATE_DROP_U_WAIT",    # the pointwise half reads u before every slice's depthwise half wrote it
+             "SPIN_MUTATE_DROP_X_WAIT"]    # the depthwise half reads x (its halo) before the previous layer wrote it
 
 
 def _trunk(seed_data=3, run_lengths=(2, 1)):
@@ -60,10 +61,9 @@ def test_trunk_correct_under_every_seeded_schedule():
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS)
-def test_planted_missing_grid_sync_is_caught(mutation):
-    """Each mutation drops one grid barrier, so CTAs read rows other CTAs have not written yet (u of this layer,
-    or the neighbour rows of x of the previous one): under the jittered schedules every seed must give a wrong
-    trunk."""
+def test_planted_missing_flag_wait_is_caught(mutation):
+    """Each mutation drops one flag wait, so CTAs read rows other CTAs have not written yet (u of this layer, or
+    the halo rows of x of the previous one): under the jittered schedules every seed must give a wrong trunk."""
     errors, tol = _errors((mutation,))
     assert all(e > tol for e in errors), (errors, tol)
 
