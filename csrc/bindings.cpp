@@ -60,7 +60,10 @@ at::Tensor channel_rows(const std::optional<at::Tensor>& v, int64_t rows, const 
   TORCH_CHECK(v->device() == like.device(), name, ": expected a tensor on ", like.device(), ", got ", v->device());
   TORCH_CHECK(v->numel() == rows * like.size(3), name, ": expected [", rows, ", C = ", like.size(3), "] values, got ",
               v->sizes());
-  return v->reshape({rows, -1}).to(at::kFloat).contiguous();
+  at::Tensor t = v->reshape({rows, -1}).to(at::kFloat).contiguous();
+  // kernels read two channels at a time (8-byte loads): a view starting off an 8-byte boundary gets its own copy
+  if (reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 8 != 0) t = t.clone();
+  return t;
 }
 
 // Optional per-channel vector [C] -> contiguous fp32 (or undefined).
@@ -305,10 +308,12 @@ class SharedRunLaunch {
                 "for C = ", C_, " ", dtype_, " on ", device_, ", got C = ", x.size(3), " ", x.scalar_type(), " on ",
                 x.device());
     SPIN_DEVICE_GUARD(x);
-    // the ping-pong activations and residual streams (the kernel reads x[0] and rewrites it from layer 2 on, so
-    // it gets a copy), and the zeroed ready counters
+    // the ping-pong activations and residual streams (the kernel reads x[0] and rewrites it from layer index 1
+    // on, so it gets a copy), and the zeroed ready counters
     const at::Tensor xs[2] = {x.clone(), scratch_like(x)}, us[2] = {scratch_like(x), scratch_like(x)};
     const int64_t M = x.size(0) * x.size(1) * x.size(2);
+    TORCH_CHECK(M * C_ < std::numeric_limits<int>::max(), "x: B * H * W * C = ", M * C_,
+                " elements; the kernel indexes rows and flags with 32-bit integers");
     const at::Tensor flags = at::zeros({static_cast<int64_t>(spin::shared_run_flag_count(M, static_cast<int>(C_)))},
                                        x.options().dtype(at::kInt));
     spin::SharedRunArgs args = args_;

@@ -26,8 +26,12 @@
 // what a slower CTA still reads: the pointwise half of layer l + 2 that rewrites x tile t' waited (through
 // u_ready, then x_ready of its halo, then u_ready again) for every depthwise half of layer l + 1 that read x
 // tile t' — the halo relation is symmetric — and the depthwise half of layer l + 2 that rewrites u tile t
-// waited for every slice's pointwise half of layer l on tile t in the same way. CTAs wait on other CTAs, so all
-// must be co-resident: a cooperative launch guarantees it (or fails, and the caller falls back).
+// waited for every slice's pointwise half of layer l on tile t in the same way. u_ready sums over slices, so
+// "slices * (l + 1)" means "every slice finished layer l" only because no slice gets two layers ahead on a tile:
+// its depthwise half of layer l + 1 waits for x_ready of the tile itself (a tile is in its own halo), which needs
+// u_ready of layer l complete. CTAs wait on other CTAs, so all must be co-resident: a cooperative launch
+// guarantees it (or fails, and the caller falls back). x and u are read with plain (coherent) loads after the
+// acquire: never mark them __restrict__ or read them with __ldg, whose non-coherent path may return stale lines.
 //
 // Latency (batch 1 is a chain of dependent round trips, not bandwidth): the W slice is copied 16 bytes at a time
 // with 16 loads in flight per thread; a pixel's taps load together (one instance per kernel size, so the taps
@@ -300,32 +304,44 @@ __device__ void pointwise_half(const SharedRunArgs& p, int layer, const T* ws, c
       for (int i = 0; i < 4; ++i) dst[i] = acc[nt][i];
     }
     __syncthreads();
-    // Reduce this warp's n-tiles over the four K quarters in warp order, then the epilogue: element
-    // (row g / g+8, column 2t / 2t+1) of each 16x8 tile.
+    // This warp's own n-tiles (kOwnNTiles warp + i) out of the unrolled accumulators by warp-uniform selects, so
+    // that the epilogue below is one copy of code for all warps (with nt a compile-time index it was one copy
+    // per warp, four times the instructions).
+    float own[kOwnNTiles][4];
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-      if (nt / kOwnNTiles != warp) continue;  // warp-uniform; nt stays a compile-time index into acc
+    for (int i = 0; i < kOwnNTiles; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float v = acc[i][e];
+#pragma unroll
+        for (int w = 1; w < kWarps; ++w) v = warp == w ? acc[w * kOwnNTiles + i][e] : v;
+        own[i][e] = v;
+      }
+    }
+    // Reduce them over the four K quarters in warp order, then the epilogue: element (row g / g+8, column
+    // 2t / 2t+1) of each 16x8 tile.
+#pragma unroll
+    for (int i = 0; i < kOwnNTiles; ++i) {
+      const int nt = warp * kOwnNTiles + i, n = n0 + nt * 8 + 2 * t;
       float sum[4] = {0.f, 0.f, 0.f, 0.f};
       for (int src = 0; src < kWarps; ++src) {
         if (src == warp) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) sum[i] += acc[nt][i];
+          for (int e = 0; e < 4; ++e) sum[e] += own[i][e];
         } else {
           const float* part = red + ((src * kSharedNTiles + shared_slot(nt, src)) * 32 + lane) * 4;
 #pragma unroll
-          for (int i = 0; i < 4; ++i) sum[i] += part[i];
+          for (int e = 0; e < 4; ++e) sum[e] += part[e];
         }
       }
-      const int own = nt % kOwnNTiles, n = n0 + nt * 8 + 2 * t;  // nt / kOwnNTiles == warp here
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int m = half ? m_hi : m_lo;
         if (m >= M) continue;
-        const T* r = reinterpret_cast<const T*>(&res[own][half]);  // zeros unless SPIN's residual
+        const T* r = reinterpret_cast<const T*>(&res[i][half]);  // zeros unless SPIN's residual
         const T out[2] = {
-            from_f32<T>(e_s2[own][0] * activate(sum[2 * half] + e_b[own][0], p.act) + e_t2[own][0] + to_f32(r[0])),
-            from_f32<T>(e_s2[own][1] * activate(sum[2 * half + 1] + e_b[own][1], p.act) + e_t2[own][1] +
-                        to_f32(r[1]))};
+            from_f32<T>(e_s2[i][0] * activate(sum[2 * half] + e_b[i][0], p.act) + e_t2[i][0] + to_f32(r[0])),
+            from_f32<T>(e_s2[i][1] * activate(sum[2 * half + 1] + e_b[i][1], p.act) + e_t2[i][1] + to_f32(r[1]))};
         *reinterpret_cast<uint32_t*>(x + static_cast<size_t>(m) * C + n) = *reinterpret_cast<const uint32_t*>(out);
       }
     }

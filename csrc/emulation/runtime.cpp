@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -83,7 +84,16 @@ void flag_release_add(int* flag, int v) { std::atomic_ref<int>(*flag).fetch_add(
 void flag_wait_geq(const int* flag, int target) {
   // atomic_ref needs a non-const object; the wait only loads
   std::atomic_ref<int> counter(*const_cast<int*>(flag));
-  while (counter.load(std::memory_order_acquire) < target) std::this_thread::yield();
+  // a target no CTA will ever reach (a kernel bug) fails loudly instead of hanging the test run
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(300);
+  while (counter.load(std::memory_order_acquire) < target) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::fprintf(stderr, "spin_emu: CTA %ld waited 300 s for a ready flag to reach %d (it holds %d): deadlock\n",
+                   tls.cta, target, counter.load());
+      std::abort();
+    }
+    std::this_thread::yield();
+  }
   jitter(0x10000u + ++tls.flag_waits);  // points above any grid-sync count: a different delay
 }
 

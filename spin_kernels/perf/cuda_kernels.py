@@ -598,22 +598,6 @@ def _own_body(fn: sass.Function, loop: int | None) -> list:
     return [ins for ins in fn.instructions if fn.innermost_loop(ins.addr) == loop]
 
 
-def _reconvergence_regions(body: list) -> list[list]:
-    """The top-level ``BSSY B0 … BSYNC B0`` regions of a straight run of instructions (the compiler's
-    if / else blocks), in order."""
-    regions, current, end = [], None, None
-    for ins in body:
-        if current is None and ins.opcode == "BSSY" and ins.operands.startswith("B0"):
-            end = int(ins.operands.split(",")[1].strip(), 16)
-            current = []
-        if current is not None:
-            current.append(ins)
-            if ins.addr >= end - 0x10:   # the BSYNC B0 just before the region's reconvergence address
-                regions.append(current)
-                current = None
-    return regions
-
-
 def shared_run_loops(a) -> dict:
     """:data:`SR_LOOP`'s loops as indices among the SASS loops of the instance for launch args ``a`` (a loop the
     instance compiles out — the tap-group loop below k = 9 — is None)."""
@@ -621,25 +605,11 @@ def shared_run_loops(a) -> dict:
     return {name: present.index(i) if i in present else None for name, i in SR_LOOP.items()}
 
 
-def pointwise_tile_waves(fn: sass.Function, tile_loop: int) -> tuple[int, int]:
-    """(dependent round trips of one warp per row tile of pointwise_half, of the whole tile body).
-
-    The epilogue ``if (nt / kOwnNTiles != warp) continue`` is compiled into kWarps alternative blocks, one per
-    warp (the kWarps top-level reconvergence regions of the tile loop's body of 100 instructions or more); a warp
-    runs the code outside them and ONE block. ValueError if the body does not have that shape (the kernel changed).
-    """
-    body = _own_body(fn, tile_loop)
-    regions = _reconvergence_regions(body)
-    # the blocks are the tile body's large regions (the flag wait and release are small ones around them), alike
-    # but not identical: ptxas schedules each copy on its own (a few percent apart)
-    blocks = [r for r in regions if len(r) >= 100]
-    sizes = [len(b) for b in blocks]
-    if len(blocks) != SR_WARPS or max(sizes) > 1.1 * min(sizes):
-        raise ValueError(f"{fn.name}: expected {SR_WARPS} per-warp epilogue blocks in the row-tile loop, found "
-                         f"regions of sizes {[len(r) for r in regions]}")
-    in_blocks = {ins.addr for b in blocks for ins in b}
-    shared = [ins for ins in body if ins.addr not in in_blocks]
-    return cost_model.load_waves(shared) + max(cost_model.load_waves(b) for b in blocks), cost_model.load_waves(body)
+def pointwise_tile_waves(fn: sass.Function, tile_loop: int) -> int:
+    """Dependent round trips of one warp per row tile of pointwise_half outside its k0 loop: the tile body's own
+    code (the u poll's loop and the k0 loop are counted on their own). The epilogue is one copy for all warps
+    (each warp selects its n-tiles out of the accumulators), so every warp runs the whole body."""
+    return cost_model.load_waves(_own_body(fn, tile_loop))
 
 
 def persistent_critical_path(launch: CudaLaunch, fn: sass.Function, rates: cost_model.SMRates) -> dict:
@@ -673,7 +643,7 @@ def persistent_critical_path(launch: CudaLaunch, fn: sass.Function, rates: cost_
     dw_tile = waves["dw_tiles"] + waves["dw_halo"] + waves["poll_x"] + pixel_iters * per_pixel
     dw_trips = tiles * dw_tile
     # pointwise half, per tile: the u poll, the slowest warp's k0 steps, the tile body on one warp's path
-    tile_path, tile_all = pointwise_tile_waves(fn, idx["pw_tiles"])
+    tile_path = pointwise_tile_waves(fn, idx["pw_tiles"])
     pw_trips = tiles * (waves["poll_u"] + max(_sr_kstep_trips(a)) * waves["pw_k0"] + tile_path)
     layer_trips = dw_trips + pw_trips + waves["layers"] + SR_FLAG_HOPS_PER_LAYER
     layer_s = layer_trips * l2_s
@@ -693,7 +663,6 @@ def persistent_critical_path(launch: CudaLaunch, fn: sass.Function, rates: cost_
             "round_trips": {"depthwise": dw_trips, "pointwise": pw_trips, "total": layer_trips},
             "depthwise_round_trips_per_tile": dw_tile, "round_trips_per_pixel": per_pixel, "tap_groups": groups,
             "row_tiles_busiest_cta": tiles, "round_trips_per_tile": tile_path,
-            "round_trips_per_tile_all_warps_code": tile_all,
             "latency_s": layer_s},
         "w_slice_load": {
             "loop": idx["w_slice"], "site": SHARED_RUN.loops[SR_LOOP["w_slice"]].site,

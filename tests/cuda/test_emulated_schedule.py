@@ -22,9 +22,9 @@ MUTATIONS = ["SPIN_MUTATE_DROP_U_WAIT",    # the pointwise half reads u before e
              "SPIN_MUTATE_DROP_X_WAIT"]    # the depthwise half reads x (its halo) before the previous layer wrote it
 
 
-def _trunk(seed_data=3, run_lengths=(2, 1)):
+def _trunk(seed_data=3, run_lengths=(2, 1), k=3):
     torch.manual_seed(seed_data)
-    B, H, W, C, k, L = 2, 6, 7, 128, 3, sum(run_lengths)
+    B, H, W, C, L = 2, 6, 7, 128, sum(run_lengths)
     x = torch.randn(B, H, W, C).to(torch.float16)
     ws = [(torch.randn(C, C) / C ** 0.5).to(torch.float16) for _ in run_lengths]
     bs = [torch.randn(C) * 0.1 for _ in run_lengths]
@@ -36,11 +36,11 @@ def _trunk(seed_data=3, run_lengths=(2, 1)):
     return (x, ws, bs, *per_layer), kw, expected, max(5e-3, 2 * rel_err(low, expected))
 
 
-def _errors(mutations=()):
+def _errors(mutations=(), sms=SMS, **trunk):
     """rel. error of the trunk under each seed of SEEDS (jittered), on the build with ``mutations``."""
-    args, kw, expected, tol = _trunk()
+    args, kw, expected, tol = _trunk(**trunk)
     try:
-        cuda_emulation.enable(True, sm_count=SMS, mutations=mutations)
+        cuda_emulation.enable(True, sm_count=sms, mutations=mutations)
     except RuntimeError as e:
         pytest.fail(f"CUDA emulation unavailable: {e}")
     out = []
@@ -57,6 +57,14 @@ def _errors(mutations=()):
 
 def test_trunk_correct_under_every_seeded_schedule():
     errors, tol = _errors()
+    assert all(e <= tol for e in errors), (errors, tol)
+
+
+def test_several_tiles_per_cta_and_buffer_reuse_under_every_seeded_schedule():
+    """One SM: 6 CTAs (3 row groups per slice) for 6 row tiles — each CTA runs two tiles per half; k = 9 (a halo
+    of every tile of a 6 x 7 image) and 4 layers over two runs, so each ping-pong buffer is rewritten while other
+    CTAs may still be a layer behind."""
+    errors, tol = _errors(sms=1, run_lengths=(3, 1), k=9)
     assert all(e <= tol for e in errors), (errors, tol)
 
 
