@@ -148,8 +148,21 @@ __device__ void depthwise_half(const SharedRunArgs& p, int layer, int slice, int
       if (m >= M) break;  // m grows with i: the rest of this thread's items are past the last row too
       const int c = slice * kSliceN + 2 * (i % kSlicePairs);
       const size_t pix = static_cast<size_t>(m);
-      const int ox = m % p.W, oy = (m / p.W) % p.H;
-      const T* image = x + pix / (static_cast<size_t>(p.W) * p.H) * p.H * p.W * C + c;
+      // pixel coordinates by unsigned division (no sign fix-ups); tap addresses as 32-bit element offsets from the
+      // image's base (B * H * W * C < 2^31, checked by the binding): a row offset per tap row and a column offset
+      // per tap column, so a tap costs one add
+      const unsigned hw = static_cast<unsigned>(p.H * p.W), plane = static_cast<unsigned>(m) / hw;
+      const unsigned in_plane = static_cast<unsigned>(m) - plane * hw;
+      const int oy = static_cast<int>(in_plane / static_cast<unsigned>(p.W)), ox = static_cast<int>(in_plane) - oy * p.W;
+      const T* image = x + static_cast<size_t>(plane) * hw * C + c;
+      int col_off[KS];
+      bool col_in[KS];
+#pragma unroll
+      for (int kx = 0; kx < KS; ++kx) {
+        const int ix = ox + kx - r;
+        col_in[kx] = ix >= 0 && ix < p.W;
+        col_off[kx] = clamp_index(ix, p.W - 1) * C;  // clamped: an in-image address, zeroed below when outside
+      }
       // everything but the taps first: independent loads, in flight with the first tap group
       float x0, x1;
       load2(x + pix * C + c, x0, x1);
@@ -162,16 +175,14 @@ __device__ void depthwise_half(const SharedRunArgs& p, int layer, int slice, int
         for (int ky = ky0; ky < ky0 + kRows; ++ky) {
           const int iy = oy + ky - r;
           const bool row_in = iy >= 0 && iy < p.H;
-          const int cy = clamp_index(iy, p.H - 1);
+          const int row_off = clamp_index(iy, p.H - 1) * p.W * C;
 #pragma unroll
           for (int kx = 0; kx < KS; ++kx) {
-            const int ix = ox + kx - r;
-            // branch-free: every tap loads from a clamped in-image address and is zeroed outside the image
-            // (zero padding), so the loads of a group have no control flow between them and issue together
-            const int cx = clamp_index(ix, p.W - 1);
+            // branch-free: every tap loads (from a clamped in-image address) and is zeroed outside the image (zero
+            // padding), so the loads of a group have no control flow between them and issue together
             float v0, v1;
-            load2(image + (static_cast<size_t>(cy) * p.W + cx) * C, v0, v1);
-            const bool in = row_in && ix >= 0 && ix < p.W;
+            load2(image + (row_off + col_off[kx]), v0, v1);
+            const bool in = row_in && col_in[kx];
             const float2 f = *reinterpret_cast<const float2*>(filt + (ky * KS + kx) * C + c);
             acc0 = fmaf(in ? v0 : 0.f, f.x, acc0);
             acc1 = fmaf(in ? v1 : 0.f, f.y, acc1);
@@ -378,9 +389,12 @@ cudaError_t launch(const SharedRunArgs& args, cudaStream_t stream, int* grid_cta
   if ((err = max_ctas_per_sm(&per_sm, kernel, kThreads, smem)) != cudaSuccess) return err;
   const int slices = args.C / kSliceN, resident = sms * per_sm;
   if (resident < slices) return cudaErrorCooperativeLaunchTooLarge;
-  // Every CTA must be co-resident (a CTA spins on flags other CTAs set): the largest multiple of the slice count
-  // that fits, in a cooperative launch, which guarantees co-residency or fails.
-  const int ctas = (resident / slices) * slices;
+  // Every CTA must be co-resident (a CTA spins on flags other CTAs set): a multiple of the slice count that fits,
+  // in a cooperative launch, which guarantees co-residency or fails. No more row groups than row tiles: a group
+  // without a tile would only load W slices (batch 1 at 224 px / patch 14: 22 groups fit, 16 tiles).
+  const int row_tiles = (args.B * args.H * args.W + kTileRows - 1) / kTileRows;
+  const int groups = resident / slices < row_tiles ? resident / slices : row_tiles;
+  const int ctas = groups * slices;
   if (grid_ctas) *grid_ctas = ctas;
   return launch_cooperative(kernel, dim3(ctas), dim3(kThreads), smem, stream, args);
 }

@@ -377,15 +377,16 @@ def persistent_reason(batch: int, dim: int, kernel_size: int, dtype: str) -> str
     return None
 
 
-def persistent_grid(C: int, sm_count: int, registers: int = 0, static_smem: int = 0) -> int:
+def persistent_grid(C: int, M: int, sm_count: int, registers: int = 0, static_smem: int = 0) -> int:
     """CTAs of the cooperative launch, as ``launch`` in csrc/shared_run.cu computes them: SMs x co-resident CTAs
     per SM (the occupancy calculator, here :func:`.machine_code.theoretical_occupancy` with the kernel's registers
-    and shared memory), rounded down to a multiple of the C / 64 slices; 0 when fewer than one per slice fit
-    (cudaErrorCooperativeLaunchTooLarge: the Python side then takes the per-layer path)."""
+    and shared memory) in whole row groups of C / 64 slices, at most one group per 16-row tile of the M rows; 0
+    when fewer than one per slice fit (cudaErrorCooperativeLaunchTooLarge: the Python side then takes the
+    per-layer path)."""
     smem = shared_run_smem_bytes(C) + static_smem
     per_sm = theoretical_occupancy(registers, smem, SR_WARPS)["blocks_per_sm"]
     slices, resident = C // SLICE_N, sm_count * per_sm
-    return 0 if resident < slices else resident // slices * slices
+    return 0 if resident < slices else min(resident // slices, cdiv(M, SR_TILE_ROWS)) * slices
 
 
 def convmixer_cuda_launches(batch: int, dim: int, hw: int, kernel_size: int, *, act: str, spin: bool,
@@ -470,7 +471,7 @@ def convmixer_cuda_launches(batch: int, dim: int, hw: int, kernel_size: int, *, 
     ctas = 0
     if reason is None:
         res = (resources if resources is not None else _resources_by_kernel()).get(shared_run_name(T, k), {})
-        ctas = persistent_grid(C, sm_count, res.get("registers", 0), res.get("static_smem", 0))
+        ctas = persistent_grid(C, M, sm_count, res.get("registers", 0), res.get("static_smem", 0))
     if ctas:
         # eval_features: launch_parameters chunks the runs, MAX_RUNS_PER_LAUNCH per cooperative launch
         runs = cdiv(depth, R)

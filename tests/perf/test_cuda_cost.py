@@ -139,7 +139,8 @@ def test_reduce_descriptor_trips(reduce_fn, partial_ctas, trips, instructions):
 #     conv smem = max((10*10 + 9) * 64 * 4, 256 * (1 + 16) * 4) = max(27904, 17408) = 27904
 #     wgrad: P = min(264, 4) = 4; smem (10*10 + 64) * 64 * 4 = 41984; reduce grid ceil((9+1) * 768 / 256) = 30
 #     shared run: smem 64 * (768 + 8) * 2 + 4 * 6 * 32 * 4 * 4 = 99328 + 12288 = 111616; 2 CTAs per SM
-#       (233472 // (111616 + 1024 static + 1024 reserved) = 2), 132 * 2 = 264 = 22 * 12 slices -> 264 CTAs
+#       (233472 // (111616 + 1024 static + 1024 reserved) = 2), 132 * 2 = 264 = 22 row groups of 12 slices,
+#       but only 16 x 16 / 16 = 16 row tiles -> 16 groups, 192 CTAs
 #   convmixer_1536_20 b64: 224 / 7 = 32 a side, k = 9, C = 1536
 #     tiles = 64 * 4 * 4 = 1024; grid.y = 1536 / 64 = 24; conv smem (16*16 + 81) * 256 = 86272
 #     wgrad: P = min(264, 1024) = 264; smem (256 + 64) * 256 = 81920; reduce grid ceil(82 * 1536 / 256) = 492
@@ -151,7 +152,7 @@ HAND = {
         ("dw_backward_data_kernel", "bwd"): ((4, 12, 1), 256, 27904),
         ("dw_wgrad_partial_kernel", "bwd"): ((4, 12, 1), 256, 41984),
         ("dw_wgrad_reduce_kernel", "bwd"): ((30, 1, 1), 256, 0),
-        ("shared_run_kernel", "eval"): ((264, 1, 1), 128, 111616),
+        ("shared_run_kernel", "eval"): ((192, 1, 1), 128, 111616),   # 16 row tiles x 12 slices
     },
     "convmixer_1536_20-b64": {
         ("dw_forward_kernel", "fwd"): ((1024, 24, 1), 256, 86272),
@@ -188,11 +189,14 @@ def test_launch_counts_per_run():
 
 def test_persistent_grid_by_hand():
     # C = 768, 165 registers: registers allow 3 CTAs (5376 per warp, 12 warps), shared memory 2 -> 264 CTAs
-    assert ck.persistent_grid(768, 132, registers=165, static_smem=1024) == 264
+    # 264 / 12 = 22 row groups, all used at 1024 rows (64 tiles)
+    assert ck.persistent_grid(768, 1024, 132, registers=165, static_smem=1024) == 264
+    # batch 1 at 224 px / patch 14: 256 rows = 16 tiles, so 16 groups of 12 slices (the other 6 would only load W)
+    assert ck.persistent_grid(768, 256, 132, registers=165, static_smem=1024) == 192
     # C = 1536: 64 * 1544 * 2 + 12288 = 209920 bytes, 1 CTA per SM; 132 // 24 slices * 24 = 120
-    assert ck.persistent_grid(1536, 132, registers=165, static_smem=1024) == 120
+    assert ck.persistent_grid(1536, 1024, 132, registers=165, static_smem=1024) == 120
     # fewer co-resident CTAs than slices: the launcher refuses (cooperative launch too large)
-    assert ck.persistent_grid(1536, 16, registers=165, static_smem=1024) == 0
+    assert ck.persistent_grid(1536, 1024, 16, registers=165, static_smem=1024) == 0
 
 
 # ------------------------------------------------------------------------------------------------ (d)
