@@ -333,8 +333,17 @@ dw_backward_data_kernel(DwGradOutput g, const T* __restrict__ w, const T* __rest
 // kGroups thread groups, so each thread keeps at most this many tap accumulators in registers.
 constexpr int kMaxTapsPerThread = (81 + kGroups - 1) / kGroups;
 
+// Row parts each tap's tile rows are split into when there are fewer taps than thread groups: at k = 3 the 9 taps
+// would keep 9 of the 32 groups busy; split in 3 row ranges, 27 are. 1 from k = 5 on (25 or more taps).
+__device__ __forceinline__ int wgrad_row_parts(int kk) {
+  const int parts = kGroups / kk;
+  return parts < 1 ? 1 : (parts > kTileH ? kTileH : parts);
+}
+
+// Two CTAs per SM stated explicitly: with the bound left to ptxas it kept the fp32 instance under 64 registers
+// and spilled 20 bytes.
 template <typename T>
-__global__ void __launch_bounds__(kCtaThreads)
+__global__ void __launch_bounds__(kCtaThreads, 2)
 dw_wgrad_partial_kernel(DwGradOutput g, DwInput in, float* __restrict__ ws, DwShape s, int num_tiles) {
   constexpr int V = Vec<T>::N;
   constexpr int CB = kThreadsC * V;
@@ -355,6 +364,8 @@ dw_wgrad_partial_kernel(DwGradOutput g, DwInput in, float* __restrict__ ws, DwSh
 #pragma unroll
   for (int j = 0; j < V; ++j) dbias[j] = 0.f;
 
+  // Work items grp + ti * kGroups: item w is tap w % kk over tile rows [py_begin, py_end) of row part w / kk.
+  const int parts = wgrad_row_parts(kk), items = kk * parts;
   for (int t_id = blockIdx.x; t_id < num_tiles; t_id += gridDim.x) {
     const TileCoord tc = tile_coord(t_id, s);
     __syncthreads();  // the previous tile's buffers are no longer read
@@ -363,11 +374,12 @@ dw_wgrad_partial_kernel(DwGradOutput g, DwInput in, float* __restrict__ ws, DwSh
     __syncthreads();
 #pragma unroll
     for (int ti = 0; ti < kMaxTapsPerThread; ++ti) {
-      const int t = grp + ti * kGroups;
-      if (t < kk) {  // a guard, not a break: acc[ti] must keep compile-time indices to stay in registers
-        const int ky = t / k, kx = t % k;
+      const int w = grp + ti * kGroups;
+      if (w < items) {  // a guard, not a break: acc[ti] must keep compile-time indices to stay in registers
+        const int t = w % kk, part = w / kk, ky = t / k, kx = t % k;
+        const int py_begin = part * kTileH / parts, py_end = (part + 1) * kTileH / parts;
 #pragma unroll 1
-        for (int py = 0; py < kTileH; ++py) {
+        for (int py = py_begin; py < py_end; ++py) {
           const float* xrow = tile + ((py + ky) * IW + kx) * CB + tx * V;
           const float* grow = dzs + py * kTileW * CB + tx * V;
 #pragma unroll
@@ -384,13 +396,32 @@ dw_wgrad_partial_kernel(DwGradOutput g, DwInput in, float* __restrict__ ws, DwSh
     }
   }
 
+  // Row parts 1.. hand their sums to part 0 through shared memory (the tile buffer: (parts - 1) * kk <= 64
+  // slots of CB floats, fewer than its IH * IW), which adds them in part order (deterministic).
+  if (parts > 1) {  // uniform across the CTA
+    __syncthreads();  // the last tile's buffers are no longer read
+    if (grp < items && grp >= kk) {  // parts > 1 only for kk <= 16: one item per thread (ti = 0)
+#pragma unroll
+      for (int j = 0; j < V; ++j) tile[(grp - kk) * CB + tx * V + j] = acc[0][j];
+    }
+    __syncthreads();
+    if (grp < kk) {
+#pragma unroll
+      for (int part = 1; part < kTileH; ++part) {  // unrolled to the most parts there can be: no loop in the SASS
+        if (part < parts) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) acc[0][j] += tile[((part - 1) * kk + grp) * CB + tx * V + j];
+        }
+      }
+    }
+  }
   const int c = c0 + tx * V;
   if (c >= s.C) return;
   float* out = ws + static_cast<size_t>(blockIdx.x) * (kk + 1) * s.C;
 #pragma unroll
   for (int ti = 0; ti < kMaxTapsPerThread; ++ti) {
     const int t = grp + ti * kGroups;
-    if (t < kk) {
+    if (t < kk) {  // part 0 of every tap (items t < kk): its row parts merged above
 #pragma unroll
       for (int j = 0; j < V; ++j) out[static_cast<size_t>(t) * s.C + c + j] = acc[ti][j];
     }

@@ -112,10 +112,21 @@ def _main4(counts) -> float:
     return _mean(n // 4 for n in counts)
 
 
-def _warps_with_taps(a, ti: int) -> int:
-    """Warps of dw_wgrad_partial_kernel that run tap slot ``ti`` (t = grp + ti * kGroups < kk): warp w holds the
-    thread groups 4w .. 4w+3 (grp = tid / kThreadsC, 32 threads a warp), and runs the slot if its first does."""
-    return sum(1 for w in range(CTA_THREADS // 32) if 4 * w + ti * GROUPS < a.k * a.k)
+def wgrad_row_parts(k: int) -> int:
+    """``wgrad_row_parts`` (csrc/depthwise_conv.cu): row parts per tap, kGroups / kk clamped to 1 .. kTileH."""
+    return min(max(GROUPS // (k * k), 1), TILE_H)
+
+
+def _wgrad_rows(a) -> int:
+    """Tile rows of the busiest row part of dw_wgrad_partial_kernel."""
+    return cdiv(TILE_H, wgrad_row_parts(a.k))
+
+
+def _warps_with_items(a, ti: int) -> int:
+    """Warps of dw_wgrad_partial_kernel that run item slot ``ti`` (w = grp + ti * kGroups < kk x parts): warp w
+    holds the thread groups 4w .. 4w+3 (grp = tid / kThreadsC, 32 threads a warp), and runs the slot if its first
+    does."""
+    return sum(1 for w in range(CTA_THREADS // 32) if 4 * w + ti * GROUPS < a.k * a.k * wgrad_row_parts(a.k))
 
 
 def _reduce_active(a) -> float:
@@ -170,6 +181,7 @@ def _sr_kstep_trips(a) -> list[int]:
 _W_STAGE = "for (int i = tid; i < kk * CB; i += kCtaThreads)"
 _STAGE = "for (int i = tid; i < IH * IW * kThreadsC; i += nthreads)"
 _KY = "for (int ky = 0; ky < k; ++ky)"
+_PY = "for (int py = py_begin; py < py_end; ++py)"
 _KX = "for (int kx = 0; kx < k; ++kx)"
 
 DW_FORWARD = KernelModel(
@@ -210,13 +222,11 @@ DW_WGRAD_PARTIAL = KernelModel(
                  lambda a: a.tiles / a.P),          # P = min(264, tiles) CTAs share the tiles: tiles / P on average
         LoopSpec(_STAGE + " [x: InputLoader, halo k/2]", lambda a: _mean(_stage_counts(a.k // 2))),
         LoopSpec(_STAGE + " [dq: GradLoader, halo 0]", lambda a: _mean(_stage_counts(0))),
-        # the tap slots ti = 0, 1, 2 (unrolled), each with its `#pragma unroll 1` row loop behind `if (t < kk)`
-        LoopSpec("for (int py = 0; py < kTileH; ++py) { [tap slot 0]",
-                 lambda a: TILE_H * _warps_with_taps(a, 0) / (CTA_THREADS // 32)),
-        LoopSpec("for (int py = 0; py < kTileH; ++py) { [tap slot 1]",
-                 lambda a: TILE_H * _warps_with_taps(a, 1) / (CTA_THREADS // 32)),
-        LoopSpec("for (int py = 0; py < kTileH; ++py) { [tap slot 2]",
-                 lambda a: TILE_H * _warps_with_taps(a, 2) / (CTA_THREADS // 32)),
+        # the item slots ti = 0, 1, 2 (unrolled), each with its `#pragma unroll 1` row loop behind `if (w < items)`
+        # over its row part's rows (the busiest part's: ceil(8 / parts))
+        LoopSpec(_PY + " [item slot 0]", lambda a: _wgrad_rows(a) * _warps_with_items(a, 0) / (CTA_THREADS // 32)),
+        LoopSpec(_PY + " [item slot 1]", lambda a: _wgrad_rows(a) * _warps_with_items(a, 1) / (CTA_THREADS // 32)),
+        LoopSpec(_PY + " [item slot 2]", lambda a: _wgrad_rows(a) * _warps_with_items(a, 2) / (CTA_THREADS // 32)),
         # dbias over 64 pixels by the threads of group 0 (warp 0): ptxas peeled 4 pixels and unrolled by 20 (3 trips)
         LoopSpec("for (int pix = 0; pix < kTileH * kTileW; ++pix)",
                  lambda a: (TILE_H * TILE_W - 4) / 20 / (CTA_THREADS // 32)),
