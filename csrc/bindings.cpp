@@ -53,6 +53,12 @@ void check_activation(const at::Tensor& t, const char* name) {
               " for 16-byte vector access in ", t.scalar_type());
 }
 
+// t itself when its data starts on a `bytes` boundary, else a fresh (allocator-aligned) copy: vector loads of a
+// view that starts mid-storage would fault.
+at::Tensor aligned(const at::Tensor& t, std::uintptr_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(t.data_ptr()) % bytes == 0 ? t : t.clone();
+}
+
 // Optional [rows][C] fp32 per-channel vectors (vec6, xvec, per-layer BN affines) on the activation's device, C
 // being `like`'s channel count; undefined when not given.
 at::Tensor channel_rows(const std::optional<at::Tensor>& v, int64_t rows, const at::Tensor& like, const char* name) {
@@ -60,10 +66,8 @@ at::Tensor channel_rows(const std::optional<at::Tensor>& v, int64_t rows, const 
   TORCH_CHECK(v->device() == like.device(), name, ": expected a tensor on ", like.device(), ", got ", v->device());
   TORCH_CHECK(v->numel() == rows * like.size(3), name, ": expected [", rows, ", C = ", like.size(3), "] values, got ",
               v->sizes());
-  at::Tensor t = v->reshape({rows, -1}).to(at::kFloat).contiguous();
-  // kernels read two channels at a time (8-byte loads): a view starting off an 8-byte boundary gets its own copy
-  if (reinterpret_cast<std::uintptr_t>(t.data_ptr()) % 8 != 0) t = t.clone();
-  return t;
+  // kernels read two channels at a time (8-byte loads)
+  return aligned(v->reshape({rows, -1}).to(at::kFloat).contiguous(), 8);
 }
 
 // Optional per-channel vector [C] -> contiguous fp32 (or undefined).
@@ -272,10 +276,7 @@ class SharedRunLaunch {
                   device_, ", got ", w.scalar_type(), " on ", w.device());
       TORCH_CHECK(w.numel() == C_ * C_, "w[", r, "]: expected the [C, C] pointwise weight with C = ", C_, ", got ",
                   w.sizes());
-      at::Tensor wc = w.reshape({C_, C_}).contiguous();
-      // the kernel copies W in 16-byte vectors: a view whose data starts off a 16-byte boundary gets its own copy
-      if (reinterpret_cast<std::uintptr_t>(wc.data_ptr()) % 16 != 0) wc = wc.clone();
-      keep_.push_back(wc);
+      keep_.push_back(aligned(w.reshape({C_, C_}).contiguous(), 16));  // the kernel copies W in 16-byte vectors
       args_.w[r] = keep_.back().data_ptr();
       keep_.push_back(channel_vector(w_biases[r], like, "w_bias"));
       args_.w_bias[r] = keep_.back().data_ptr<float>();

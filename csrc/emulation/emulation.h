@@ -7,9 +7,10 @@
 // CTAs one after another in blockIdx order, unless a schedule is set (set_schedule(seed, jitter_us), seed != 0):
 // then CTAs run in a seeded random order, up to kPlainWave of them at once, and with jitter_us > 0 every CTA
 // sleeps a seeded random 0..jitter_us microseconds when it starts, after each grid.sync() and after each flag wait
-// (a thread's jitter there), so the order in
-// which CTAs reach shared data changes with the seed and a missing barrier, flag or fence changes the result. Each CTA gets its own dynamic shared memory, filled with 0xFF bytes (NaN) so a read
-// before a write shows up in the result. Warp-collective instructions are emulated from their documented
+// (a thread's own delay there: the CTA waits for its slowest thread at the next barrier), so the order in which
+// CTAs reach shared data changes with the seed and a missing barrier, flag or fence changes the result. Each CTA
+// gets its own dynamic shared memory, filled with 0xFF bytes (NaN) so a read before a write shows up in the
+// result. Warp-collective instructions are emulated from their documented
 // semantics (mma.sync m16n8k16 fragment layouts from the PTX ISA). Threads that return early drop out of every
 // barrier, as on the GPU. The emulated device has the per-SM limits of an H100 (228 KiB shared memory, 2048
 // threads, 32 CTAs) and spin_emu::set_sm_count() SMs (default 1) — enough CTAs to exercise every grid path.

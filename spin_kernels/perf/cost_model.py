@@ -48,6 +48,16 @@ class SMRates:
     grid_sync_s: float = 1.5e-6
     sources: dict = field(default_factory=lambda: dict(SOURCES))
 
+    @property
+    def l2_round_trip_s(self) -> float:
+        """One dependent global round trip served by L2, in seconds."""
+        return self.l2_round_trip_cycles / self.clock_hz
+
+    @property
+    def dram_round_trip_s(self) -> float:
+        """One dependent global round trip served by device memory, in seconds."""
+        return self.dram_round_trip_cycles / self.clock_hz
+
     def tensor_macs_per_clk(self, dtype: str) -> float:
         """Dense tensor-core multiply-adds per clock per SM, from the card's dense FLOP/s ceiling."""
         return self.ceilings.peak_flops("tensor", dtype) / 2 / self.sm_count / self.clock_hz

@@ -104,7 +104,7 @@ def launch_cost(launch, compiler: Compiler, rates: cost_model.SMRates, dtype: st
                           blocks_per_sm=int(resources.get("blocks_per_sm") or 1), hbm_bytes=hbm, rates=rates)
     est, binding = cost_model.estimate(b)
     # a tail one CTA runs after the others (in-kernel finalize): serial, added whatever bound binds
-    tail = (model.tail_waves(args) if model.tail_waves else 0) * rates.l2_round_trip_cycles / rates.clock_hz
+    tail = (model.tail_waves(args) if model.tail_waves else 0) * rates.l2_round_trip_s
     est += tail
     flops = model.flops(args)
     floor = cost_model.floor_s(flops, model.unit, hbm, dtype, rates)

@@ -589,7 +589,7 @@ def cuda_launch_cost(launch: CudaLaunch, functions: dict, rates: cost_model.SMRa
     counts = cost_model.count(fn, trips)
     b = cost_model.bounds(counts, ctas=launch.ctas, warps=launch.warps, blocks_per_sm=max(1, occ["blocks_per_sm"]),
                           hbm_bytes=launch.hbm_bytes, rates=rates,
-                          extra_latency_s=launch.flag_hops * rates.l2_round_trip_cycles / rates.clock_hz)
+                          extra_latency_s=launch.flag_hops * rates.l2_round_trip_s)
     est, binding = cost_model.estimate(b)
     flops = launch.model.flops(args)
     floor = cost_model.floor_s(flops, launch.model.unit, launch.hbm_bytes, dtype, rates)
@@ -644,8 +644,7 @@ def persistent_critical_path(launch: CudaLaunch, fn: sass.Function, rates: cost_
     if len(loops) != n_present:
         raise ValueError(f"{fn.name}: {len(loops)} loops in the SASS, the descriptor has {n_present} at k = {a.k}")
     waves = {name: cost_model.load_waves(_own_body(fn, i)) if i is not None else 0 for name, i in idx.items()}
-    l2_s = rates.l2_round_trip_cycles / rates.clock_hz
-    dram_s = rates.dram_round_trip_cycles / rates.clock_hz
+    l2_s, dram_s = rates.l2_round_trip_s, rates.dram_round_trip_s
     tiles = cdiv(cdiv(a.M, SR_TILE_ROWS), a.ctas // (a.C // SLICE_N))      # the busiest CTA's row tiles
     # depthwise half, per tile: its own code, the halo polls, the pixel iterations (each with its tap groups)
     groups = _sr_tap_groups(a.k)

@@ -217,7 +217,7 @@ def test_persistent_critical_path_b1(functions):
     # the pointwise half: each warp's 12 k-steps in one group, the epilogue's vectors loaded per layer
     assert cp["per_layer"]["round_trips_per_tile"] <= 2
     assert cp["per_layer"]["round_trips"]["total"] > 0 and cp["per_layer"]["latency_s"] > 0
-    l2_s = cost_model.H100_RATES.l2_round_trip_cycles / cost_model.H100_RATES.clock_hz
+    l2_s = cost_model.H100_RATES.l2_round_trip_s
     assert cp["trunk"]["latency_s"] > cp["trunk"]["flag_s"] == pytest.approx(64 * l2_s)
     # the latency target for this trunk: <= 80 us modelled
     assert cp["trunk"]["latency_s"] <= 80e-6
@@ -253,8 +253,7 @@ def test_cuda_rows_and_totals(functions):
         assert r["estimate_s"] >= r["floor_s"] > 0 and r["binding"] in cost_model.BOUNDS
     trunk = [r for r in rows if r["scope"] == "trunk"]
     assert len(trunk) == 1 and trunk[0]["flag_hops"] == 64
-    rates = cost_model.H100_RATES
-    assert trunk[0]["bounds_s"]["latency"] >= 64 * rates.l2_round_trip_cycles / rates.clock_hz
+    assert trunk[0]["bounds_s"]["latency"] >= 64 * cost_model.H100_RATES.l2_round_trip_s
     assert out["totals_cuda"]["eval"] is None
     assert out["eval_forward_persistent"]["model_estimate_s"] == trunk[0]["estimate_s"]
     assert out["persistent_critical_path"]["per_layer"]["flag_hops"] == 2
