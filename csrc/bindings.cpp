@@ -146,7 +146,7 @@ std::vector<at::Tensor> dwconv_forward(const at::Tensor& h, const std::optional<
   at::Tensor y = output_like(out, h, "out");
   check_no_overlap(y, h, "out", "h");
   check_no_overlap(y, resv, "out", "res");
-  at::Tensor stats = with_stats ? at::empty({3, spin::dw_num_tiles(s), s.C}, h.options().dtype(at::kFloat))
+  at::Tensor stats = with_stats ? at::empty({3, spin::dw_forward_tiles(s), s.C}, h.options().dtype(at::kFloat))
                                 : at::Tensor();
   const spin::DwInput in{h.data_ptr(), vptr(resv), ptr(av), ptr(bv), static_cast<int>(act_in)};
   check_cuda(spin::dw_forward(dtype, in, wc.data_ptr(), ptr(biasv), ptr(postv), static_cast<int>(act),

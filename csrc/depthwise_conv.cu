@@ -3,24 +3,22 @@
 // as spin_kernels/triton/dwconv.py, so backend="cuda" can train through it):
 //
 //   forward:        x = [res] + a * act_in(h) + b  (on load)  ->  y = post * act(conv_w(x) + bias),
-//                   per-tile BN partial statistics of stats_act(y)
+//                   per-tile BN partial statistics of stats_act(y)     (dw_row_stream.cu)
 //   backward data:  dq = BN/act backward of du (on load)  ->  dx = du + conv_flip(dq), dhz = act_in'(hz) * ax * dx,
 //                   per-tile sums of dx and dx * xhat_in (the previous BatchNorm's backward)
 //   backward weight: dweight = sum over pixels of dq * shifted x, dbias = sum dq  (fp32, two-pass deterministic)
 //
-// Tiling: one CTA computes an 8 x 8 pixel tile for a chunk of 8 x (16 bytes of channels) = 32 fp32 / 64 half
-// channels. Block = 8 (channel vectors) x 8 (tile rows) x 4 (column pairs) = 256 threads: the staged tile is what
-// limits CTAs per SM (k = 9, 16-bit: ~86 KiB, 2 CTAs), so each CTA brings 8 warps to hide latency. The operand
-// tile plus its (k-1) halo is staged once in shared memory in fp32 — after the prologue (affine, or the BN
-// backward), so zero padding applies to the rebuilt tensor — loaded with 16-byte vector loads along C; the
-// chunk's k*k filter taps sit in shared memory too. Each thread accumulates 2 pixels x its channel vector in
-// registers, all in fp32; per-tile statistics merge the 32 thread partials of each channel vector in a fixed
-// order.
+// This file: the two backward kernels. Tiling: one CTA computes an 8 x 8 pixel tile for a chunk of
+// 8 x (16 bytes of channels) = 32 fp32 / 64 half channels. Block = 8 (channel vectors) x 8 (tile rows) x 4 (column
+// pairs) = 256 threads: the staged tile is what limits CTAs per SM (k = 9, 16-bit: ~86 KiB, 2 CTAs), so each CTA
+// brings 8 warps to hide latency. The operand tile plus its (k-1) halo is staged once in shared memory in fp32 —
+// after the prologue (affine, or the BN backward), so zero padding applies to the rebuilt tensor — loaded with
+// 16-byte vector loads along C; the chunk's k*k filter taps sit in shared memory too. Each thread accumulates
+// 2 pixels x its channel vector in registers, all in fp32; per-tile sums merge the 32 thread partials of each
+// channel vector in a fixed order.
 //
-// Bytes per CTA (forward): (8 + k - 1)^2 pixels x chunk of each prologue operand (h, res; halo re-read from L2 by
-// neighbours: for k = 9 that is 4x the tile, so HBM traffic stays ~1 read + 1 write per element when L2 holds the
-// neighbourhood), k*k*chunk weights, 64 pixels x chunk output, 3 x chunk floats of statistics. Backward data reads
-// du and q (with halo) and du, hz at the tile, writes dx and/or dhz; backward weight reads du, q at the tile and
+// Bytes per CTA: backward data reads du and q over the (8 + k - 1)^2-pixel tile with halo (the halo re-read from
+// L2 by neighbours) and du, hz at the tile, writes dx and/or dhz; backward weight reads du, q at the tile and
 // h, res with halo.
 #include "depthwise_conv.h"
 
@@ -201,85 +199,6 @@ __device__ __forceinline__ void reduce_groups_to(float* smem, const float (&vals
     }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kCtaThreads)
-dw_forward_kernel(DwInput in, const T* __restrict__ w, const float* __restrict__ bias,
-                  const float* __restrict__ post, int act, int stats_act, T* __restrict__ y, float* __restrict__ stats,
-                  DwShape s, bool flip, int num_tiles) {
-  constexpr int V = Vec<T>::N;
-  constexpr int CB = kThreadsC * V;
-  float* smem = dynamic_smem<float>();
-  const TileCoord tc = tile_coord(blockIdx.x, s);
-  const int c0 = blockIdx.y * CB;
-  const int tx = threadIdx.x;
-  float acc[kPix][V];
-  conv_tile<T>(smem, InputLoader<T>{in}, w, s, tc, c0, flip, acc);
-
-  // Epilogue: bias, activation, post-scale, store; Welford statistics of stats_act(stored value).
-  const int c = c0 + tx * V, oy = tc.oy0 + threadIdx.y, ox0 = tc.ox0 + threadIdx.z * kPix;
-  const bool cvalid = c < s.C;
-  float cnt = 0.f, mean[V], m2[V];
-#pragma unroll
-  for (int j = 0; j < V; ++j) mean[j] = m2[j] = 0.f;
-#pragma unroll
-  for (int px = 0; px < kPix; ++px) {
-    const int ox = ox0 + px;
-    if (!(cvalid && oy < s.H && ox < s.W)) continue;
-    float o[V];
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      float z = activate(acc[px][j] + (bias ? bias[c + j] : 0.f), act);
-      o[j] = post ? z * post[c + j] : z;
-    }
-    store_vec<T>(y + offset(s, tc.n, oy, ox, c), o);
-    cnt += 1.f;
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      // statistics of what the consumer (BatchNorm) reads: the stored value, through its activation
-      const float v = activate(to_f32(from_f32<T>(o[j])), stats_act);
-      const float d = v - mean[j];
-      mean[j] += d / cnt;
-      m2[j] += d * (v - mean[j]);
-    }
-  }
-  if (stats == nullptr) return;  // uniform across the CTA: no thread skips a barrier below
-
-  // Merge the kGroups thread partials of each channel vector (Chan et al.), in a fixed order.
-  __syncthreads();  // the tile buffer is reused
-  float* part = smem + thread_linear() * (1 + 2 * V);
-  part[0] = cnt;
-#pragma unroll
-  for (int j = 0; j < V; ++j) {
-    part[1 + j] = mean[j];
-    part[1 + V + j] = m2[j];
-  }
-  __syncthreads();
-  if (thread_group() != 0 || !cvalid) return;
-  float n_acc = 0.f, m_acc[V], q_acc[V];
-#pragma unroll
-  for (int j = 0; j < V; ++j) m_acc[j] = q_acc[j] = 0.f;
-  for (int grp = 0; grp < kGroups; ++grp) {
-    const float* p = smem + (grp * kThreadsC + tx) * (1 + 2 * V);
-    const float nb = p[0];
-    if (nb == 0.f) continue;
-    const float n_new = n_acc + nb;
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const float d = p[1 + j] - m_acc[j];
-      m_acc[j] += d * nb / n_new;
-      q_acc[j] += p[1 + V + j] + d * d * n_acc * nb / n_new;
-    }
-    n_acc = n_new;
-  }
-  const size_t stride = static_cast<size_t>(num_tiles) * s.C, base = static_cast<size_t>(blockIdx.x) * s.C + c;
-#pragma unroll
-  for (int j = 0; j < V; ++j) {
-    stats[base + j] = n_acc;
-    stats[stride + base + j] = m_acc[j];
-    stats[2 * stride + base + j] = q_acc[j];
-  }
-}
-
 // (kCtaThreads, 2): left to itself ptxas caps the fp32 instance at 64 registers and spills; 2 CTAs per SM is
 // what the staged tile allows at k = 9 anyway.
 template <typename T>
@@ -452,28 +371,14 @@ int chunk_channels() {
   return kThreadsC * Vec<T>::N;
 }
 
-// Shared memory of the forward / backward-data kernels: the operand tile with halo plus the filter taps.
+// Shared memory of the backward-data kernel: the operand tile with halo plus the filter taps.
 template <typename T>
 size_t conv_smem_bytes(const DwShape& s) {
   const int IW = kTileW + s.k - 1, IH = kTileH + s.k - 1;
   const size_t conv = static_cast<size_t>(IH * IW + s.k * s.k) * chunk_channels<T>() * sizeof(float);
-  // the epilogues reuse it for one partial per thread: Welford (1 + 2V floats) or two sums (2V floats)
-  const size_t partials = static_cast<size_t>(kCtaThreads) * (1 + 2 * Vec<T>::N) * sizeof(float);
+  // the epilogue reuses it for one partial per thread: two sums (2V floats)
+  const size_t partials = static_cast<size_t>(kCtaThreads) * 2 * Vec<T>::N * sizeof(float);
   return conv > partials ? conv : partials;
-}
-
-template <typename T>
-cudaError_t launch_forward(const DwInput& in, const void* weight, const float* bias, const float* post, int act,
-                           int stats_act, void* y, float* stats, DwShape s, bool flip, cudaStream_t stream) {
-  const int CB = chunk_channels<T>();
-  const size_t smem = conv_smem_bytes<T>(s);
-  auto kernel = dw_forward_kernel<T>;
-  cudaError_t err = allow_dynamic_smem(kernel, smem);
-  if (err != cudaSuccess) return err;
-  const int tiles = dw_num_tiles(s);
-  dim3 grid(tiles, (s.C + CB - 1) / CB), block(kThreadsC, kTileH, kSplitW);
-  return launch_kernel(kernel, grid, block, smem, stream, in, static_cast<const T*>(weight), bias, post, act,
-                       stats_act, static_cast<T*>(y), stats, s, flip, tiles);
 }
 
 template <typename T>
@@ -515,21 +420,6 @@ int dw_num_tiles(const DwShape& s) {
 
 size_t dw_wgrad_workspace_bytes(const DwShape& s, int partial_ctas) {
   return static_cast<size_t>(partial_ctas) * (s.k * s.k + 1) * s.C * sizeof(float);
-}
-
-// One switch per entry point turns the dtype code into the kernel's element type.
-#define SPIN_DISPATCH_DTYPE(dtype, CALL)                    \
-  switch (dtype) {                                          \
-    case kFloat32: { using T = float; return CALL; }        \
-    case kFloat16: { using T = __half; return CALL; }       \
-    case kBFloat16: { using T = __nv_bfloat16; return CALL; } \
-    default: return cudaErrorInvalidValue;                  \
-  }
-
-cudaError_t dw_forward(int dtype, const DwInput& in, const void* weight, const float* bias, const float* post_scale,
-                       int act, int stats_act, void* y, float* stats, DwShape s, bool flip, cudaStream_t stream) {
-  SPIN_DISPATCH_DTYPE(dtype, launch_forward<T>(in, weight, bias, post_scale, act, stats_act, y, stats, s, flip,
-                                               stream))
 }
 
 cudaError_t dw_backward_data(int dtype, const DwGradOutput& g, const void* weight, const void* hz,

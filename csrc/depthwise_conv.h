@@ -15,7 +15,7 @@ struct DwShape {
   int B, H, W, C, k;
 };
 
-// Output tile of one CTA: kTileH x kTileW pixels x (kThreadsC x 16 bytes) of channels. Threads: kThreadsC along C
+// Output tile of one CTA of the backward kernels: kTileH x kTileW pixels x (kThreadsC x 16 bytes) of channels. Threads: kThreadsC along C
 // (each owning 16 bytes of channels) x kTileH rows x kSplitW column groups of kTileW / kSplitW pixels.
 constexpr int kTileH = 8;
 constexpr int kTileW = 8;
@@ -23,8 +23,14 @@ constexpr int kThreadsC = 8;
 constexpr int kSplitW = 4;
 constexpr int kCtaThreads = kThreadsC * kTileH * kSplitW;
 
-// Number of spatial tiles (the first dimension of the partial statistics).
+// Number of spatial 8 x 8 tiles of the backward kernels (the first dimension of dw_backward_data's sums).
 int dw_num_tiles(const DwShape& s);
+
+// The forward's tiles (the first dimension of its statistics): bands of dw_forward_band_rows output rows of one
+// image x 32-column tiles. A band is the whole image unless the batch's CTAs would not give every SM of the
+// current device two; then at least 4 rows.
+int dw_forward_band_rows(const DwShape& s);
+int dw_forward_tiles(const DwShape& s);
 
 // The convolution's input, rebuilt on load (the layer input is never stored):
 //   x = [res] + a * act(h) + b,   zero outside the image (padding applies to x, after the affine).
@@ -50,7 +56,7 @@ struct DwGradOutput {
 };
 
 // Forward:  y = post_scale * act(conv_w(x) + bias)   (post_scale, bias may be null; flip: the spatially flipped
-// filter). stats (optional) gets per-tile [3][tiles][C] fp32 count, mean and M2 of stats_act(y) over the tile's
+// filter). stats (optional) gets per-tile [3][dw_forward_tiles][C] fp32 count, mean and M2 of stats_act(y) over the tile's
 // pixels, y as stored (rounded to its dtype) — merged later with Chan's formula.
 cudaError_t dw_forward(int dtype, const DwInput& in, const void* weight, const float* bias, const float* post_scale,
                        int act, int stats_act, void* y, float* stats, DwShape s, bool flip, cudaStream_t stream);

@@ -119,6 +119,15 @@ cudaError_t launch_cooperative(void (*kernel)(P...), dim3 grid, dim3 block, size
 #endif
 }
 
+// One switch per entry point turns the dtype code (depthwise_conv.h DType) into the kernel's element type T.
+#define SPIN_DISPATCH_DTYPE(dtype, CALL)                    \
+  switch (dtype) {                                          \
+    case kFloat32: { using T = float; return CALL; }        \
+    case kFloat16: { using T = __half; return CALL; }       \
+    case kBFloat16: { using T = __nv_bfloat16; return CALL; } \
+    default: return cudaErrorInvalidValue;                  \
+  }
+
 // Number of SMs of the current device.
 inline cudaError_t multiprocessor_count(int* sms) {
 #ifdef SPIN_EMULATE

@@ -58,6 +58,10 @@ SPLIT_W = 4                    # kSplitW: column groups of a tile row
 CTA_THREADS = THREADS_C * TILE_H * SPLIT_W   # kCtaThreads = 256
 GROUPS = TILE_H * SPLIT_W      # kGroups (depthwise_conv.cu): thread partials per channel vector = 32
 MAX_TAPS_PER_THREAD = cdiv(81, GROUPS)       # kMaxTapsPerThread = 3
+# csrc/dw_row_stream.cu (the forward)
+ROW_CHUNK = 64                 # kRowChunk: channels of a CTA, a channel pair per lane
+MIN_BAND_ROWS = 4              # kMinBandRows
+ACT_CODE = {"none": 0, "relu": 1, "gelu": 2}   # depthwise_conv.h Act
 # csrc/shared_run.h / .cu
 SLICE_N = 64                   # kSliceN: output channels of W one CTA keeps resident
 MAX_RUNS = 64                  # kMaxRuns: runs one cooperative launch covers
@@ -174,11 +178,67 @@ def _sr_kstep_trips(a) -> list[int]:
     return [cdiv((w + 1) * ks // SR_WARPS - w * ks // SR_WARPS, K_STEPS) for w in range(SR_WARPS)]
 
 
+def row_tile_width(k: int) -> int:
+    """``row_tile_width`` (csrc/dw_row_stream.cu): output columns of a forward CTA."""
+    return 16 if k <= 3 else 32
+
+
+def strip_width(k: int) -> int:
+    """``strip_width``: output columns of a thread's strip."""
+    return 8 if k <= 3 else 4
+
+
+def row_stream_threads(k: int) -> int:
+    """``RowStream<KS>::Threads``: one warp per strip of the tile."""
+    return 32 * (row_tile_width(k) // strip_width(k))
+
+
+def row_stream_smem_bytes(k: int) -> int:
+    """``row_stream_smem_bytes<KS>``: the k x k taps and two staged rows (tile + 2P halo columns), float2 per
+    lane."""
+    return (k * k + 2 * (row_tile_width(k) + 2 * (k // 2))) * 32 * 8
+
+
+def dw_forward_band_rows(B: int, H: int, W: int, C: int, k: int, sm_count: int) -> int:
+    """``dw_forward_band_rows``: the whole image, unless the CTAs would not give each SM two; then at least 4."""
+    base = B * cdiv(W, row_tile_width(k)) * cdiv(C, ROW_CHUNK)
+    want = 2 * sm_count
+    if base >= want:
+        return H
+    bands = min(cdiv(want, base), cdiv(H, MIN_BAND_ROWS))
+    return cdiv(H, bands)
+
+
+def dw_forward_tiles(B: int, H: int, W: int, C: int, k: int, sm_count: int) -> int:
+    """``dw_forward_tiles``: row bands x column tiles of the batch (the forward's grid.x, its statistics' rows)."""
+    return B * cdiv(H, dw_forward_band_rows(B, H, W, C, k, sm_count)) * cdiv(W, row_tile_width(k))
+
+
+def dw_forward_name(cuda_type: str, k: int, act: str) -> str:
+    """The dw_forward_kernel instance backend="cuda" runs for a ConvMixer layer (the activation compiled in as
+    act_in and stats_act, none as the output's: ``launch_for_activations``)."""
+    a = ACT_CODE[act]
+    return f"dw_forward_kernel<{cuda_type}, {k}, {a}, 0, {a}>"
+
+
+def _rs_filter_counts(a) -> list[int]:
+    # dw_forward_kernel: for (i = threadIdx.x; i < KK * kPairLanes; i += G::Threads)
+    return warp_iterations(a.k * a.k * 32, a.threads, _cta_warps(a.threads))
+
+
+def _rs_rows(a) -> float:
+    """Trips of the row stream per CTA, averaged over the bands: rows [max(r0 - P, 0), r1 + P)."""
+    p, rows = a.k // 2, a.band_rows
+    starts = range(0, a.H, rows)
+    return _mean(min(r0 + rows, a.H) + p - max(r0 - p, 0) for r0 in starts)
+
+
 # ------------------------------------------------------------------------------------------------ descriptors
 # Loop sites: the source line each SASS loop comes from (a " [...]" suffix says which of several SASS loops one
 # source loop became). tests/perf/test_cuda_cost.py checks that each line is in csrc/ and that the number of loops
 # matches the SASS at every ConvMixer target shape.
 _W_STAGE = "for (int i = tid; i < kk * CB; i += kCtaThreads)"
+_RS_W_STAGE = "for (int i = threadIdx.x; i < KK * kPairLanes; i += G::Threads)"
 _STAGE = "for (int i = tid; i < IH * IW * kThreadsC; i += nthreads)"
 _KY = "for (int ky = 0; ky < k; ++ky)"
 _PY = "for (int py = py_begin; py < py_end; ++py)"
@@ -186,22 +246,18 @@ _KX = "for (int kx = 0; kx < k; ++kx)"
 
 DW_FORWARD = KernelModel(
     loops=(
-        # conv_tile's filter staging, specialised by ptxas on `flip` (a kernel argument): the flip copy first
-        LoopSpec(_W_STAGE + " [flip: remainder of the 4x unroll]", lambda a: a.flip * _rem4(_filter_counts(a))),
-        LoopSpec(_W_STAGE + " [flip: 4x unrolled]", lambda a: a.flip * _main4(_filter_counts(a))),
-        LoopSpec(_W_STAGE + " [no flip: remainder of the 4x unroll]",
-                 lambda a: (1 - a.flip) * _rem4(_filter_counts(a))),
-        LoopSpec(_W_STAGE + " [no flip: 4x unrolled]", lambda a: (1 - a.flip) * _main4(_filter_counts(a))),
-        LoopSpec(_STAGE + " [InputLoader, halo k/2]", lambda a: _mean(_stage_counts(a.k // 2))),
-        LoopSpec(_KY, lambda a: a.k),
-        # kx: 4x unrolled while more than 3 taps remain, the last 1-3 taps straight-line (in the ky body)
-        LoopSpec(_KX + " [4x unrolled]", lambda a: a.k // 4),
-        # Welford merge of the 32 thread partials: the 8 threads of group 0 (warp 0 of 8), only with statistics
-        LoopSpec("for (int grp = 0; grp < kGroups; ++grp) { [Welford merge, dw_forward_kernel]",
-                 lambda a: GROUPS * a.stats / (CTA_THREADS // 32)),
+        # the filter staging, specialised by ptxas on `flip` (a kernel argument): the flip copy first
+        LoopSpec(_RS_W_STAGE + " [flip: remainder of the 4x unroll]", lambda a: a.flip * _rem4(_rs_filter_counts(a))),
+        LoopSpec(_RS_W_STAGE + " [flip: 4x unrolled]", lambda a: a.flip * _main4(_rs_filter_counts(a))),
+        LoopSpec(_RS_W_STAGE + " [no flip: remainder of the 4x unroll]",
+                 lambda a: (1 - a.flip) * _rem4(_rs_filter_counts(a))),
+        LoopSpec(_RS_W_STAGE + " [no flip: 4x unrolled]", lambda a: (1 - a.flip) * _main4(_rs_filter_counts(a))),
+        # the row stream: the band's rows and P halo rows either side (those above the image skipped)
+        LoopSpec("for (int iy = first; iy < last; ++iy)", _rs_rows),
     ),
     flops=lambda a: 2.0 * a.M * a.C * a.k * a.k,
-    note="one 8x8 pixel tile x 64 channels per CTA; filter staging specialised on flip (forward: no flip)")
+    note="row stream (csrc/dw_row_stream.cu): a band of rows x a 16- / 32-column tile x 64 channels per CTA; each "
+         "input row rebuilt once, staged, k x k FMAs into a ring of k accumulator rows")
 
 DW_BACKWARD_DATA = KernelModel(
     loops=(
@@ -347,11 +403,11 @@ def chunk_channels(elem_bytes: int) -> int:
 
 
 def conv_smem_bytes(k: int, elem_bytes: int) -> int:
-    """``conv_smem_bytes<T>``: the fp32 operand tile with halo plus the filter taps, or the epilogue partials
-    (1 + 2V floats per thread) if larger."""
+    """``conv_smem_bytes<T>`` (the backward-data kernel): the fp32 operand tile with halo plus the filter taps, or
+    the epilogue partials (2V floats per thread) if larger."""
     ih = iw = TILE_H + k - 1
     conv = (ih * iw + k * k) * chunk_channels(elem_bytes) * 4
-    partials = CTA_THREADS * (1 + 2 * (16 // elem_bytes)) * 4
+    partials = CTA_THREADS * 2 * (16 // elem_bytes) * 4
     return max(conv, partials)
 
 
@@ -435,23 +491,26 @@ def convmixer_cuda_launches(batch: int, dim: int, hw: int, kernel_size: int, *, 
     out: list[CudaLaunch] = []
 
     def launch(kernel, grid, threads, smem, args, phase, hbm, flags, **kw):
-        special = {"dw_wgrad_reduce_kernel": kernel, "shared_run_kernel": shared_run_name(T, k)}
+        special = {"dw_wgrad_reduce_kernel": kernel, "shared_run_kernel": shared_run_name(T, k),
+                   "dw_forward_kernel": dw_forward_name(T, k, act)}
         name = special.get(kernel, f"{kernel}<{T}>")
         out.append(CudaLaunch(kernel=name, symbol=symbols.get(name, ""), grid=tuple(grid) + (1,) * (3 - len(grid)),
                               threads=threads, dynamic_smem=smem, args=args, phase=phase, hbm_bytes=int(hbm),
                               model=CUDA_MODELS[kernel], flags=tuple(flags), **kw))
 
     def forward(phase):
-        # launch_forward (csrc/depthwise_conv.cu): grid (tiles, ceil(C / CB)), block (8, 8, 4), conv_smem_bytes
+        # launch_forward (csrc/dw_row_stream.cu): grid (dw_forward_tiles, ceil(C / 64)), RowStream<k>::Threads
         stats = phase == "fwd"
+        fwd_tiles = dw_forward_tiles(B, H, W, C, k, sm_count)
         hbm = (act_bytes * (1 + spin)                 # hz, res (x = res + ax act(hz) + bx, rebuilt on load)
                + 2 * C * 4 + C * kk * e + C * 4       # ax, bx; the filter; its bias (fp32 copy)
                + act_bytes                            # q
-               + (3 * tiles * C * 4 if stats else 0))  # per-tile count, mean, M2
+               + (3 * fwd_tiles * C * 4 if stats else 0))  # per-tile count, mean, M2
         for _ in range(R):
-            launch("dw_forward_kernel", (tiles, chunks), block, conv_smem_bytes(k, e),
-                   dict(common, flip=0, stats=int(stats)), phase, hbm,
-                   [f"k{k}"] + (["res"] if spin else []) + (["stats"] if stats else []))
+            launch("dw_forward_kernel", (fwd_tiles, cdiv(C, ROW_CHUNK)), row_stream_threads(k),
+                   row_stream_smem_bytes(k),
+                   dict(common, flip=0, stats=int(stats), band_rows=dw_forward_band_rows(B, H, W, C, k, sm_count)),
+                   phase, hbm, [f"k{k}", act] + (["res"] if spin else []) + (["stats"] if stats else []))
 
     forward("fwd")
     # backward, layer R-1 down to 0 (run_backward): dw_bwd = backward data + weight gradient

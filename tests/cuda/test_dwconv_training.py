@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spin_kernels import cuda
+from spin_kernels import cuda, cuda_emulation
 from spin_kernels.models.convmixer import ConvMixer
 from spin_kernels.ops import dwconv_cuda
 from spin_kernels.sharing import SharingPlan
@@ -132,6 +132,40 @@ def test_forward_with_input_prologue_and_activation_stats(kdev, dtype, shape, k,
     g = ACTS[act](q.double()).reshape(-1, C)  # statistics of act(q) as stored
     assert torch.all(n == B * H * W)
     assert rel_err(mean, g.mean(0)) <= 1e-5 and rel_err(var, g.var(0, unbiased=False)) <= 1e-5
+
+
+# The forward's row-stream tilings (csrc/dw_row_stream.cu): several 16- / 32-column tiles per row, a partial last
+# channel chunk (C = 136: 2 chunks of 64 and 8 channels), and row bands (a band is the whole image unless the
+# batch's CTAs would not give each SM two: the emulated SM count forces 4-row bands, a 1-row last band, and at
+# k = 9 3-row bands shorter than the 4-row halo).
+TILINGS = [((2, 11, 37, 136), 3, "relu", "relu", 1), ((1, 13, 37, 72), 3, "gelu", "gelu", 40),
+           ((1, 10, 35, 72), 7, "relu", "relu", 16), ((2, 9, 11, 16), 9, "gelu", "none", 8)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape, k, act_in, act, sms", TILINGS)
+def test_forward_tilings(kdev, dtype, shape, k, act_in, act, sms):
+    torch.manual_seed(4)
+    B, H, W, C = shape
+    if kdev == "cpu":
+        cuda_emulation.enable(True, sm_count=sms)
+    h, res = (nan_fenced(torch.randn(shape, device=kdev).to(dtype)) for _ in range(2))
+    w = (torch.randn(C, 1, k, k, device=kdev) / k).to(dtype)
+    bias, a, b = torch.randn(C, device=kdev), torch.rand(C, device=kdev) + 0.5, torch.randn(C, device=kdev)
+    out = GuardedTensor(shape, dtype, kdev)
+    q, stats = cuda.dwconv_forward(h, w, bias, a, b, act="none", res=res, act_in=act_in, stats_act=act,
+                                   out=out.tensor)
+    assert out.unwritten() == 0
+    out.check()
+    expected = _conv64(_x64(h, res, a, b, act_in), w) + bias.double()
+    assert rel_err(q, expected) <= TOL[dtype]
+    n, mean, var = cuda.merge_stats(stats)
+    g = ACTS[act](q.double()).reshape(-1, C)
+    assert torch.all(n == B * H * W)
+    assert rel_err(mean, g.mean(0)) <= 1e-5 and rel_err(var, g.var(0, unbiased=False)) <= 1e-5
+    # the plain op (no prologue, an output activation, the generic instance) on the same tiling
+    y, _ = cuda.dwconv_forward(h, w, bias, act=act, with_stats=False)
+    assert rel_err(y, ACTS[act](_conv64(h.double(), w) + bias.double())) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

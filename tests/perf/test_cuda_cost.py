@@ -129,40 +129,47 @@ def test_reduce_descriptor_trips(reduce_fn, partial_ctas, trips, instructions):
 
 
 # ------------------------------------------------------------------------------------------------ (c)
-# Hand derivations from csrc/depthwise_conv.cu (launch_forward, launch_backward_data, launch_wgrad, dw_num_tiles,
-# conv_smem_bytes), csrc/bindings.cpp (partial_ctas = min(264, tiles)) and csrc/shared_run.cu (launch,
-# shared_run_smem_bytes). The host emulation runs the kernels but reports no launch geometry, so the C++ formulas
-# are evaluated by hand here:
-#   bf16: V = 16 / 2 = 8, CB = kThreadsC * V = 64 channels per CTA; block (8, 8, 4) = 256 threads
+# Hand derivations from csrc/dw_row_stream.cu (launch_forward, dw_forward_band_rows, row_stream_smem_bytes),
+# csrc/depthwise_conv.cu (launch_backward_data, launch_wgrad, dw_num_tiles, conv_smem_bytes), csrc/bindings.cpp
+# (partial_ctas = min(264, tiles)) and csrc/shared_run.cu (launch, shared_run_smem_bytes). The host emulation runs
+# the kernels but reports no launch geometry, so the C++ formulas are evaluated by hand here:
+#   forward: 64 channels per CTA; k = 3: 16-column tiles, 2 warps (64 threads); k > 3: 32 columns, 8 warps (256);
+#     smem (k*k + 2 * (tile width + 2 * (k // 2))) * 32 lanes * 8 bytes; bands: the whole image unless
+#     B * column tiles * C / 64 < 2 * 132 SMs, then min(ceil(264 / that), ceil(H / 4)) bands
+#   backward: bf16: V = 16 / 2 = 8, CB = kThreadsC * V = 64 channels per CTA; block (8, 8, 4) = 256 threads
 #   spin_convmixer_768_32 b1: 224 / 14 = 16 pixels a side, k = 3, C = 768
+#     forward: 1 * 1 * 12 = 12 < 264 CTAs: min(22, 4) = 4 bands of 4 rows -> grid (4, 12); smem (9 + 36) * 256
+#       = 11520
 #     tiles = 1 * ceil(16/8) * ceil(16/8) = 4; grid.y = 768 / 64 = 12
-#     conv smem = max((10*10 + 9) * 64 * 4, 256 * (1 + 16) * 4) = max(27904, 17408) = 27904
+#     conv smem = max((10*10 + 9) * 64 * 4, 256 * 2 * 8 * 4) = max(27904, 16384) = 27904
 #     wgrad: P = min(264, 4) = 4; smem (10*10 + 64) * 64 * 4 = 41984; reduce grid ceil((9+1) * 768 / 256) = 30
 #     shared run: smem 64 * (768 + 8) * 2 + 4 * 6 * 32 * 4 * 4 = 99328 + 12288 = 111616; 2 CTAs per SM
 #       (233472 // (111616 + 1024 static + 1024 reserved) = 2), 132 * 2 = 264 = 22 row groups of 12 slices,
 #       but only 16 x 16 / 16 = 16 row tiles -> 16 groups, 192 CTAs
 #   convmixer_1536_20 b64: 224 / 7 = 32 a side, k = 9, C = 1536
+#     forward: 64 * 1 * 24 = 1536 >= 264 CTAs: whole images, grid (64, 24); smem (81 + 2 * 40) * 256 = 41216
 #     tiles = 64 * 4 * 4 = 1024; grid.y = 1536 / 64 = 24; conv smem (16*16 + 81) * 256 = 86272
 #     wgrad: P = min(264, 1024) = 264; smem (256 + 64) * 256 = 81920; reduce grid ceil(82 * 1536 / 256) = 492
-#   convmixer_768_32 b64: 32 a side, k = 7: tiles 1024, grid.y 12, conv smem (14*14 + 49) * 256 = 62720,
+#   convmixer_768_32 b64: 32 a side, k = 7: forward grid (64, 12), smem (49 + 2 * 38) * 256 = 32000;
+#     tiles 1024, grid.y 12, conv smem (14*14 + 49) * 256 = 62720,
 #     wgrad smem (196 + 64) * 256 = 66560, reduce grid ceil(50 * 768 / 256) = 150
 HAND = {
     "spin_convmixer_768_32-r2-b1": {
-        ("dw_forward_kernel", "fwd"): ((4, 12, 1), 256, 27904),
+        ("dw_forward_kernel", "fwd"): ((4, 12, 1), 64, 11520),
         ("dw_backward_data_kernel", "bwd"): ((4, 12, 1), 256, 27904),
         ("dw_wgrad_partial_kernel", "bwd"): ((4, 12, 1), 256, 41984),
         ("dw_wgrad_reduce_kernel", "bwd"): ((30, 1, 1), 256, 0),
         ("shared_run_kernel", "eval"): ((192, 1, 1), 128, 111616),   # 16 row tiles x 12 slices
     },
     "convmixer_1536_20-b64": {
-        ("dw_forward_kernel", "fwd"): ((1024, 24, 1), 256, 86272),
-        ("dw_forward_kernel", "eval"): ((1024, 24, 1), 256, 86272),
+        ("dw_forward_kernel", "fwd"): ((64, 24, 1), 256, 41216),
+        ("dw_forward_kernel", "eval"): ((64, 24, 1), 256, 41216),
         ("dw_backward_data_kernel", "bwd"): ((1024, 24, 1), 256, 86272),
         ("dw_wgrad_partial_kernel", "bwd"): ((264, 24, 1), 256, 81920),
         ("dw_wgrad_reduce_kernel", "bwd"): ((492, 1, 1), 256, 0),
     },
     "convmixer_768_32-b64": {
-        ("dw_forward_kernel", "fwd"): ((1024, 12, 1), 256, 62720),
+        ("dw_forward_kernel", "fwd"): ((64, 12, 1), 256, 32000),
         ("dw_wgrad_partial_kernel", "bwd"): ((264, 12, 1), 256, 66560),
         ("dw_wgrad_reduce_kernel", "bwd"): ((150, 1, 1), 256, 0),
     },
